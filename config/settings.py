@@ -1,0 +1,233 @@
+"""Settings: the TOML file, overridden by VIDROP_* environment variables, built once at start.
+
+This is the only module that reads the environment. Everything else receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "vidrop.toml"
+CONFIG_ENV_VAR = "VIDROP_CONFIG"
+ENV_PREFIX = "VIDROP_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; the daemon exits with EX_CONFIG (78)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PipelineSettings(_Section):
+    """Which model runs, where, and how images are fitted to it."""
+
+    model: str = Field("Lightricks/LTX-Video", description="local directory or Hugging Face model id")
+    family: Literal["auto", "ltx", "i2vgen-xl"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    fit: Literal["crop", "pad"] = "crop"
+    offline: bool = Field(False, description="never contact the hub (also on when HF_HUB_OFFLINE=1)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+
+class GenerationDefaults(_Section):
+    """Generation parameters used when neither a sidecar nor the family says otherwise."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    num_frames: int | None = Field(None, ge=1)
+    fps: int | None = Field(None, ge=4, le=30)
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=1, le=20)
+    width: int | None = Field(None, ge=8)
+    height: int | None = Field(None, ge=8)
+    format: Literal["mp4", "gif", "webp"] = "mp4"
+
+
+class LimitSettings(_Section):
+    """Upper bounds on what one sidecar may ask for; unset means the family's own maximum."""
+
+    max_width: int | None = Field(None, ge=8)
+    max_height: int | None = Field(None, ge=8)
+    max_frames: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_sidecar_bytes: int = Field(64 * 1024, ge=1024)
+    max_image_pixels: int = Field(64_000_000, ge=1)
+
+
+class IntakeSettings(_Section):
+    """How files in the inbox are noticed and judged complete."""
+
+    settle_seconds: float = Field(2.0, ge=0, description="a file must stay unchanged this long")
+    pairing_seconds: float = Field(30.0, ge=0, description="how long an image waits for its sidecar")
+    tick_seconds: float = Field(0.5, gt=0, le=10, description="main loop tick")
+
+
+class Settings(BaseSettings):
+    """Every setting of vidrop, in one object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    state_dir: Path = Path("state")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    pipeline: PipelineSettings = PipelineSettings()
+    generation: GenerationDefaults = GenerationDefaults()
+    limits: LimitSettings = LimitSettings()
+    intake: IntakeSettings = IntakeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @property
+    def ledger_path(self) -> Path:
+        """The SQLite ledger inside the state directory."""
+        return self.state_dir / "ledger.sqlite3"
+
+    @property
+    def is_offline(self) -> bool:
+        """Whether the hub must never be contacted."""
+        return self.pipeline.offline
+
+
+class LoadedSettings(BaseModel):
+    """Settings plus where they came from, for `vidrop config` and reload."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    settings: Settings
+    config_file: Path | None
+    sources: dict[str, str]
+
+
+def resolve_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, else $VIDROP_CONFIG, else the shipped config/vidrop.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV_VAR):
+        return Path(os.environ[CONFIG_ENV_VAR])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> LoadedSettings:
+    """Build the one Settings object; raise ConfigError with one clear sentence when it is unusable."""
+    path = resolve_config_file(config_file)
+    toml_data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            toml_data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+
+    bound = type("BoundSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        settings = Settings.model_validate(bound(**overrides).model_dump())
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, path)) from None
+
+    settings = _with_derived_values(settings)
+    _check_paths(settings)
+    return LoadedSettings(settings=settings, config_file=path, sources=_sources(settings, toml_data, overrides))
+
+
+def _with_derived_values(settings: Settings) -> Settings:
+    offline = settings.pipeline.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    return settings.model_copy(
+        update={
+            "inbox": settings.inbox.expanduser().absolute(),
+            "outbox": settings.outbox.expanduser().absolute(),
+            "state_dir": settings.state_dir.expanduser().absolute(),
+            "pipeline": settings.pipeline.model_copy(update={"offline": offline}),
+        }
+    )
+
+
+def _check_paths(settings: Settings) -> None:
+    inbox, outbox = settings.inbox.resolve(), settings.outbox.resolve()
+    if inbox == outbox or outbox.is_relative_to(inbox) or inbox.is_relative_to(outbox):
+        raise ConfigError(f"inbox ({inbox}) and outbox ({outbox}) must be separate folders, neither inside the other")
+
+
+def _describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        problems.append(f"{where}: {error['msg']}{shown}")
+    origin = f" in {path} or VIDROP_* environment variables" if path else " in VIDROP_* environment variables"
+    return f"invalid settings{origin}: " + "; ".join(problems)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _sources(settings: Settings, toml_data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, str]:
+    """For each setting, say whether it came from the environment, the file, an override or the default."""
+    in_file = _flatten(toml_data)
+    in_overrides = _flatten(overrides)
+    sources = {}
+    for name in _flatten(settings.model_dump(mode="json")):
+        env_name = ENV_PREFIX + name.replace(".", ENV_NESTED_DELIMITER).upper()
+        if name in in_overrides:
+            sources[name] = "command line"
+        elif env_name in os.environ:
+            sources[name] = f"env {env_name}"
+        elif name in in_file:
+            sources[name] = "file"
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def flat_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as dotted names and JSON values, for printing and diffing."""
+    return _flatten(settings.model_dump(mode="json"))

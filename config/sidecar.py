@@ -1,0 +1,112 @@
+"""The sidecar JSON a designer drops next to an image: its fields, aliases and limits.
+
+`Sidecar` is also the source of `vidrop schema`, so design tools can validate before they drop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+SEED_MAX = 2**32 - 1
+FPS_RANGE = (4, 30)
+GUIDANCE_RANGE = (1.0, 20.0)
+
+
+class SidecarError(ValueError):
+    """A sidecar that cannot be used: `reason` is one sentence a designer understands."""
+
+    def __init__(self, reason: str, detail: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.fix = fix
+
+
+class Sidecar(BaseModel):
+    """What one image should become. Every field is optional; unset fields take the defaults."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        title="vidrop sidecar",
+        json_schema_extra={
+            "description": "Put NAME.json next to NAME.png in the inbox. Unknown keys are refused. "
+            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames."
+        },
+    )
+
+    prompt: str | None = Field(None, max_length=4000, description="what should happen in the video")
+    negative_prompt: str | None = Field(None, max_length=4000, description="what to avoid")
+    num_frames: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("num_frames", "frame_count"), description="frames in the video"
+    )
+    fps: int | None = Field(None, ge=FPS_RANGE[0], le=FPS_RANGE[1], description="frames per second")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("steps", "num_inference_steps"),
+        description="denoising steps: more is slower and finer",
+    )
+    guidance_scale: float | None = Field(
+        None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], description="how closely to follow the prompt"
+    )
+    width: int | None = Field(None, ge=8, description="video width in pixels")
+    height: int | None = Field(None, ge=8, description="video height in pixels")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
+    format: Literal["mp4", "gif", "webp"] | None = Field(None, description="video container")
+
+
+def sidecar_schema() -> dict[str, Any]:
+    """The JSON Schema published by `vidrop schema`."""
+    return Sidecar.model_json_schema(mode="validation")
+
+
+def parse_sidecar(raw: bytes, *, max_bytes: int) -> Sidecar:
+    """Parse and validate sidecar bytes, or raise SidecarError that names the key and the value."""
+    if len(raw) > max_bytes:
+        raise SidecarError(
+            "The prompt file is too large.",
+            f"sidecar is {len(raw)} bytes; the limit is {max_bytes}",
+            "Keep the sidecar to the prompt and a few settings.",
+        )
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SidecarError(
+            "The prompt file is not valid JSON.",
+            str(exc),
+            'Save it as JSON, for example {"prompt": "slow zoom on the product"}.',
+        ) from None
+    if not isinstance(data, dict):
+        raise SidecarError(
+            "The prompt file must hold a JSON object.",
+            f"top-level value is {type(data).__name__}",
+            'Wrap the settings in braces, for example {"prompt": "slow zoom on the product"}.',
+        )
+    try:
+        return Sidecar.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc) from None
+
+
+def _explain(exc: ValidationError) -> SidecarError:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "sidecar"
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+    )
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(sorted(Sidecar.model_fields))
+        return SidecarError(
+            f"The prompt file has a setting vidrop does not know: '{key}'.",
+            detail,
+            f"Remove or rename '{key}'. Known settings: {known}.",
+        )
+    return SidecarError(
+        f"The prompt file's '{key}' cannot be used: {first['msg']}.",
+        detail,
+        f"Change '{key}' and drop the file again; `vidrop schema` lists every setting and its range.",
+    )

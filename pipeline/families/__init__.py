@@ -1,0 +1,28 @@
+"""The family table: which model types vidrop can run and how to recognise them."""
+
+from __future__ import annotations
+
+from pipeline.errors import ModelUnavailable
+from pipeline.families.base import Family
+from pipeline.families.i2vgen_xl import I2VGenXLFamily
+from pipeline.families.ltx import LTXFamily
+
+FAMILIES: dict[str, type[Family]] = {family.name: family for family in (LTXFamily, I2VGenXLFamily)}
+
+
+def family_by_name(name: str) -> Family:
+    """The family called `name` (as in settings and `vidrop demo-model --family`)."""
+    return FAMILIES[name]()
+
+
+def family_for_pipeline_class(class_name: str) -> Family:
+    """The family whose pipelines include `class_name` (from a model's model_index.json)."""
+    for family in FAMILIES.values():
+        if class_name in family.pipeline_class_names:
+            return family()
+    known = ", ".join(name for family in FAMILIES.values() for name in family.pipeline_class_names)
+    raise ModelUnavailable(
+        f"The model is a {class_name}, which vidrop cannot run.",
+        detail=f"pipeline class {class_name} is not in the family table",
+        fix=f"Use a model of one of these pipelines: {known}, or set pipeline.family explicitly.",
+    )

@@ -1,0 +1,115 @@
+"""Loading a model once: family detection, device and dtype, offline behaviour."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from pipeline.errors import ModelUnavailable
+from pipeline.families import Family, family_by_name, family_for_pipeline_class
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A resident diffusers pipeline and the facts about how it was loaded."""
+
+    pipe: Any
+    family: Family
+    model: str
+    device: str
+    dtype: str
+    load_seconds: float
+
+
+def resolve_device(requested: str) -> str:
+    """auto → the first CUDA GPU if torch sees one, else the CPU."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailable(
+            f"The device {requested} was asked for, but torch sees no CUDA GPU.",
+            detail=f"pipeline.device={requested}; torch.cuda.is_available() is False (torch {torch.__version__})",
+            fix="Set pipeline.device = \"auto\" or \"cpu\", or install a CUDA build of torch and the driver.",
+        )
+    return requested
+
+
+def resolve_dtype(requested: str, device: str, family: Family) -> str:
+    """auto → the family's GPU dtype on CUDA, float32 on the CPU."""
+    if requested != "auto":
+        return requested
+    return family.gpu_dtype if device.startswith("cuda") else "float32"
+
+
+def read_model_index(model: str, *, offline: bool) -> dict[str, Any]:
+    """The model's model_index.json, from a local directory or the hub (cache only when offline)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        index = local / "model_index.json"
+        if not index.is_file():
+            raise ModelUnavailable(
+                f"The model folder {local} has no model_index.json.",
+                detail=f"looked for {index}",
+                fix="Point pipeline.model at a folder written by save_pretrained, or at a Hugging Face model id.",
+            )
+        return json.loads(index.read_text(encoding="utf-8"))
+    try:
+        return dict(diffusers.DiffusionPipeline.load_config(model, local_files_only=offline))
+    except Exception as exc:  # the hub client raises many types for "not there"
+        raise _not_found(model, offline, exc) from None
+
+
+def detect_family(model: str, configured: str, *, offline: bool) -> Family:
+    """The family named in settings, or the one model_index.json declares."""
+    if configured != "auto":
+        return family_by_name(configured)
+    class_name = read_model_index(model, offline=offline).get("_class_name", "")
+    return family_for_pipeline_class(class_name)
+
+
+def load_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
+    """Load the pipeline once with from_pretrained and move it to its device."""
+    started = time.monotonic()
+    chosen_family = detect_family(model, family, offline=offline)
+    chosen_device = resolve_device(device)
+    chosen_dtype = resolve_dtype(dtype, chosen_device, chosen_family)
+    pipeline_class = getattr(diffusers, chosen_family.image_pipeline_class_name)
+    try:
+        pipe = pipeline_class.from_pretrained(
+            model, dtype=DTYPES[chosen_dtype], local_files_only=offline or Path(model).expanduser().is_dir()
+        )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise _not_found(model, offline, exc) from None
+    pipe.to(chosen_device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(
+        pipe=pipe,
+        family=chosen_family,
+        model=model,
+        device=chosen_device,
+        dtype=chosen_dtype,
+        load_seconds=time.monotonic() - started,
+    )
+
+
+def _not_found(model: str, offline: bool, exc: Exception) -> ModelUnavailable:
+    where = f"the local folder {Path(model).expanduser().absolute()} (not there) and the Hugging Face cache"
+    how = (
+        f"Download it once on a machine with internet (`huggingface-cli download {model}`) and copy the cache, "
+        "or set pipeline.model (VIDROP_PIPELINE__MODEL) to a local folder"
+    )
+    if offline:
+        how += "; downloads are off because HF_HUB_OFFLINE=1 or pipeline.offline = true"
+    return ModelUnavailable(
+        f"The model {model!r} could not be loaded.",
+        detail=f"looked in {where}: {type(exc).__name__}: {exc}",
+        fix=how + ". `vidrop demo-model DIR` writes a tiny test model.",
+    )
