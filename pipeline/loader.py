@@ -10,6 +10,7 @@ from typing import Any
 
 import diffusers
 import torch
+import transformers
 
 from pipeline.errors import ModelUnavailable
 from pipeline.families import Family, family_by_name, family_for_pipeline_class
@@ -78,6 +79,9 @@ def detect_family(model: str, configured: str, *, offline: bool) -> Family:
 def load_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
     """Load the pipeline once with from_pretrained and move it to its device."""
     started = time.monotonic()
+    # Progress bars are for notebooks; the daemon reports progress through its own events.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     chosen_family = detect_family(model, family, offline=offline)
     chosen_device = resolve_device(device)
     chosen_dtype = resolve_dtype(dtype, chosen_device, chosen_family)

@@ -1,0 +1,190 @@
+"""Daemon: startup → loop → shutdown. Signal handlers only set flags."""
+
+from __future__ import annotations
+
+import queue
+import signal
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from config.settings import Settings
+from daemon.clock import Clock, SystemClock
+from daemon.intake.admit import admit
+from daemon.intake.pending import PendingInputs
+from daemon.intake.watch import STOP, InboxWatcher
+from daemon.ledger.base import Job, JobState
+from daemon.ledger.sqlite import SqliteLedger
+from daemon.outbox import Outbox
+from daemon.runner import JobInterrupted, Runner
+from daemon.systemd import Notifier, NullNotifier
+from pipeline.generate import Generator
+
+log = structlog.get_logger()
+
+GeneratorFactory = Callable[[Settings], Generator]
+RESCAN_SECONDS = 30.0
+
+
+class Daemon:
+    """The hot-folder daemon. `run()` for the service, `run(once=True)` to drain the inbox and exit."""
+
+    def __init__(self, settings: Settings, *, generator_factory: GeneratorFactory, clock: Clock | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.generator_factory = generator_factory
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or NullNotifier()
+        self.events: queue.Queue = queue.Queue()
+        self.should_stop = False
+        self.must_stop_now = False
+        self.failed_jobs = 0
+        self.finished_jobs = 0
+        self._watcher: InboxWatcher | None = None
+        self._next_rescan = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> int:
+        """Run until stopped (or, with once, until nothing is pending). 0, or 1 if a job failed in once mode."""
+        self.startup(watch=not once)
+        try:
+            while not self.should_stop:
+                self.run_once(timeout=self.settings.intake.tick_seconds)
+                if once and self.is_idle():
+                    break
+        finally:
+            self.shutdown()
+        return 1 if once and self.failed_jobs else 0
+
+    def startup(self, *, watch: bool) -> None:
+        """Folders, ledger, outbox reconcile, model, watcher, first scan; then READY."""
+        settings = self.settings
+        for folder in (settings.inbox, settings.outbox, settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.ledger = SqliteLedger(settings.ledger_path)
+        self.outbox = Outbox(settings.outbox)
+        requeued = self.ledger.requeue_running()
+        removed = self.outbox.remove_stale_temporaries()
+        log.info("daemon_starting", inbox=str(settings.inbox), outbox=str(settings.outbox),
+                 requeued=requeued, stale_temporaries_removed=len(removed))
+        self.notifier.status("loading model")
+        self.generator = self.generator_factory(settings)
+        log.info("model_loaded", **self.generator.describe())
+        self.pending = PendingInputs(settings.inbox, settle_seconds=settings.intake.settle_seconds,
+                                     pairing_seconds=settings.intake.pairing_seconds)
+        self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
+                             clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
+                             on_progress=self._on_progress)
+        if watch:
+            self._watcher = InboxWatcher(settings.inbox, self.events)
+            self._watcher.start()
+        self.pending.notice_all()
+        self._next_rescan = self.clock.monotonic() + RESCAN_SECONDS
+        self.notifier.ready()
+        self._report_idle()
+        log.info("daemon_ready", watching=watch, pending=len(self.pending), counts=self.ledger.counts())
+
+    def shutdown(self) -> None:
+        """Stop the watcher, close the ledger, say goodbye."""
+        self.notifier.stopping()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if hasattr(self, "ledger"):
+            log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
+                     counts=self.ledger.counts())
+            self.ledger.close()
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """Ask the loop to stop: after the running job, or (immediately) between two steps of it."""
+        self.must_stop_now = self.must_stop_now or immediately or self.should_stop
+        self.should_stop = True
+        self.events.put(STOP)
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: finish the running job, then stop. Second: stop between steps."""
+        def handle(signum, frame):  # only flags and a queue put: nothing else is safe here
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # -- one turn of the loop ------------------------------------------------------------------
+
+    def run_once(self, timeout: float) -> None:
+        """Take what the watcher saw, admit what is complete, run at most one job."""
+        self._drain_events(timeout=0 if self.ledger.counts()[JobState.QUEUED.value] else timeout)
+        if self.clock.monotonic() >= self._next_rescan:
+            self.pending.notice_all()
+            self._next_rescan = self.clock.monotonic() + RESCAN_SECONDS
+        self._admit_ready()
+        if self.should_stop:
+            return
+        job = self.ledger.claim_next(self.clock.time())
+        if job is not None:
+            self._run_job(job)
+        self.notifier.watchdog()
+
+    def is_idle(self) -> bool:
+        """Nothing waiting to settle or pair, and nothing queued."""
+        return len(self.pending) == 0 and self.ledger.counts()[JobState.QUEUED.value] == 0
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            item = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is not STOP:
+                self.pending.notice(item)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _admit_ready(self) -> None:
+        for ready in self.pending.take_ready(self.clock.time()):
+            try:
+                admission = admit(ready, inbox=self.settings.inbox, settings=self.settings,
+                                  generator=self.generator, now=self.clock.time())
+            except OSError as exc:  # vanished or unreadable between stat and read: look again later
+                log.info("input_unreadable", input=str(ready.image), error=str(exc))
+                self.pending.notice(ready.image)
+                continue
+            job = admission.job
+            if self.ledger.has_key(job.key):
+                log.debug("input_already_known", input=job.input, job_id=job.id)
+                continue
+            self.ledger.enqueue(job)
+            if admission.error is not None:
+                self.failed_jobs += 1
+                self.runner.record_failure(job, admission.error)
+            else:
+                log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed)
+        self._report_idle()
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            state = self.runner.run(job)
+        except JobInterrupted:
+            self.ledger.requeue_running()
+            log.warning("job_interrupted", job_id=job.id, input=job.input)
+            return
+        self.finished_jobs += 1
+        if state is JobState.FAILED:
+            self.failed_jobs += 1
+        self._report_idle()
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _on_progress(self, job: Job, step: int, total: int) -> None:
+        if self.must_stop_now:
+            raise JobInterrupted(job.id)
+        queued = self.ledger.counts()[JobState.QUEUED.value]
+        self.notifier.status(f"job {job.id}: {job.input}, step {step}/{total}, {queued} queued")
+        self.notifier.watchdog()
+
+    def _report_idle(self) -> None:
+        counts = self.ledger.counts()
+        self.notifier.status(f"idle, {counts[JobState.QUEUED.value]} queued, {len(self.pending)} waiting to settle")

@@ -1,0 +1,73 @@
+"""`vidrop check`: settings, folders, model and device, each reported on its own line."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from config.settings import LoadedSettings
+from pipeline.errors import VidropError
+
+
+def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> int:
+    """Print one line per check; 0 when everything is usable, 1 otherwise."""
+    settings = loaded.settings
+    results: list[tuple[bool, str]] = [(True, f"settings: valid ({loaded.config_file or 'no file'})")]
+    for role, folder in (("inbox", settings.inbox), ("outbox", settings.outbox), ("state_dir", settings.state_dir)):
+        results.append(_check_folder(role, folder, writable=role != "inbox"))
+    results.append(_check_model(settings))
+    results.append(_check_device(settings.pipeline.device))
+    for is_ok, text in results:
+        out(f"{'ok  ' if is_ok else 'FAIL'} {text}")
+    failures = sum(1 for is_ok, _ in results if not is_ok)
+    out("all checks passed" if not failures else f"{failures} check(s) failed")
+    return 0 if not failures else 1
+
+
+def _check_folder(role: str, folder: Path, *, writable: bool) -> tuple[bool, str]:
+    if not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is not None and os.access(parent, os.W_OK):
+            return True, f"{role}: {folder} does not exist yet; it will be created"
+        return False, f"{role}: {folder} does not exist and cannot be created"
+    if not folder.is_dir():
+        return False, f"{role}: {folder} is not a folder"
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return False, f"{role}: {folder} cannot be read"
+    if writable:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".vidrop-tmp-check-"):
+                pass
+        except OSError as exc:
+            return False, f"{role}: {folder} is not writable ({exc.strerror})"
+    return True, f"{role}: {folder} ({'writable' if writable else 'readable'})"
+
+
+def _check_model(settings) -> tuple[bool, str]:
+    from pipeline.loader import detect_family
+
+    model = settings.pipeline.model
+    try:
+        family = detect_family(model, settings.pipeline.family, offline=settings.pipeline.offline)
+    except VidropError as exc:
+        return False, f"model: {exc.reason} {exc.detail}. {exc.fix}"
+    return True, f"model: {model} (family {family.name})"
+
+
+def _check_device(requested: str) -> tuple[bool, str]:
+    import torch
+
+    from pipeline.loader import resolve_device
+
+    try:
+        device = resolve_device(requested)
+    except VidropError as exc:
+        return False, f"device: {exc.reason} {exc.fix}"
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        return True, f"device: {device} ({name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+    return True, f"device: cpu (torch {torch.__version__}; no CUDA GPU in use)"

@@ -1,0 +1,128 @@
+"""The command line: wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EX_CONFIG = 78
+EX_UNAVAILABLE = 69
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vidrop` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidrop", description="Turn dropped images and prompts into videos.")
+    parser.add_argument("--config", help="settings file (default: $VIDROP_CONFIG, else config/vidrop.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, handler, text in (
+        ("run", _run, "run the daemon in the foreground"),
+        ("once", _once, "process everything pending in the inbox, then exit (1 if a job failed)"),
+        ("check", _check, "validate settings, folders, model and device"),
+        ("config", _config, "print the effective settings and where each came from"),
+        ("schema", _schema, "print the JSON Schema of the sidecar file"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+        command.set_defaults(handler=handler)
+    demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
+    demo.add_argument("directory", type=Path)
+    demo.add_argument("--family", choices=("ltx", "i2vgen-xl"), default="ltx")
+    demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    demo.set_defaults(handler=_demo_model)
+    return parser
+
+
+def _load(args):
+    from config.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"vidrop: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def _serve(args, *, once: bool) -> int:
+    loaded = _load(args)
+    settings = loaded.settings
+    from daemon.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    from daemon.app import Daemon
+    from daemon.systemd import SystemdNotifier
+    from pipeline.errors import ModelUnavailable
+
+    daemon = Daemon(settings, generator_factory=_production_generator, notifier=SystemdNotifier())
+    daemon.install_signal_handlers()
+    try:
+        return daemon.run(once=once)
+    except ModelUnavailable as exc:
+        import structlog
+
+        structlog.get_logger().error("model_unavailable", error=exc.reason, detail=exc.detail, fix=exc.fix)
+        print(f"vidrop: {exc.reason} {exc.fix}", file=sys.stderr)
+        return EX_CONFIG
+
+
+def _production_generator(settings):
+    from pipeline.generate import VideoGenerator
+    from pipeline.loader import load_model
+
+    pipeline = settings.pipeline
+    loaded = load_model(pipeline.model, family=pipeline.family, device=pipeline.device, dtype=pipeline.dtype,
+                        offline=pipeline.offline)
+    return VideoGenerator(loaded, fit=pipeline.fit, limits=settings.limits)
+
+
+def _run(args) -> int:
+    return _serve(args, once=False)
+
+
+def _once(args) -> int:
+    return _serve(args, once=True)
+
+
+def _check(args) -> int:
+    from daemon.checks import run_checks
+
+    loaded = _load(args)
+    return run_checks(loaded)
+
+
+def _config(args) -> int:
+    from config.settings import flat_settings
+
+    loaded = _load(args)
+    print(f"# config file: {loaded.config_file or '(none)'}")
+    for name, value in flat_settings(loaded.settings).items():
+        print(f"{name} = {json.dumps(value)}  # {loaded.sources[name]}")
+    return 0
+
+
+def _schema(args) -> int:
+    from config.sidecar import sidecar_schema
+
+    print(json.dumps(sidecar_schema(), indent=2))
+    return 0
+
+
+def _demo_model(args) -> int:
+    from pipeline.demo_model import DEMO_NOTE, write_demo_model
+
+    path = write_demo_model(args.directory, args.family)
+    print(f"wrote a tiny {args.family} pipeline to {path}")
+    print(DEMO_NOTE)
+    print(f"use it with: VIDROP_PIPELINE__MODEL={path.absolute()} vidrop run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

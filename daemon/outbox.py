@@ -1,0 +1,155 @@
+"""The outbox: names that mirror the inbox, atomic writes, error files and jobs.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline.encode import check_thumbnail, check_video, write_thumbnail, write_video
+from pipeline.errors import GenerationError
+from pipeline.generate import GenerationResult, JobParams
+
+TEMP_PREFIX = ".vidrop-tmp-"
+JOBS_LOG = "jobs.jsonl"
+ERROR_SUFFIX = ".error.json"
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """Where one input's results go: `inbox/a/b/photo.png` → `outbox/a/b/photo.*`."""
+
+    folder: Path
+    stem: str
+
+    def video(self, fmt: str) -> Path:
+        return self.folder / f"{self.stem}.{fmt}"
+
+    @property
+    def thumbnail(self) -> Path:
+        return self.folder / f"{self.stem}.jpg"
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / f"{self.stem}.json"
+
+    @property
+    def error(self) -> Path:
+        return self.folder / f"{self.stem}{ERROR_SUFFIX}"
+
+    @property
+    def jobs_log(self) -> Path:
+        return self.folder / JOBS_LOG
+
+
+class Outbox:
+    """Writes results so that nobody on the share ever sees a half-written file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names_for(self, relative_input: str) -> OutputNames:
+        """Output names for an input path relative to the inbox; never outside the outbox."""
+        relative = PurePosixPath(relative_input)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"input path {relative_input!r} is not inside the inbox")
+        folder = self.root.joinpath(*relative.parent.parts)
+        return OutputNames(folder=folder, stem=relative.stem)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files left by a process that died mid-write; return what was removed."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    path = Path(folder) / name
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
+    def commit_success(self, *, names: OutputNames, result: GenerationResult, params: JobParams,
+                       manifest: dict[str, Any]) -> dict[str, str]:
+        """Write video, thumbnail and manifest under temporary names, check them, rename them into place."""
+        names.folder.mkdir(parents=True, exist_ok=True)
+        video = names.video(params.format)
+        video_tmp, thumb_tmp, manifest_tmp = (_temporary(names.folder, path.name)
+                                              for path in (video, names.thumbnail, names.manifest))
+        try:
+            write_video(result.frames, video_tmp, fps=params.fps, fmt=params.format)
+            written = check_video(video_tmp, fmt=params.format)
+            if written.frames != result.frames.shape[0]:
+                raise GenerationError("The video file is missing frames.",
+                                      detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
+                                      fix="Try again; if it keeps happening, send the error file to the operator.")
+            write_thumbnail(result.frames, thumb_tmp)
+            check_thumbnail(thumb_tmp)
+            outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "manifest": names.manifest.name}
+            manifest = {**manifest, "outputs": outputs,
+                        "video": {"frames": written.frames, "width": written.width, "height": written.height,
+                                  "fps": params.fps, "format": params.format}}
+            _write_json(manifest_tmp, manifest)
+            _fsync_path(video_tmp)
+            _fsync_path(thumb_tmp)
+            # The manifest goes last: once it is there, the video and thumbnail it names are complete.
+            os.replace(video_tmp, video)
+            os.replace(thumb_tmp, names.thumbnail)
+            os.replace(manifest_tmp, names.manifest)
+        finally:
+            for path in (video_tmp, thumb_tmp, manifest_tmp):
+                path.unlink(missing_ok=True)
+        names.error.unlink(missing_ok=True)
+        _fsync_path(names.folder)
+        return {name: str(names.folder / file_name) for name, file_name in outputs.items()}
+
+    def commit_failure(self, *, names: OutputNames, error_document: dict[str, Any]) -> Path:
+        """Write `<stem>.error.json` atomically."""
+        names.folder.mkdir(parents=True, exist_ok=True)
+        temporary = _temporary(names.folder, names.error.name)
+        try:
+            _write_json(temporary, error_document)
+            os.replace(temporary, names.error)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return names.error
+
+    def append_job_line(self, names: OutputNames, line: dict[str, Any]) -> None:
+        """Append one line to the folder's jobs.jsonl in a single write."""
+        names.folder.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        descriptor = os.open(names.jobs_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, data)
+        finally:
+            os.close(descriptor)
+
+
+def iso_time(timestamp: float) -> str:
+    """A UTC ISO-8601 timestamp."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _temporary(folder: Path, final_name: str) -> Path:
+    return folder / f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final_name}"
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so the renames in it survive a power cut)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

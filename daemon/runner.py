@@ -1,0 +1,136 @@
+"""One job: load its image → generate → commit outputs → finish, or a clear error file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.ledger.base import Job, JobState, Ledger
+from daemon.outbox import Outbox, iso_time
+from pipeline.errors import GenerationError, InputError, VidropError
+from pipeline.generate import Generator, JobParams
+from pipeline.images import load_image
+
+log = structlog.get_logger()
+
+ProgressListener = Callable[[Job, int, int], None]
+
+
+class JobInterrupted(Exception):
+    """Raised from the step callback when the daemon must stop now; the job goes back to the queue."""
+
+
+class Runner:
+    """Runs claimed jobs and records their outcome in the outbox and the ledger."""
+
+    def __init__(self, *, ledger: Ledger, outbox: Outbox, generator: Generator, inbox: Path, clock: Clock,
+                 max_image_pixels: int, on_progress: ProgressListener | None = None) -> None:
+        self.ledger = ledger
+        self.outbox = outbox
+        self.generator = generator
+        self.inbox = inbox
+        self.clock = clock
+        self.max_image_pixels = max_image_pixels
+        self.on_progress = on_progress
+
+    def run(self, job: Job) -> JobState:
+        """Run one claimed job to done or failed; JobInterrupted propagates (the caller requeues)."""
+        structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input)
+        started = self.clock.monotonic()
+        try:
+            log.info("job_started", attempt=job.attempts, seed=job.seed)
+            params = JobParams.from_dict(job.params)
+            image = load_image(self.inbox / job.input, max_pixels=self.max_image_pixels)
+            result = self.generator.generate(image, params, job.seed,
+                                             on_step=lambda step, total: self._progress(job, step, total))
+            encode_started = self.clock.monotonic()
+            names = self.outbox.names_for(job.input)
+            manifest = self._manifest(job, params, result.facts)
+            outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
+            encode_seconds = self.clock.monotonic() - encode_started
+            now = self.clock.time()
+            self.ledger.finish(job.id, now, outputs)
+            duration = self.clock.monotonic() - started
+            self.outbox.append_job_line(names, {
+                "job_id": job.id, "input": job.input, "state": JobState.DONE.value, "seed": job.seed,
+                "outputs": {name: Path(path).name for name, path in outputs.items()},
+                "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
+            })
+            log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
+                     generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
+                     encode_ms=round(encode_seconds * 1000), frames=result.facts["frames"],
+                     peak_memory_bytes=result.facts["peak_memory_bytes"], output=outputs["video"])
+            return JobState.DONE
+        except JobInterrupted:
+            raise
+        except (InputError, GenerationError) as exc:
+            self.record_failure(job, exc, duration=self.clock.monotonic() - started)
+            return JobState.FAILED
+        except Exception as exc:  # the one broad catch: around one job, so the queue goes on
+            log.exception("job_crashed")
+            error = GenerationError("Something went wrong inside vidrop while making this video.",
+                                    detail=f"{type(exc).__name__}: {exc}",
+                                    fix="Try again; if it keeps failing, send this file to the operator.")
+            self.record_failure(job, error, duration=self.clock.monotonic() - started)
+            return JobState.FAILED
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "input")
+
+    def record_failure(self, job: Job, error: VidropError, *, duration: float = 0.0) -> Path:
+        """Write the error file, append to jobs.jsonl, mark the job failed, log the summary event."""
+        now = self.clock.time()
+        names = self.outbox.names_for(job.input)
+        kind = "input" if isinstance(error, InputError) else "generation"
+        document = {
+            "state": JobState.FAILED.value,
+            "input": job.input,
+            "sidecar": job.sidecar,
+            "job_id": job.id,
+            "error": error.reason,
+            "what_to_do": error.fix,
+            "detail": error.detail,
+            "kind": kind,
+            "failed_at": iso_time(now),
+        }
+        path = self.outbox.commit_failure(names=names, error_document=document)
+        self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")})
+        self.outbox.append_job_line(names, {
+            "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
+            "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
+        })
+        log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
+                    detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
+        return path
+
+    def _progress(self, job: Job, step: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(job, step, total)
+
+    def _manifest(self, job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, Any]:
+        parameters = {**params.to_dict(), "seed": job.seed}
+        adjustments = parameters.pop("adjustments")
+        return {
+            "job_id": job.id,
+            "state": JobState.DONE.value,
+            "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
+                      "sidecar_sha256": job.sidecar_sha256},
+            "parameters": parameters,
+            "seed_was_random": params.seed is None,
+            "adjustments": adjustments,
+            "model": facts["model"],
+            "family": facts["family"],
+            "device": facts["device"],
+            "dtype": facts["dtype"],
+            "timings": {
+                "queued_at": iso_time(job.created_at),
+                "started_at": iso_time(job.started_at or time.time()),
+                "queued_seconds": round(max(0.0, (job.started_at or job.created_at) - job.created_at), 3),
+                **facts["timings"],
+            },
+            "peak_memory_bytes": facts["peak_memory_bytes"],
+            "attempts": job.attempts,
+        }

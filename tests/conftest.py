@@ -1,0 +1,202 @@
+"""Shared fixtures: tiny real models, a real `vidrop` process, and a guard against leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+VIDROP = Path(sys.executable).parent / "vidrop"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05, what: str = ""):
+    """Poll a condition until it is truthy; fail the test with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight LTX-Video and I2VGen-XL pipelines written with save_pretrained."""
+    from pipeline.demo_model import write_demo_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {family: write_demo_model(root / family, family) for family in ("ltx", "i2vgen-xl")}
+
+
+@pytest.fixture(scope="session")
+def ltx_generator(demo_models):
+    """The tiny LTX model loaded once through the production loader."""
+    from config.settings import LimitSettings
+    from pipeline.generate import VideoGenerator
+    from pipeline.loader import load_model
+
+    loaded = load_model(str(demo_models["ltx"]), family="auto", device="cpu", dtype="auto", offline=True)
+    return VideoGenerator(loaded, fit="crop", limits=LimitSettings())
+
+
+def make_image(path: Path, size=(96, 64), color=(200, 40, 40), mode="RGB") -> Path:
+    """Write a small real image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def drop(path: Path, data: bytes | str) -> Path:
+    """Drop a file the way a careful tool does: write a temporary dot-name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(temporary, path)
+    return path
+
+
+TINY = {"width": 64, "height": 64, "num_frames": 9, "steps": 2, "fps": 8}
+
+
+def sidecar(**fields) -> str:
+    """A sidecar for the tiny model."""
+    return json.dumps({"prompt": "a small red square", **TINY, **fields})
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, Path]:
+    """An inbox, outbox and state directory in a temporary folder."""
+    paths = {name: tmp_path / name for name in ("inbox", "outbox", "state")}
+    for path in paths.values():
+        path.mkdir()
+    return paths
+
+
+def vidrop_env(folders: dict[str, Path], model: Path, **extra: str) -> dict[str, str]:
+    """The environment for a `vidrop` process on these folders and this model."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VIDROP_")}
+    env.update({
+        "HF_HUB_OFFLINE": "1",
+        "VIDROP_INBOX": str(folders["inbox"]),
+        "VIDROP_OUTBOX": str(folders["outbox"]),
+        "VIDROP_STATE_DIR": str(folders["state"]),
+        "VIDROP_PIPELINE__MODEL": str(model),
+        "VIDROP_PIPELINE__DEVICE": "cpu",
+        "VIDROP_LOG_FORMAT": "json",
+        "VIDROP_INTAKE__SETTLE_SECONDS": "0.3",
+        "VIDROP_INTAKE__PAIRING_SECONDS": "2",
+        "VIDROP_INTAKE__TICK_SECONDS": "0.1",
+        "OMP_NUM_THREADS": "1",
+    })
+    env.update(extra)
+    return env
+
+
+class VidropProcess:
+    """A real `vidrop run` process whose JSON log lines are collected from stderr."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",)) -> None:
+        self.process = subprocess.Popen([str(VIDROP), *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.events: list[dict] = []
+        self.other_lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True, name="vidrop-log-reader")
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.other_lines.append(line)
+
+    def events_named(self, name: str) -> list[dict]:
+        return [event for event in list(self.events) if event.get("event") == name]
+
+    def wait_event(self, name: str, timeout: float = 90.0, count: int = 1) -> list[dict]:
+        def found():
+            if self.process.poll() is not None and len(self.events_named(name)) < count:
+                pytest.fail(f"vidrop exited with {self.process.returncode} before {name}: {self.log_text()}")
+            return len(self.events_named(name)) >= count
+        wait_for(found, timeout, what=f"log event {name} x{count}")
+        return self.events_named(name)
+
+    def log_text(self) -> str:
+        return "\n".join(json.dumps(event) for event in self.events[-30:]) + "".join(self.other_lines[-30:])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait, and SIGKILL only if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=10)
+        self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_vidrop():
+    """Start `vidrop` processes; every one is stopped (by PID) when the test ends."""
+    started: list[VidropProcess] = []
+
+    def start(env: dict[str, str], *args: str) -> VidropProcess:
+        process = VidropProcess(env, args or ("run",))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a `vidrop` command to completion."""
+    return subprocess.run([str(VIDROP), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves threads or child processes running."""
+    threads_before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()
+                  and not t.daemon]
+        children = _children()
+        if not leaked and not children:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"test leaked threads {leaked} or processes {children}")
+        time.sleep(0.05)
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            children.append(int(entry.name))
+    return children

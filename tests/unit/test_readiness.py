@@ -1,0 +1,50 @@
+import os
+
+import pytest
+
+from daemon.intake.readiness import SettleTracker, is_image_name, is_junk
+
+
+@pytest.mark.parametrize("name", [".photo.png.Xa3k9Q", ".DS_Store", "._photo.png", "photo.png.part", "a.tmp",
+                                  "~$deck.png", "photo.png~", "Thumbs.db", "desktop.ini", ".vidrop-tmp-ab-x.mp4",
+                                  "@eaDir", ".syncthing.a.png.tmp", "movie.crdownload"])
+def test_junk_names(name):
+    assert is_junk(name)
+
+
+@pytest.mark.parametrize("name", ["photo.png", "Photo.PNG", "hero shot.jpeg", "_defaults.json"])
+def test_real_names(name):
+    assert not is_junk(name)
+
+
+def test_image_extensions_are_case_insensitive():
+    assert is_image_name("A.PNG") and is_image_name("b.JpEg") and not is_image_name("c.json")
+
+
+def test_a_growing_file_is_not_settled_until_it_stops(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(b"x" * 10)
+    tracker = SettleTracker(settle_seconds=2.0)
+    now = os.stat(path).st_ctime
+    assert not tracker.is_settled(path, now)
+    with open(path, "ab") as handle:
+        handle.write(b"more")
+    now = os.stat(path).st_ctime
+    assert not tracker.is_settled(path, now + 1.9)  # changed: the window starts again
+    assert tracker.is_settled(path, now + 2.1)
+
+
+def test_a_file_untouched_for_the_window_is_settled_at_once(tmp_path):
+    path = tmp_path / "old.png"
+    path.write_bytes(b"x")
+    tracker = SettleTracker(settle_seconds=2.0)
+    assert tracker.is_settled(path, os.stat(path).st_ctime + 5)
+
+
+def test_links_and_missing_files_never_settle(tmp_path):
+    target = tmp_path / "real.png"
+    target.write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(target)
+    tracker = SettleTracker(settle_seconds=0)
+    assert not tracker.is_settled(tmp_path / "link.png", 1e12)
+    assert not tracker.is_settled(tmp_path / "missing.png", 1e12)

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, flat_settings, load_settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.startswith("VIDROP_") or name == "HF_HUB_OFFLINE":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vidrop.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_valid(clean_env):
+    loaded = load_settings()
+    assert loaded.settings.pipeline.model == "Lightricks/LTX-Video"
+    assert loaded.settings.pipeline.family == "auto"
+
+
+def test_environment_overrides_the_file_key_by_key(clean_env, tmp_path):
+    config = write_config(tmp_path, 'inbox = "/srv/in"\n[pipeline]\nmodel = "/models/a"\nfit = "pad"\n')
+    clean_env.setenv("VIDROP_PIPELINE__MODEL", "/models/b")
+    clean_env.setenv("VIDROP_OUTBOX", str(tmp_path / "out"))
+    loaded = load_settings(config)
+    assert loaded.settings.pipeline.model == "/models/b"
+    assert loaded.settings.pipeline.fit == "pad"  # the file's other keys in the section survive
+    assert loaded.settings.inbox == Path("/srv/in")
+    assert loaded.sources["pipeline.model"] == "env VIDROP_PIPELINE__MODEL"
+    assert loaded.sources["pipeline.fit"] == "file"
+    assert loaded.sources["log_level"] == "default"
+
+
+def test_config_file_from_environment_variable(clean_env, tmp_path):
+    config = write_config(tmp_path, 'log_level = "debug"\n')
+    clean_env.setenv("VIDROP_CONFIG", str(config))
+    loaded = load_settings()
+    assert loaded.config_file == config and loaded.settings.log_level == "debug"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[pipeline]\ndevice = "gpu"\n', "pipeline.device"),
+    ('[intake]\nsettle_seconds = -1\n', "intake.settle_seconds"),
+    ('colour = "red"\n', "colour"),
+    ("inbox = [", "cannot be read"),
+])
+def test_invalid_settings_give_one_clear_message(clean_env, tmp_path, text, needle):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(tmp_path, text))
+    assert needle in str(caught.value)
+
+
+def test_outbox_inside_inbox_is_refused(clean_env, tmp_path):
+    config = write_config(tmp_path, f'inbox = "{tmp_path}/in"\noutbox = "{tmp_path}/in/out"\n')
+    with pytest.raises(ConfigError, match="separate folders"):
+        load_settings(config)
+
+
+def test_hf_hub_offline_turns_offline_on(clean_env):
+    clean_env.setenv("HF_HUB_OFFLINE", "1")
+    assert load_settings().settings.pipeline.offline is True
+
+
+def test_flat_settings_names_every_value(clean_env):
+    names = flat_settings(load_settings().settings)
+    assert {"inbox", "pipeline.model", "generation.format", "limits.max_frames"} <= set(names)
