@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import structlog
 
@@ -17,7 +17,7 @@ from daemon.intake.watch import STOP, InboxWatcher
 from daemon.ledger.base import Job, JobState
 from daemon.ledger.sqlite import SqliteLedger
 from daemon.outbox import Outbox
-from daemon.runner import JobInterrupted, Runner
+from daemon.runner import JobInterrupted, JobListener, Runner
 from daemon.systemd import Notifier, NullNotifier
 from pipeline.generate import Generator
 
@@ -31,11 +31,12 @@ class Daemon:
     """The hot-folder daemon. `run()` for the service, `run(once=True)` to drain the inbox and exit."""
 
     def __init__(self, settings: Settings, *, generator_factory: GeneratorFactory, clock: Clock | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, listeners: Sequence[JobListener] = ()) -> None:
         self.settings = settings
         self.generator_factory = generator_factory
         self.clock = clock or SystemClock()
         self.notifier = notifier or NullNotifier()
+        self.listeners = list(listeners)
         self.events: queue.Queue = queue.Queue()
         self.should_stop = False
         self.must_stop_now = False
@@ -76,7 +77,7 @@ class Daemon:
                                      pairing_seconds=settings.intake.pairing_seconds)
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
-                             on_progress=self._on_progress)
+                             on_progress=self._on_progress, listeners=self.listeners)
         if watch:
             self._watcher = InboxWatcher(settings.inbox, self.events)
             self._watcher.start()
@@ -162,6 +163,7 @@ class Daemon:
                 self.runner.record_failure(job, admission.error)
             else:
                 log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed)
+                self.runner.notify(job, JobState.QUEUED)
         self._report_idle()
 
     def _run_job(self, job: Job) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import structlog
 
@@ -20,6 +20,12 @@ log = structlog.get_logger()
 ProgressListener = Callable[[Job, int, int], None]
 
 
+class JobListener(Protocol):
+    """Told about every change of a job's state (galleries, hooks); must not raise."""
+
+    def job_changed(self, job: Job, state: JobState, details: dict[str, Any]) -> None: ...
+
+
 class JobInterrupted(Exception):
     """Raised from the step callback when the daemon must stop now; the job goes back to the queue."""
 
@@ -28,7 +34,8 @@ class Runner:
     """Runs claimed jobs and records their outcome in the outbox and the ledger."""
 
     def __init__(self, *, ledger: Ledger, outbox: Outbox, generator: Generator, inbox: Path, clock: Clock,
-                 max_image_pixels: int, on_progress: ProgressListener | None = None) -> None:
+                 max_image_pixels: int, on_progress: ProgressListener | None = None,
+                 listeners: Sequence[JobListener] = ()) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -36,6 +43,15 @@ class Runner:
         self.clock = clock
         self.max_image_pixels = max_image_pixels
         self.on_progress = on_progress
+        self.listeners = list(listeners)
+
+    def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
+        """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
+        for listener in self.listeners:
+            try:
+                listener.job_changed(job, state, details or {})
+            except Exception:
+                log.exception("job_listener_failed", listener=type(listener).__name__)
 
     def run(self, job: Job) -> JobState:
         """Run one claimed job to done or failed; JobInterrupted propagates (the caller requeues)."""
@@ -43,6 +59,7 @@ class Runner:
         started = self.clock.monotonic()
         try:
             log.info("job_started", attempt=job.attempts, seed=job.seed)
+            self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
             image = load_image(self.inbox / job.input, max_pixels=self.max_image_pixels)
             result = self.generator.generate(image, params, job.seed,
@@ -64,6 +81,7 @@ class Runner:
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
                      encode_ms=round(encode_seconds * 1000), frames=result.facts["frames"],
                      peak_memory_bytes=result.facts["peak_memory_bytes"], output=outputs["video"])
+            self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
         except JobInterrupted:
             raise
@@ -104,6 +122,7 @@ class Runner:
         })
         log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
+        self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
         return path
 
     def _progress(self, job: Job, step: int, total: int) -> None:
