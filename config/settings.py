@@ -73,14 +73,36 @@ class LimitSettings(_Section):
     max_steps: int | None = Field(None, ge=1)
     max_sidecar_bytes: int = Field(64 * 1024, ge=1024)
     max_image_pixels: int = Field(64_000_000, ge=1)
+    max_image_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+
+
+DEFAULT_IGNORE = (
+    ".*",  # rsync's .name.XXXXXX, .DS_Store, ._AppleDouble, .syncthing.*.tmp, .goutputstream-*, .~lock.*
+    "~syncthing~*", "*~", "~$*", "*.part", "*.crdownload", "*.tmp", "*.swp", "Thumbs.db", "desktop.ini",
+    "@eaDir", "$RECYCLE.BIN", "System Volume Information",
+)
 
 
 class IntakeSettings(_Section):
-    """How files in the inbox are noticed and judged complete."""
+    """How files in the inbox are noticed, judged complete and paired."""
 
-    settle_seconds: float = Field(2.0, ge=0, description="a file must stay unchanged this long")
+    watch: Literal["auto", "events", "polling"] = Field(
+        "auto", description="auto: inotify events on local disks, polling on network mounts (NFS, SMB, FUSE)")
+    poll_seconds: float = Field(5.0, gt=0, description="how often the inbox is scanned when polling")
+    reconcile_seconds: float = Field(30.0, gt=0, description="full reconcile scan interval, always on (jittered)")
+    settle_seconds: float = Field(2.0, ge=0, description="a file must stay unchanged this long (local disks)")
+    network_settle_seconds: float = Field(
+        10.0, ge=0, description="the same on network mounts, where attributes are also re-read after open()")
+    decode_grace_seconds: float = Field(
+        60.0, ge=0, description="an image that does not decode yet and changed more recently than this waits")
     pairing_seconds: float = Field(30.0, ge=0, description="how long an image waits for its sidecar")
     tick_seconds: float = Field(0.5, gt=0, le=10, description="main loop tick")
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
+                              description="file and folder names never taken (shell patterns, case-insensitive)")
+    on_success: Literal["keep", "move", "delete"] = "keep"
+    on_failure: Literal["keep", "move"] = "keep"
+    done_dir: Path = Field(Path("done"), description="where on_success = move puts inputs, mirroring the tree")
+    failed_dir: Path = Field(Path("failed"), description="where on_failure = move puts inputs")
 
 
 class Settings(BaseSettings):
@@ -177,6 +199,10 @@ def _with_derived_values(settings: Settings) -> Settings:
             "inbox": settings.inbox.expanduser().absolute(),
             "outbox": settings.outbox.expanduser().absolute(),
             "state_dir": settings.state_dir.expanduser().absolute(),
+            "intake": settings.intake.model_copy(update={
+                "done_dir": settings.intake.done_dir.expanduser().absolute(),
+                "failed_dir": settings.intake.failed_dir.expanduser().absolute(),
+            }),
             "pipeline": settings.pipeline.model_copy(update={"offline": offline}),
         }
     )
@@ -186,6 +212,10 @@ def _check_paths(settings: Settings) -> None:
     inbox, outbox = settings.inbox.resolve(), settings.outbox.resolve()
     if inbox == outbox or outbox.is_relative_to(inbox) or inbox.is_relative_to(outbox):
         raise ConfigError(f"inbox ({inbox}) and outbox ({outbox}) must be separate folders, neither inside the other")
+    for name in ("done_dir", "failed_dir"):
+        folder = getattr(settings.intake, name).resolve()
+        if folder == inbox or folder.is_relative_to(inbox):
+            raise ConfigError(f"intake.{name} ({folder}) must not be inside the inbox ({inbox})")
 
 
 def _describe_validation_error(exc: ValidationError, path: Path | None) -> str:

@@ -34,7 +34,9 @@ class Sidecar(BaseModel):
         title="vidrop sidecar",
         json_schema_extra={
             "description": "Put NAME.json next to NAME.png in the inbox. Unknown keys are refused. "
-            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames."
+            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames. "
+            "A _defaults.json with the same fields applies to every image in its folder and below; "
+            "{stem} and {folder} in a prompt become the image's name and its folder's name."
         },
     )
 
@@ -57,6 +59,7 @@ class Sidecar(BaseModel):
     height: int | None = Field(None, ge=8, description="video height in pixels")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
     format: Literal["mp4", "gif", "webp"] | None = Field(None, description="video container")
+    priority: int | None = Field(None, ge=-1000, le=1000, description="higher runs first; default 0")
 
 
 def sidecar_schema() -> dict[str, Any]:
@@ -74,7 +77,7 @@ def parse_sidecar(raw: bytes, *, max_bytes: int) -> Sidecar:
         )
     try:
         data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SidecarError(
             "The prompt file is not valid JSON.",
             str(exc),

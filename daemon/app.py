@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import queue
 import signal
-from pathlib import Path
 from typing import Callable, Sequence
 
 import structlog
 
 from config.settings import Settings
 from daemon.clock import Clock, SystemClock
-from daemon.intake.admit import admit
-from daemon.intake.pending import PendingInputs
-from daemon.intake.watch import STOP, InboxWatcher
+from daemon.inputs import InputDisposal
+from daemon.intake.admit import Admitter, NotReadyYet
+from daemon.intake.intake import Intake
+from daemon.intake.watch import STOP
 from daemon.ledger.base import Job, JobState
 from daemon.ledger.sqlite import SqliteLedger
 from daemon.outbox import Outbox
@@ -24,7 +24,7 @@ from pipeline.generate import Generator
 log = structlog.get_logger()
 
 GeneratorFactory = Callable[[Settings], Generator]
-RESCAN_SECONDS = 30.0
+NOT_READY_RETRY_SECONDS = 2.0
 
 
 class Daemon:
@@ -42,8 +42,7 @@ class Daemon:
         self.must_stop_now = False
         self.failed_jobs = 0
         self.finished_jobs = 0
-        self._watcher: InboxWatcher | None = None
-        self._next_rescan = 0.0
+        self.intake: Intake | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -73,25 +72,22 @@ class Daemon:
         self.notifier.status("loading model")
         self.generator = self.generator_factory(settings)
         log.info("model_loaded", **self.generator.describe())
-        self.pending = PendingInputs(settings.inbox, settle_seconds=settings.intake.settle_seconds,
-                                     pairing_seconds=settings.intake.pairing_seconds)
+        self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
+        self.admitter = Admitter(settings, self.generator, self.intake.is_junk)
+        listeners = [*self.listeners, InputDisposal(settings)]
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
-                             on_progress=self._on_progress, listeners=self.listeners)
-        if watch:
-            self._watcher = InboxWatcher(settings.inbox, self.events)
-            self._watcher.start()
-        self.pending.notice_all()
-        self._next_rescan = self.clock.monotonic() + RESCAN_SECONDS
+                             on_progress=self._on_progress, listeners=listeners)
+        self.intake.start(watch=watch)
         self.notifier.ready()
         self._report_idle()
-        log.info("daemon_ready", watching=watch, pending=len(self.pending), counts=self.ledger.counts())
+        log.info("daemon_ready", watching=watch, pending=len(self.intake.pending), counts=self.ledger.counts())
 
     def shutdown(self) -> None:
         """Stop the watcher, close the ledger, say goodbye."""
         self.notifier.stopping()
-        if self._watcher is not None:
-            self._watcher.stop()
+        if self.intake is not None:
+            self.intake.stop()
         if hasattr(self, "ledger"):
             log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
                      counts=self.ledger.counts())
@@ -114,22 +110,23 @@ class Daemon:
     # -- one turn of the loop ------------------------------------------------------------------
 
     def run_once(self, timeout: float) -> None:
-        """Take what the watcher saw, admit what is complete, run at most one job."""
+        """Take what the watcher saw, scan when due, admit what is complete, run at most one job."""
         self._drain_events(timeout=0 if self.ledger.counts()[JobState.QUEUED.value] else timeout)
-        if self.clock.monotonic() >= self._next_rescan:
-            self.pending.notice_all()
-            self._next_rescan = self.clock.monotonic() + RESCAN_SECONDS
+        self.intake.tick()
         self._admit_ready()
         if self.should_stop:
             return
-        job = self.ledger.claim_next(self.clock.time())
-        if job is not None:
-            self._run_job(job)
+        if self.intake.is_available:
+            job = self.ledger.claim_next(self.clock.time())
+            if job is not None:
+                self._run_job(job)
+        else:
+            self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
         self.notifier.watchdog()
 
     def is_idle(self) -> bool:
         """Nothing waiting to settle or pair, and nothing queued."""
-        return len(self.pending) == 0 and self.ledger.counts()[JobState.QUEUED.value] == 0
+        return self.intake.is_idle() and self.ledger.counts()[JobState.QUEUED.value] == 0
 
     def _drain_events(self, timeout: float) -> None:
         try:
@@ -138,33 +135,47 @@ class Daemon:
             return
         while True:
             if item is not STOP:
-                self.pending.notice(item)
+                self.intake.notice(item)
             try:
                 item = self.events.get_nowait()
             except queue.Empty:
                 return
 
     def _admit_ready(self) -> None:
-        for ready in self.pending.take_ready(self.clock.time()):
+        ready_inputs = self.intake.take_ready(self.clock.time())
+        for ready in ready_inputs:
+            path = ready.image or ready.sidecar
             try:
-                admission = admit(ready, inbox=self.settings.inbox, settings=self.settings,
-                                  generator=self.generator, now=self.clock.time())
+                admission = self.admitter.admit(ready, now=self.clock.time())
+            except NotReadyYet:
+                log.info("input_not_ready", input=str(path), reason="does not decode yet; still arriving?")
+                self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
+                continue
             except OSError as exc:  # vanished or unreadable between stat and read: look again later
-                log.info("input_unreadable", input=str(ready.image), error=str(exc))
-                self.pending.notice(ready.image)
+                log.info("input_unreadable", input=str(path), error=str(exc))
+                self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
                 continue
-            job = admission.job
-            if self.ledger.has_key(job.key):
-                log.debug("input_already_known", input=job.input, job_id=job.id)
-                continue
+            self._store(admission)
+        if ready_inputs:
+            self._report_idle()
+
+    def _store(self, admission) -> None:
+        job = admission.job
+        if self.ledger.has_key(job.key):
+            log.debug("input_already_known", input=job.input, job_id=job.id)
+            return
+        if admission.error is not None:
             self.ledger.enqueue(job)
-            if admission.error is not None:
-                self.failed_jobs += 1
-                self.runner.record_failure(job, admission.error)
-            else:
-                log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed)
-                self.runner.notify(job, JobState.QUEUED)
-        self._report_idle()
+            self.failed_jobs += 1
+            self.runner.record_failure(job, admission.error)
+            return
+        earlier = self.ledger.find_done_by_content(job.content_key)
+        if earlier is not None and self.runner.reuse_results(job, earlier):
+            return
+        self.ledger.enqueue(job)
+        log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
+                 priority=job.priority)
+        self.runner.notify(job, JobState.QUEUED)
 
     def _run_job(self, job: Job) -> None:
         try:
@@ -189,4 +200,5 @@ class Daemon:
 
     def _report_idle(self) -> None:
         counts = self.ledger.counts()
-        self.notifier.status(f"idle, {counts[JobState.QUEUED.value]} queued, {len(self.pending)} waiting to settle")
+        self.notifier.status(f"idle, {counts[JobState.QUEUED.value]} queued, "
+                             f"{len(self.intake.pending)} waiting to settle or pair")

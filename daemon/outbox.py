@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -59,6 +60,36 @@ class Outbox:
             raise ValueError(f"input path {relative_input!r} is not inside the inbox")
         folder = self.root.joinpath(*relative.parent.parts)
         return OutputNames(folder=folder, stem=relative.stem)
+
+    def names_for_output(self, output: str) -> OutputNames:
+        """Output names for an output stem relative to the outbox ("a/b/photo" or "a/b/photo_jpg")."""
+        relative = PurePosixPath(output)
+        if relative.is_absolute() or ".." in relative.parts or not relative.name:
+            raise ValueError(f"output {output!r} is not inside the outbox")
+        return OutputNames(folder=self.root.joinpath(*relative.parent.parts), stem=relative.name)
+
+    def copy_results(self, *, source: dict[str, str], names: OutputNames, fmt: str,
+                     manifest: dict[str, Any]) -> dict[str, str] | None:
+        """Copy another job's video and thumbnail under these names, with this manifest; None if they are gone."""
+        video, thumbnail = Path(source.get("video", "")), Path(source.get("thumbnail", ""))
+        if not (video.is_file() and thumbnail.is_file()):
+            return None
+        names.folder.mkdir(parents=True, exist_ok=True)
+        targets = {"video": names.video(fmt), "thumbnail": names.thumbnail, "manifest": names.manifest}
+        temporaries = {name: _temporary(names.folder, path.name) for name, path in targets.items()}
+        try:
+            shutil.copyfile(video, temporaries["video"])
+            shutil.copyfile(thumbnail, temporaries["thumbnail"])
+            outputs = {name: path.name for name, path in targets.items()}
+            _write_json(temporaries["manifest"], {**manifest, "outputs": outputs})
+            for name in ("video", "thumbnail", "manifest"):
+                _fsync_path(temporaries[name])
+                os.replace(temporaries[name], targets[name])
+        finally:
+            for path in temporaries.values():
+                path.unlink(missing_ok=True)
+        names.error.unlink(missing_ok=True)
+        return {name: str(path) for name, path in targets.items()}
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary files left by a process that died mid-write; return what was removed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -65,7 +66,7 @@ class Runner:
             result = self.generator.generate(image, params, job.seed,
                                              on_step=lambda step, total: self._progress(job, step, total))
             encode_started = self.clock.monotonic()
-            names = self.outbox.names_for(job.input)
+            names = self._names(job)
             manifest = self._manifest(job, params, result.facts)
             outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
             encode_seconds = self.clock.monotonic() - encode_started
@@ -101,7 +102,7 @@ class Runner:
     def record_failure(self, job: Job, error: VidropError, *, duration: float = 0.0) -> Path:
         """Write the error file, append to jobs.jsonl, mark the job failed, log the summary event."""
         now = self.clock.time()
-        names = self.outbox.names_for(job.input)
+        names = self._names(job)
         kind = "input" if isinstance(error, InputError) else "generation"
         document = {
             "state": JobState.FAILED.value,
@@ -124,6 +125,36 @@ class Runner:
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
         return path
+
+    def reuse_results(self, job: Job, earlier: Job) -> bool:
+        """The same image and request were done before under another name: copy, don't generate again."""
+        params = JobParams.from_dict(job.params)
+        manifest = json.loads(Path(earlier.outputs.get("manifest", "/nonexistent")).read_text()) \
+            if Path(earlier.outputs.get("manifest", "/nonexistent")).is_file() else None
+        if manifest is None:
+            return False
+        manifest.update({"job_id": job.id, "duplicate_of": {"job_id": earlier.id, "input": earlier.input},
+                         "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
+                                   "sidecar_sha256": job.sidecar_sha256}})
+        names = self._names(job)
+        outputs = self.outbox.copy_results(source=earlier.outputs, names=names, fmt=params.format, manifest=manifest)
+        if outputs is None:
+            return False
+        now = self.clock.time()
+        job.state, job.finished_at, job.outputs, job.seed = JobState.DONE, now, outputs, earlier.seed
+        self.ledger.enqueue(job)
+        self.outbox.append_job_line(names, {
+            "job_id": job.id, "input": job.input, "state": JobState.DONE.value, "seed": job.seed,
+            "duplicate_of": earlier.id, "outputs": {name: Path(path).name for name, path in outputs.items()},
+            "finished_at": iso_time(now), "duration_seconds": 0.0,
+        })
+        log.info("job_finished", job_id=job.id, input=job.input, state=JobState.DONE.value, duplicate_of=earlier.id,
+                 output=outputs["video"], duration_ms=0)
+        self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": 0.0})
+        return True
+
+    def _names(self, job: Job):
+        return self.outbox.names_for_output(job.output) if job.output else self.outbox.names_for(job.input)
 
     def _progress(self, job: Job, step: int, total: int) -> None:
         if self.on_progress is not None:

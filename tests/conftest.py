@@ -98,6 +98,9 @@ def vidrop_env(folders: dict[str, Path], model: Path, **extra: str) -> dict[str,
         "VIDROP_INTAKE__SETTLE_SECONDS": "0.3",
         "VIDROP_INTAKE__PAIRING_SECONDS": "2",
         "VIDROP_INTAKE__TICK_SECONDS": "0.1",
+        "VIDROP_INTAKE__DECODE_GRACE_SECONDS": "1",
+        "VIDROP_INTAKE__POLL_SECONDS": "0.5",
+        "VIDROP_INTAKE__RECONCILE_SECONDS": "10",
         "OMP_NUM_THREADS": "1",
     })
     env.update(extra)

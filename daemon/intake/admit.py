@@ -1,4 +1,4 @@
-"""Turning a complete image (and its sidecar) into a job: hash, validate, decide the key."""
+"""Turning a complete image (and its sidecar) into a job: hash, merge defaults, validate, decide the key."""
 
 from __future__ import annotations
 
@@ -6,18 +6,24 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from config.settings import Settings
-from config.sidecar import SEED_MAX, Sidecar, SidecarError, parse_sidecar
+from config.sidecar import SEED_MAX, SidecarError, parse_sidecar
+from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
 from daemon.intake.pending import ReadyInput
+from daemon.intake.readiness import JunkFilter
 from daemon.ledger.base import Job, JobState
 from pipeline.errors import InputError, VidropError
-from pipeline.generate import Generator
+from pipeline.generate import Generator, JobParams
 from pipeline.images import load_image
 
 HASH_CHUNK = 1 << 20
+
+
+class NotReadyYet(Exception):
+    """The image does not decode, but it changed so recently that it may still be arriving."""
 
 
 @dataclass
@@ -38,37 +44,98 @@ def sha256_of(path: Path) -> str:
 
 
 def job_key(relative_input: str, input_sha256: str, sidecar_sha256: str | None) -> str:
-    """Same output path, same image bytes, same sidecar bytes: same job.
+    """Same input path, same image bytes, same sidecar bytes: same job.
 
-    Parameters that come from settings are left out on purpose: changing a default must not rerun
-    every finished job at the next start.
+    Settings and `_defaults.json` are left out on purpose: changing a default must not rerun
+    every finished job.
     """
     material = json.dumps([relative_input, input_sha256, sidecar_sha256])
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def admit(ready: ReadyInput, *, inbox: Path, settings: Settings, generator: Generator, now: float) -> Admission:
-    """Hash the files, validate sidecar and image, and build the job (queued, or failed with its error)."""
-    relative = ready.image.relative_to(inbox).as_posix()
-    input_sha256 = sha256_of(ready.image)
-    sidecar_raw, sidecar_sha256 = _read_sidecar(ready.sidecar, settings.limits.max_sidecar_bytes)
-    key = job_key(relative, input_sha256, sidecar_sha256)
-    job = Job(
-        id=key[:16], key=key, input=relative,
-        sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
-        input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
-    )
-    try:
-        requested = _requested(settings, sidecar_raw, settings.limits.max_sidecar_bytes)
-        params = generator.resolve(requested)
-        load_image(ready.image, max_pixels=settings.limits.max_image_pixels)
-    except SidecarError as exc:
-        return _refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)
-    except VidropError as exc:
-        return _refused(job, exc, now)
-    job.params = params.to_dict()
-    job.seed = params.seed if params.seed is not None else secrets.randbelow(SEED_MAX + 1)
-    return Admission(job)
+def content_key(input_sha256: str, params: JobParams) -> str:
+    """Same image bytes and same effective request: the same video, whatever the file is called."""
+    material = json.dumps([input_sha256, params.to_dict()], sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class Admitter:
+    """Builds jobs from ready inputs with the current settings and the loaded model's family rules."""
+
+    def __init__(self, settings: Settings, generator: Generator, is_junk: JunkFilter) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.is_junk = is_junk
+
+    def admit(self, ready: ReadyInput, *, now: float) -> Admission:
+        """Hash, merge defaults and sidecar, validate, and build the job (queued, or failed with its error)."""
+        inbox = self.settings.inbox
+        limits = self.settings.limits
+        main = ready.image or ready.sidecar
+        relative = main.relative_to(inbox).as_posix()
+        if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
+            input_sha256 = f"size:{ready.image_snapshot.size}"
+        else:
+            input_sha256 = sha256_of(main)
+        sidecar_raw, sidecar_sha256 = _read_sidecar(ready.sidecar, limits.max_sidecar_bytes)
+        key = job_key(relative, input_sha256, sidecar_sha256)
+        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
+        job = Job(
+            id=key[:16], key=key, input=relative,
+            sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
+            input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
+            output=str(PurePosixPath(relative).parent / stem),
+        )
+        try:
+            if ready.image is None:
+                raise InputError(
+                    "This prompt file has no image next to it, so vidrop has nothing to animate.",
+                    detail=f"no image named {main.stem}.png/.jpg/... beside {relative}",
+                    fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
+                )
+            requested = self._requested(ready.image, sidecar_raw)
+            job.priority = int(requested.pop("priority", 0))
+            params = self.generator.resolve(requested)
+            if ready.image_snapshot.size > limits.max_image_bytes:
+                raise InputError(
+                    f"The image file is too large ({ready.image_snapshot.size} bytes).",
+                    detail=f"{ready.image_snapshot.size} bytes exceeds limits.max_image_bytes={limits.max_image_bytes}",
+                    fix="Export the image at a smaller size or with compression (PNG or JPEG).",
+                )
+            self._check_decodes(ready, now)
+        except SidecarError as exc:
+            return _refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)
+        except VidropError as exc:
+            return _refused(job, exc, now)
+        job.params = params.to_dict()
+        job.content_key = content_key(input_sha256, params)
+        job.seed = params.seed if params.seed is not None else secrets.randbelow(SEED_MAX + 1)
+        return Admission(job)
+
+    def _requested(self, image: Path, sidecar_raw: bytes | None) -> dict[str, Any]:
+        max_bytes = self.settings.limits.max_sidecar_bytes
+        requested = self.settings.generation.model_dump(exclude_none=True)
+        requested.update(folder_defaults(image.parent, self.settings.inbox, max_bytes=max_bytes))
+        if sidecar_raw is not None:
+            requested.update(parse_sidecar(sidecar_raw, max_bytes=max_bytes).model_dump(exclude_none=True))
+        elif not requested.get("prompt"):
+            raise InputError(
+                "This image has no prompt file, so vidrop does not know what video to make.",
+                detail="no sidecar NAME.json next to the image, no prompt in a _defaults.json above it "
+                       "and no default prompt in the settings",
+                fix='Put a JSON file with the same name next to the image, for example photo.json '
+                    'containing {"prompt": "slow camera push-in"}, or a _defaults.json in the folder.',
+            )
+        folder = image.parent.name if image.parent != self.settings.inbox else ""
+        return expand_placeholders(requested, stem=image.stem, folder=folder)
+
+    def _check_decodes(self, ready: ReadyInput, now: float) -> None:
+        try:
+            load_image(ready.image, max_pixels=self.settings.limits.max_image_pixels)
+        except InputError:
+            if now - ready.image_snapshot.last_change < self.settings.intake.decode_grace_seconds:
+                raise NotReadyYet(str(ready.image)) from None
+            raise
 
 
 def _read_sidecar(path: Path | None, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -77,22 +144,6 @@ def _read_sidecar(path: Path | None, max_bytes: int) -> tuple[bytes | None, str 
     with open(path, "rb") as handle:
         raw = handle.read(max_bytes + 1)
     return raw, hashlib.sha256(raw).hexdigest()
-
-
-def _requested(settings: Settings, sidecar_raw: bytes | None, max_bytes: int) -> dict[str, Any]:
-    requested = settings.generation.model_dump(exclude_none=True)
-    if sidecar_raw is None:
-        if not requested.get("prompt"):
-            raise InputError(
-                "This image has no prompt file, so vidrop does not know what video to make.",
-                detail="no sidecar NAME.json next to the image and no default prompt in the settings",
-                fix='Put a JSON file with the same name next to the image, for example photo.json '
-                    'containing {"prompt": "slow camera push-in"}.',
-            )
-        return requested
-    sidecar: Sidecar = parse_sidecar(sidecar_raw, max_bytes=max_bytes)
-    requested.update(sidecar.model_dump(exclude_none=True))
-    return requested
 
 
 def _refused(job: Job, error: VidropError, now: float) -> Admission:

@@ -1,10 +1,14 @@
-"""Pairing an image with its sidecar: `photo.png` ↔ `photo.json` in the same folder."""
+"""Pairing an image with its sidecar (`photo.png` ↔ `photo.json`) and with the `_defaults.json` above it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
-from daemon.intake.readiness import SIDECAR_SUFFIX, is_image_name, is_junk
+from config.sidecar import SidecarError, parse_sidecar
+from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name
+
+PLACEHOLDER_FIELDS = ("prompt", "negative_prompt")
 
 
 def sidecar_for(image: Path) -> Path:
@@ -12,7 +16,7 @@ def sidecar_for(image: Path) -> Path:
     return image.with_name(image.stem + SIDECAR_SUFFIX)
 
 
-def images_for(sidecar: Path) -> list[Path]:
+def images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Path]:
     """The images in the sidecar's folder that share its stem (any image extension, any case)."""
     stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
     try:
@@ -20,3 +24,42 @@ def images_for(sidecar: Path) -> list[Path]:
     except OSError:
         return []
     return sorted(p for p in entries if p.stem == stem and is_image_name(p.name) and not is_junk(p.name))
+
+
+def output_stem(image: Path, is_junk: Callable[[str], bool]) -> str:
+    """`photo` for photo.png; `photo_jpg` when another image in the folder is also called `photo`."""
+    try:
+        siblings = [p for p in image.parent.iterdir()
+                    if p.stem == image.stem and p.name != image.name and is_image_name(p.name) and not is_junk(p.name)]
+    except OSError:
+        siblings = []
+    return f"{image.stem}_{image.suffix.lstrip('.').lower()}" if siblings else image.stem
+
+
+def folder_defaults(folder: Path, inbox: Path, *, max_bytes: int) -> dict[str, Any]:
+    """Every `_defaults.json` from the inbox root down to folder, merged key by key (the nearest wins)."""
+    merged: dict[str, Any] = {}
+    chain = [folder, *folder.parents]
+    for current in reversed(chain[: chain.index(inbox) + 1] if inbox in chain else [folder]):
+        path = current / DEFAULTS_NAME
+        if FileSnapshot.of(path) is None:
+            continue
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+        try:
+            defaults = parse_sidecar(raw, max_bytes=max_bytes)
+        except SidecarError as exc:
+            where = path.relative_to(inbox).as_posix()
+            raise SidecarError(f"The folder defaults file {where} cannot be used: {exc.reason}",
+                               f"{where}: {exc.detail}", exc.fix) from None
+        merged.update(defaults.model_dump(exclude_none=True))
+    return merged
+
+
+def expand_placeholders(values: dict[str, Any], *, stem: str, folder: str) -> dict[str, Any]:
+    """Put the image's name and folder name into `{stem}` and `{folder}` (and nothing else: no format())."""
+    expanded = dict(values)
+    for name in PLACEHOLDER_FIELDS:
+        if isinstance(expanded.get(name), str):
+            expanded[name] = expanded[name].replace("{stem}", stem).replace("{folder}", folder)
+    return expanded

@@ -1,4 +1,4 @@
-"""When is a dropped file a real, complete input: junk names and the settle window."""
+"""When is a dropped file a real, complete input: junk names, the settle window, busy markers."""
 
 from __future__ import annotations
 
@@ -7,25 +7,26 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from daemon.outbox import TEMP_PREFIX
 from pipeline.images import IMAGE_SUFFIXES
 
 SIDECAR_SUFFIX = ".json"
 DEFAULTS_NAME = "_defaults.json"
-
-# Names that producers use for files in progress or for their own bookkeeping; never jobs.
-JUNK_PATTERNS = (
-    ".*",  # rsync's .name.XXXXXX, .DS_Store, ._AppleDouble, .syncthing.*.tmp, .goutputstream-*
-    "~syncthing~*", "*~", "~$*", "*.part", "*.crdownload", "*.tmp", "*.swp", "Thumbs.db", "desktop.ini",
-    "@eaDir", "$RECYCLE.BIN", TEMP_PREFIX + "*",
-)
+FINDER_INFO_ATTRIBUTES = ("com.apple.FinderInfo", "user.com.apple.FinderInfo")
+FINDER_BUSY = b"brokMACS"  # Finder's file type/creator while a copy is in progress
 
 
-def is_junk(name: str, patterns: tuple[str, ...] = JUNK_PATTERNS) -> bool:
-    """Whether a file or folder name is a temporary or bookkeeping name (case-insensitive)."""
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
+class JunkFilter:
+    """Names that producers use for files in progress or for their own bookkeeping; never jobs."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(pattern.lower() for pattern in patterns) + (TEMP_PREFIX.lower() + "*",)
+
+    def __call__(self, name: str) -> bool:
+        lowered = name.lower()
+        return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in self.patterns)
 
 
 def is_image_name(name: str) -> bool:
@@ -36,6 +37,17 @@ def is_image_name(name: str) -> bool:
 def is_sidecar_name(name: str) -> bool:
     """Whether the name is a per-image sidecar (NAME.json, not _defaults.json)."""
     return name.lower().endswith(SIDECAR_SUFFIX) and name.lower() != DEFAULTS_NAME
+
+
+def is_finder_busy(path: Path) -> bool:
+    """Whether macOS Finder marks the file as still being copied (its FinderInfo says 'brokMACS')."""
+    for attribute in FINDER_INFO_ATTRIBUTES:
+        try:
+            if os.getxattr(path, attribute, follow_symlinks=False)[:8] == FINDER_BUSY:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,27 @@ class FileSnapshot:
 
     @classmethod
     def of(cls, path: Path) -> FileSnapshot | None:
-        """stat without following links out of the inbox; None if it is gone or not a regular file."""
+        """lstat: links are never followed out of the inbox; None if gone or not a regular file."""
         try:
             result = os.stat(path, follow_symlinks=False)
         except OSError:
             return None
-        if not _is_regular(result.st_mode):
+        if not stat.S_ISREG(result.st_mode):
+            return None
+        return cls(result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino)
+
+    @classmethod
+    def after_open(cls, path: Path) -> FileSnapshot | None:
+        """fstat after open(): on NFS, open revalidates the attribute cache (close-to-open consistency)."""
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            result = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
+        if not stat.S_ISREG(result.st_mode):
             return None
         return cls(result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino)
 
@@ -64,15 +91,12 @@ class FileSnapshot:
         return max(self.mtime_ns, self.ctime_ns) / 1e9
 
 
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
-
-
 class SettleTracker:
     """A file is settled once its snapshot stayed the same over the settle window."""
 
-    def __init__(self, settle_seconds: float) -> None:
+    def __init__(self, settle_seconds: float, *, reopen: bool = False) -> None:
         self.settle_seconds = settle_seconds
+        self.reopen = reopen
         self._seen: dict[Path, tuple[FileSnapshot, float]] = {}
 
     def is_settled(self, path: Path, now_wall: float) -> bool:
@@ -92,7 +116,12 @@ class SettleTracker:
             self._seen[path] = (snapshot, stable_since)
         else:
             stable_since = previous[1]
-        return now_wall - stable_since >= self.settle_seconds
+        if now_wall - stable_since < self.settle_seconds:
+            return False
+        if self.reopen and FileSnapshot.after_open(path) != snapshot:
+            self._seen.pop(path, None)
+            return False
+        return not is_finder_busy(path)
 
     def forget(self, path: Path) -> None:
         """Stop tracking a path (taken, or gone)."""

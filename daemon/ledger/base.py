@@ -35,6 +35,9 @@ class Job:
     attempts: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    output: str = ""  # output stem relative to the outbox ("a/b/photo"); decided once, at admission
+    priority: int = 0  # higher runs first
+    content_key: str = ""  # image bytes + effective request: finds the same work under another name
 
 
 class Ledger(Protocol):
@@ -45,6 +48,9 @@ class Ledger(Protocol):
 
     def has_key(self, key: str) -> bool:
         """Whether a job with this key exists in any state."""
+
+    def find_done_by_content(self, content_key: str) -> Job | None:
+        """A finished job that made the same video from the same image and request, if any."""
 
     def claim_next(self, now: float) -> Job | None:
         """Mark the oldest queued job running and return it."""

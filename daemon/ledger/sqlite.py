@@ -25,13 +25,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     outputs TEXT NOT NULL DEFAULT '{}',
-    error TEXT
+    error TEXT,
+    output TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 0,
+    content_key TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, created_at);
+CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key, state);
 """
 
 COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
-           "created_at", "started_at", "finished_at", "attempts", "outputs", "error")
+           "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
+           "content_key")
 
 
 class SqliteLedger:
@@ -55,10 +60,17 @@ class SqliteLedger:
     def has_key(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM jobs WHERE key = ?", (key,)).fetchone() is not None
 
+    def find_done_by_content(self, content_key: str) -> Job | None:
+        row = self._db.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE content_key = ? AND state = ? ORDER BY finished_at LIMIT 1",
+            (content_key, JobState.DONE.value),
+        ).fetchone()
+        return None if row is None else _from_row(row)
+
     def claim_next(self, now: float) -> Job | None:
         with self._transaction():
             row = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state = ? ORDER BY created_at, rowid LIMIT 1",
+                f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state = ? ORDER BY priority DESC, created_at, rowid LIMIT 1",
                 (JobState.QUEUED.value,),
             ).fetchone()
             if row is None:
@@ -126,7 +138,8 @@ class _Transaction:
 def _to_row(job: Job) -> tuple[Any, ...]:
     return (job.id, job.key, job.state.value, job.input, job.sidecar, job.input_sha256, job.sidecar_sha256,
             json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
-            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error))
+            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), job.output, job.priority,
+            job.content_key)
 
 
 def _from_row(row: tuple[Any, ...]) -> Job:
@@ -137,4 +150,5 @@ def _from_row(row: tuple[Any, ...]) -> Job:
         params=json.loads(values["params"]), seed=values["seed"], created_at=values["created_at"],
         started_at=values["started_at"], finished_at=values["finished_at"], attempts=values["attempts"],
         outputs=json.loads(values["outputs"]), error=None if values["error"] is None else json.loads(values["error"]),
+        output=values["output"], priority=values["priority"], content_key=values["content_key"],
     )

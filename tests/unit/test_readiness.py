@@ -2,7 +2,10 @@ import os
 
 import pytest
 
-from daemon.intake.readiness import SettleTracker, is_image_name, is_junk
+from config.settings import DEFAULT_IGNORE
+from daemon.intake.readiness import JunkFilter, SettleTracker, is_image_name
+
+is_junk = JunkFilter(DEFAULT_IGNORE)
 
 
 @pytest.mark.parametrize("name", [".photo.png.Xa3k9Q", ".DS_Store", "._photo.png", "photo.png.part", "a.tmp",

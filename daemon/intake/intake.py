@@ -1,0 +1,150 @@
+"""Intake: watcher events as the fast path, scans as the truth, and a pause while the inbox is gone."""
+
+from __future__ import annotations
+
+import errno
+import queue
+import random
+from pathlib import Path
+
+import structlog
+
+from config.settings import IntakeSettings
+from daemon.clock import Clock
+from daemon.intake.mounts import filesystem_type, is_network_filesystem
+from daemon.intake.pending import PendingInputs, ReadyInput
+from daemon.intake.readiness import JunkFilter
+from daemon.intake.scan import InboxScanner, InboxUnavailable
+from daemon.intake.watch import InboxWatcher
+
+log = structlog.get_logger()
+
+INOTIFY_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+class Intake:
+    """Everything between a file appearing in the inbox and a ready input."""
+
+    def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock) -> None:
+        self.inbox = inbox
+        self.events = events
+        self.clock = clock
+        self.fs_type = filesystem_type(inbox)
+        self.is_network = is_network_filesystem(self.fs_type)
+        self.is_junk = JunkFilter(settings.ignore)
+        self.pending = PendingInputs(
+            inbox, is_junk=self.is_junk, pairing_seconds=settings.pairing_seconds, reopen=self.is_network,
+            settle_seconds=settings.network_settle_seconds if self.is_network else settings.settle_seconds,
+        )
+        self.scanner = InboxScanner(inbox, self.is_junk)
+        self.settings = settings
+        self.mode = self._choose_mode(settings.watch)
+        self.is_available = True
+        self.unavailable_reason = ""
+        self._watcher: InboxWatcher | None = None
+        self._next_poll = 0.0
+        self._next_reconcile = 0.0
+        self._scan_soon = False
+
+    def _choose_mode(self, requested: str) -> str:
+        if requested != "auto":
+            return requested
+        return "polling" if self.is_network else "events"
+
+    def start(self, *, watch: bool) -> None:
+        """Start the observer (when events are wanted) and run the first full scan."""
+        if watch and self.mode == "events":
+            self._start_watcher()
+        self._scan(full=True)
+        log.info("intake_started", mode=self.mode if watch else "scan-once", filesystem=self.fs_type or "unknown",
+                 network=self.is_network, pending=len(self.pending))
+
+    def stop(self) -> None:
+        """Stop and join the observer."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def notice(self, path: Path) -> None:
+        """A path from the observer; a folder created or moved in is scanned (its files raise no events)."""
+        if not self.is_available:
+            return
+        if path.is_dir() and not path.is_symlink():
+            self._scan_soon = True
+        else:
+            self.pending.notice(path)
+
+    def tick(self) -> None:
+        """Scans when due, the observer's health, the inbox's presence."""
+        now = self.clock.monotonic()
+        if not self.is_available:
+            if now >= self._next_poll:
+                self._scan(full=True)
+            return
+        if self.mode == "events" and self._watcher is not None and not self._watcher.is_alive():
+            log.warning("observer_died", action="restarting")
+            self._watcher = None
+            self._start_watcher()
+            self._scan(full=True)
+        elif now >= self._next_reconcile:
+            self._scan(full=True)
+        elif self._scan_soon or (self.mode == "polling" and now >= self._next_poll):
+            self._scan_soon = False
+            self._scan(full=False)
+
+    def take_ready(self, now_wall: float) -> list[ReadyInput]:
+        """Inputs complete now (none while the inbox is unavailable)."""
+        return self.pending.take_ready(now_wall) if self.is_available else []
+
+    def retry_later(self, path: Path, *, delay: float) -> None:
+        """Look at a path again after delay seconds."""
+        self.pending.release(path, not_before=self.clock.time() + delay)
+
+    def is_idle(self) -> bool:
+        """Nothing waiting to settle or pair."""
+        return len(self.pending) == 0
+
+    def _start_watcher(self) -> None:
+        watcher = InboxWatcher(self.inbox, self.events)
+        try:
+            watcher.start()
+        except OSError as exc:
+            watcher.stop()
+            if exc.errno in INOTIFY_LIMIT_ERRORS:
+                log.warning("inotify_unavailable", error=str(exc), action="falling back to polling",
+                            fix="raise fs.inotify.max_user_watches / max_user_instances")
+                self.mode = "polling"
+                return
+            raise
+        self._watcher = watcher
+
+    def _scan(self, *, full: bool) -> None:
+        now = self.clock.monotonic()
+        self._next_poll = now + self.settings.poll_seconds
+        try:
+            paths = self.scanner.scan(full=full)
+        except InboxUnavailable as exc:
+            self._mark_unavailable(exc)
+            return
+        if full:
+            jitter = random.uniform(-0.1, 0.1) * self.settings.reconcile_seconds
+            self._next_reconcile = now + self.settings.reconcile_seconds + jitter
+        if not self.is_available:
+            self._mark_available()
+        for path in paths:
+            self.pending.notice(path)
+
+    def _mark_unavailable(self, exc: OSError) -> None:
+        if self.is_available:
+            self.is_available = False
+            self.unavailable_reason = exc.strerror or str(exc)
+            log.error("inbox_unavailable", inbox=str(self.inbox), error=self.unavailable_reason,
+                      errno=errno.errorcode.get(exc.errno or 0, ""), action="intake paused; the ledger is untouched")
+            self.stop()
+
+    def _mark_available(self) -> None:
+        self.is_available = True
+        self.unavailable_reason = ""
+        log.info("inbox_available", inbox=str(self.inbox), action="intake resumed")
+        if self.mode == "events":
+            self._start_watcher()
