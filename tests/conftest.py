@@ -168,6 +168,23 @@ def start_vidrop():
         process.stop()
 
 
+def ledger_jobs(state: Path) -> list:
+    """Every job in a daemon's SQLite ledger (read while it runs: WAL allows it)."""
+    from daemon.ledger.sqlite import SqliteLedger
+
+    ledger = SqliteLedger(state / "ledger.sqlite3")
+    try:
+        return ledger.jobs()
+    finally:
+        ledger.close()
+
+
+def job_lines(outbox_folder: Path) -> list[dict]:
+    """The parsed lines of a folder's jobs.jsonl."""
+    path = outbox_folder / "jobs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run a `vidrop` command to completion."""
     return subprocess.run([str(VIDROP), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -177,12 +194,13 @@ def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180) -> subproc
 def no_leaks():
     """Fail a test that leaves threads or child processes running."""
     threads_before = set(threading.enumerate())
+    children_before = set(_children())
     yield
     deadline = time.monotonic() + 10
     while True:
         leaked = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()
                   and not t.daemon]
-        children = _children()
+        children = [pid for pid in _children() if pid not in children_before]
         if not leaked and not children:
             return
         if time.monotonic() > deadline:
