@@ -155,6 +155,9 @@ class Daemon:
                 log.info("input_unreadable", input=str(path), error=str(exc))
                 self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
                 continue
+            except Exception:  # the one broad catch around one input: no file may stop the queue
+                log.exception("input_crashed_admission", input=str(path))
+                continue
             self._store(admission)
         if ready_inputs:
             self._report_idle()

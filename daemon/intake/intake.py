@@ -6,6 +6,7 @@ import errno
 import queue
 import random
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -25,10 +26,12 @@ INOTIFY_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 class Intake:
     """Everything between a file appearing in the inbox and a ready input."""
 
-    def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock) -> None:
+    def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock,
+                 watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher) -> None:
         self.inbox = inbox
         self.events = events
         self.clock = clock
+        self.watcher_factory = watcher_factory
         self.fs_type = filesystem_type(inbox)
         self.is_network = is_network_filesystem(self.fs_type)
         self.is_junk = JunkFilter(settings.ignore)
@@ -105,7 +108,7 @@ class Intake:
         return len(self.pending) == 0
 
     def _start_watcher(self) -> None:
-        watcher = InboxWatcher(self.inbox, self.events)
+        watcher = self.watcher_factory(self.inbox, self.events)
         try:
             watcher.start()
         except OSError as exc:

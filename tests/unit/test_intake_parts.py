@@ -1,0 +1,161 @@
+import errno
+import json
+import os
+import queue
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from config.settings import DEFAULT_IGNORE, IntakeSettings
+from config.sidecar import SidecarError
+from daemon.intake.intake import Intake
+from daemon.intake.mounts import filesystem_type, is_network_filesystem
+from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
+from daemon.intake.readiness import FINDER_BUSY, JunkFilter, SettleTracker
+from daemon.intake.scan import InboxScanner, InboxUnavailable
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /mnt/share rw,relatime shared:20 - cifs //nas/share rw,vers=3.0
+41 40 0:36 / /mnt/share/local\\040disk rw - ext4 /dev/sdb1 rw
+42 22 0:37 / /srv/nfs rw - nfs4 server:/export rw
+43 22 0:38 / /media/cloud rw - fuse.rclone remote: rw
+"""
+
+
+@pytest.mark.parametrize("path,expected", [("/home/me/inbox", "ext4"), ("/mnt/share/inbox", "cifs"),
+                                           ("/mnt/share/local disk/in", "ext4"), ("/srv/nfs", "nfs4"),
+                                           ("/media/cloud/x", "fuse.rclone")])
+def test_filesystem_type_from_mountinfo(tmp_path, path, expected):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    assert filesystem_type(Path(path), mountinfo) == expected
+
+
+def test_network_filesystems():
+    assert all(is_network_filesystem(t) for t in ("nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "9p"))
+    assert not any(is_network_filesystem(t) for t in ("ext4", "xfs", "btrfs", "tmpfs", "overlay"))
+
+
+def test_incremental_scan_lists_only_folders_that_changed(tmp_path):
+    is_junk = JunkFilter(DEFAULT_IGNORE)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "one.png").write_bytes(b"x")
+    (tmp_path / "b" / "two.png").write_bytes(b"x")
+    (tmp_path / "b" / ".hidden.png").write_bytes(b"x")
+    scanner = InboxScanner(tmp_path, is_junk)
+    assert sorted(p.name for p in scanner.scan(full=False)) == ["one.png", "two.png"]
+    assert scanner.scan(full=False) == []  # nothing changed: no folder is listed again
+    (tmp_path / "b" / "three.png").write_bytes(b"x")
+    os.utime(tmp_path / "b", ns=(1, os.stat(tmp_path / "b").st_mtime_ns + 1))
+    assert sorted(p.name for p in scanner.scan(full=False)) == ["three.png", "two.png"]
+    assert len(scanner.scan(full=True)) == 3
+
+
+def test_scan_of_a_missing_inbox_says_unavailable(tmp_path):
+    with pytest.raises(InboxUnavailable):
+        InboxScanner(tmp_path / "gone", JunkFilter(())).scan(full=True)
+
+
+def test_nearest_defaults_win_key_by_key_and_placeholders(tmp_path):
+    (tmp_path / "acme" / "spring").mkdir(parents=True)
+    (tmp_path / "_defaults.json").write_text(json.dumps({"prompt": "{stem} in {folder}", "fps": 8, "steps": 4}))
+    (tmp_path / "acme" / "_defaults.json").write_text(json.dumps({"steps": 9, "priority": 2}))
+    merged = folder_defaults(tmp_path / "acme" / "spring", tmp_path, max_bytes=4096)
+    assert merged == {"prompt": "{stem} in {folder}", "fps": 8, "steps": 9, "priority": 2}
+    assert expand_placeholders(merged, stem="shoe", folder="spring")["prompt"] == "shoe in spring"
+    assert expand_placeholders({"prompt": "{0.__class__}"}, stem="s", folder="f")["prompt"] == "{0.__class__}"
+
+
+def test_a_broken_defaults_file_names_itself(tmp_path):
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "_defaults.json").write_text('{"stepz": 3}')
+    with pytest.raises(SidecarError, match="acme/_defaults.json"):
+        folder_defaults(tmp_path / "acme", tmp_path, max_bytes=4096)
+
+
+def test_output_stems_stay_distinct_for_one_stem(tmp_path):
+    is_junk = JunkFilter(DEFAULT_IGNORE)
+    (tmp_path / "solo.png").write_bytes(b"x")
+    (tmp_path / "pair.png").write_bytes(b"x")
+    (tmp_path / "pair.JPG").write_bytes(b"x")
+    (tmp_path / "._pair.tif").write_bytes(b"x")
+    assert output_stem(tmp_path / "solo.png", is_junk) == "solo"
+    assert output_stem(tmp_path / "pair.png", is_junk) == "pair_png"
+    assert output_stem(tmp_path / "pair.JPG", is_junk) == "pair_jpg"
+
+
+def test_custom_ignore_list_and_own_temporaries():
+    is_junk = JunkFilter(["*.draft.png"])
+    assert is_junk("hero.DRAFT.png") and is_junk(".vidrop-tmp-1234-x.mp4") and not is_junk(".DS_Store")
+
+
+def test_finder_copy_in_progress_is_not_settled(tmp_path):
+    path = tmp_path / "copying.png"
+    path.write_bytes(b"x")
+    try:
+        os.setxattr(path, "user.com.apple.FinderInfo", FINDER_BUSY + bytes(24))
+    except OSError:
+        pytest.skip("this filesystem has no user extended attributes")
+    tracker = SettleTracker(settle_seconds=0)
+    assert not tracker.is_settled(path, os.stat(path).st_ctime + 10)
+    os.removexattr(path, "user.com.apple.FinderInfo")
+    assert tracker.is_settled(path, os.stat(path).st_ctime + 10)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+    def monotonic(self):
+        return self.now
+
+
+class _ExhaustedWatcher:
+    def __init__(self, inbox, events):
+        pass
+
+    def start(self):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    def stop(self):
+        pass
+
+
+class _DyingWatcher:
+    started = 0
+
+    def __init__(self, inbox, events):
+        pass
+
+    def start(self):
+        type(self).started += 1
+
+    def is_alive(self):
+        return False
+
+    def stop(self):
+        pass
+
+
+def test_inotify_exhaustion_falls_back_to_polling(tmp_path):
+    intake = Intake(tmp_path, IntakeSettings(), queue.Queue(), _Clock(), watcher_factory=_ExhaustedWatcher)
+    with capture_logs() as logs:
+        intake.start(watch=True)
+    assert intake.mode == "polling"
+    assert [e for e in logs if e["event"] == "inotify_unavailable"][0]["action"] == "falling back to polling"
+
+
+def test_a_dead_observer_is_restarted_with_a_full_scan(tmp_path):
+    intake = Intake(tmp_path, IntakeSettings(watch="events"), queue.Queue(), _Clock(), watcher_factory=_DyingWatcher)
+    intake.start(watch=True)
+    (tmp_path / "missed.png").write_bytes(b"x")  # written while the observer was dead: no event
+    with capture_logs() as logs:
+        intake.tick()
+    assert _DyingWatcher.started == 2 and any(e["event"] == "observer_died" for e in logs)
+    assert len(intake.pending) == 1
