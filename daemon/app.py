@@ -73,7 +73,7 @@ class Daemon:
         self.generator = self.generator_factory(settings)
         log.info("model_loaded", **self.generator.describe())
         self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
-        self.admitter = Admitter(settings, self.generator, self.intake.is_junk)
+        self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
         listeners = [*self.listeners, InputDisposal(settings)]
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
@@ -164,7 +164,7 @@ class Daemon:
 
     def _store(self, admission) -> None:
         job = admission.job
-        if self.ledger.has_key(job.key):
+        if admission.is_known:
             log.debug("input_already_known", input=job.input, job_id=job.id)
             return
         if admission.error is not None:

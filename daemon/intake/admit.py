@@ -7,7 +7,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from config.settings import Settings
 from config.sidecar import SEED_MAX, SidecarError, parse_sidecar
@@ -28,10 +28,11 @@ class NotReadyYet(Exception):
 
 @dataclass
 class Admission:
-    """A job to store, and the reason it is refused if it is."""
+    """A job to store, and the reason it is refused if it is; `is_known`: the ledger already has it."""
 
     job: Job
     error: VidropError | None = None
+    is_known: bool = False
 
 
 def sha256_of(path: Path) -> str:
@@ -62,10 +63,12 @@ def content_key(input_sha256: str, params: JobParams) -> str:
 class Admitter:
     """Builds jobs from ready inputs with the current settings and the loaded model's family rules."""
 
-    def __init__(self, settings: Settings, generator: Generator, is_junk: JunkFilter) -> None:
+    def __init__(self, settings: Settings, generator: Generator, is_junk: JunkFilter,
+                 is_known: Callable[[str], bool]) -> None:
         self.settings = settings
         self.generator = generator
         self.is_junk = is_junk
+        self.is_known = is_known
 
     def admit(self, ready: ReadyInput, *, now: float) -> Admission:
         """Hash, merge defaults and sidecar, validate, and build the job (queued, or failed with its error)."""
@@ -79,13 +82,15 @@ class Admitter:
             input_sha256 = sha256_of(main)
         sidecar_raw, sidecar_sha256 = _read_sidecar(ready.sidecar, limits.max_sidecar_bytes)
         key = job_key(relative, input_sha256, sidecar_sha256)
-        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
         job = Job(
             id=key[:16], key=key, input=relative,
             sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
             input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
-            output=str(PurePosixPath(relative).parent / stem),
         )
+        if self.is_known(key):  # seen before: skip validation and decoding (a restart over a big inbox)
+            return Admission(job, is_known=True)
+        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
+        job.output = str(PurePosixPath(relative).parent / stem)
         try:
             if ready.image is None:
                 raise InputError(
