@@ -66,23 +66,22 @@ class PendingInputs:
 
     def take_ready(self, now_wall: float) -> list[ReadyInput]:
         """Inputs that are complete now, oldest change first; unchanged, already-taken ones are dropped."""
-        ready = []
-        for image in sorted(self._images):
-            decision = self._judge_image(image, now_wall)
-            if decision is _WAIT:
-                continue
-            self._images.discard(image)
-            if decision is not _GONE:
-                ready.append(decision)
-        for sidecar in sorted(self._sidecars):
-            decision = self._judge_lone_sidecar(sidecar, now_wall)
-            if decision is _WAIT:
-                continue
-            self._sidecars.discard(sidecar)
-            if decision is not _GONE:
-                ready.append(decision)
+        ready = self._take(self._images, self._judge_image, now_wall)
+        ready += self._take(self._sidecars, self._judge_lone_sidecar, now_wall)
         ready.sort(key=lambda item: item.last_change)
         return ready
+
+    @staticmethod
+    def _take(waiting: set[Path], judge, now_wall: float) -> list[ReadyInput]:
+        taken = []
+        for path in sorted(waiting):
+            decision = judge(path, now_wall)
+            if decision is _WAIT:
+                continue
+            waiting.discard(path)
+            if decision is not _GONE:
+                taken.append(decision)
+        return taken
 
     def _judge_image(self, image: Path, now_wall: float):
         if now_wall < self._not_before.get(image, 0.0):

@@ -12,11 +12,11 @@ from tests.conftest import job_lines, ledger_jobs, vidrop_env, wait_for
 BURST = 500
 
 
-def burst_folder(root, name):
+def burst_folder(root, name, blue):
     folder = root / name
     folder.mkdir(parents=True)
-    for index in range(BURST):
-        Image.new("RGB", (32, 32), (index % 256, index // 256, 99)).save(folder / f"img{index:03}.png")
+    for index in range(BURST):  # every image different: identical ones would be (rightly) reused, not run
+        Image.new("RGB", (32, 32), (index % 256, index // 256, blue)).save(folder / f"img{index:03}.png")
     # One prompt for the whole folder; the tiniest job the model accepts.
     (folder / "_defaults.json").write_text(json.dumps({"prompt": "{stem}", "width": 32, "height": 32,
                                                        "num_frames": 1, "steps": 1, "fps": 8}))
@@ -27,7 +27,7 @@ def burst_folder(root, name):
 @pytest.mark.timeout(1500)
 def test_500_by_cp_and_500_by_rsync_each_exactly_once(folders, demo_models, start_vidrop, tmp_path):
     source = tmp_path / "src"
-    copied, synced = burst_folder(source, "copied"), burst_folder(source, "synced")
+    copied, synced = burst_folder(source, "copied", 99), burst_folder(source, "synced", 199)
     vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__PAIRING_SECONDS="1"))
     vidrop.wait_event("daemon_ready")
     subprocess.run(["cp", "-r", str(copied), str(folders["inbox"])], check=True)
