@@ -36,7 +36,7 @@ class PipelineSettings(_Section):
     """Which model runs, where, and how images are fitted to it."""
 
     model: str = Field("Lightricks/LTX-Video", description="local directory or Hugging Face model id")
-    family: Literal["auto", "ltx", "i2vgen-xl"] = "auto"
+    family: Literal["auto", "ltx", "i2vgen-xl", "svd", "cogvideox", "wan", "animatediff"] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fit: Literal["crop", "pad"] = "crop"
@@ -61,7 +61,8 @@ class GenerationDefaults(_Section):
     guidance_scale: float | None = Field(None, ge=1, le=20)
     width: int | None = Field(None, ge=8)
     height: int | None = Field(None, ge=8)
-    format: Literal["mp4", "gif", "webp"] = "mp4"
+    format: Literal["mp4", "gif", "webp"] | None = Field(None, description="unset: the family's (AnimateDiff: gif)")
+    preset: Literal["fast", "standard", "high"] | None = None
 
 
 class LimitSettings(_Section):
@@ -105,6 +106,31 @@ class IntakeSettings(_Section):
     failed_dir: Path = Field(Path("failed"), description="where on_failure = move puts inputs")
 
 
+class HookSettings(_Section):
+    """What to tell the systems around vidrop when a job is done or failed."""
+
+    command: list[str] = Field(default_factory=list, description="argv to run; the manifest on its stdin")
+    urls: list[str] = Field(default_factory=list, description="webhooks: the manifest is POSTed as JSON")
+    events: list[Literal["done", "failed"]] = ["done", "failed"]
+    timeout_seconds: float = Field(10.0, gt=0, description="per attempt")
+    retries: int = Field(3, ge=0, description="attempts after the first")
+    backoff_seconds: float = Field(2.0, ge=0, description="wait before the first retry; doubled each time")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="how long a stopping daemon keeps delivering")
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"hook url must start with http:// or https://, not {url!r}")
+        return urls
+
+    @property
+    def is_configured(self) -> bool:
+        """Whether there is anything to call."""
+        return bool(self.command or self.urls)
+
+
 class Settings(BaseSettings):
     """Every setting of vidrop, in one object."""
 
@@ -124,6 +150,7 @@ class Settings(BaseSettings):
     generation: GenerationDefaults = GenerationDefaults()
     limits: LimitSettings = LimitSettings()
     intake: IntakeSettings = IntakeSettings()
+    hooks: HookSettings = HookSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -143,6 +170,11 @@ class Settings(BaseSettings):
     def ledger_path(self) -> Path:
         """The SQLite ledger inside the state directory."""
         return self.state_dir / "ledger.sqlite3"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """Hook deliveries that never got through, one JSON line each."""
+        return self.state_dir / "hooks-dead-letter.jsonl"
 
     @property
     def is_offline(self) -> bool:
@@ -256,6 +288,11 @@ def _sources(settings: Settings, toml_data: dict[str, Any], overrides: dict[str,
         else:
             sources[name] = "default"
     return sources
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a hook command: vidrop's own, plus the job's facts."""
+    return {**os.environ, **extra}
 
 
 def flat_settings(settings: Settings) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SEED_MAX = 2**32 - 1
 FPS_RANGE = (4, 30)
@@ -25,21 +25,14 @@ class SidecarError(ValueError):
         self.fix = fix
 
 
-class Sidecar(BaseModel):
-    """What one image should become. Every field is optional; unset fields take the defaults."""
+PRESETS = ("fast", "standard", "high")
+MAX_VARIANTS = 16
 
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        title="vidrop sidecar",
-        json_schema_extra={
-            "description": "Put NAME.json next to NAME.png in the inbox. Unknown keys are refused. "
-            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames. "
-            "A _defaults.json with the same fields applies to every image in its folder and below; "
-            "{stem} and {folder} in a prompt become the image's name and its folder's name."
-        },
-    )
 
+class _Generation(BaseModel):
+    """The generation fields a sidecar, and each of its variants, may set."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prompt: str | None = Field(None, max_length=4000, description="what should happen in the video")
     negative_prompt: str | None = Field(None, max_length=4000, description="what to avoid")
     num_frames: int | None = Field(
@@ -59,7 +52,60 @@ class Sidecar(BaseModel):
     height: int | None = Field(None, ge=8, description="video height in pixels")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
     format: Literal["mp4", "gif", "webp"] | None = Field(None, description="video container")
+    preset: Literal[PRESETS] | None = Field(
+        None, description="the family's steps, frames, size and guidance for fast, standard or high quality; "
+        "fields set explicitly win"
+    )
+
+
+class Variant(_Generation):
+    """One more result from the same sidecar: its own job, its outputs named `<stem><suffix>`."""
+
+    suffix: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="added to the output names")
+    prompt_add: str | None = Field(None, max_length=4000, description="appended to the prompt")
+
+
+class Sidecar(_Generation):
+    """What one image should become. Every field is optional; unset fields take the defaults."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        title="vidrop sidecar",
+        json_schema_extra={
+            "description": "Put NAME.json next to NAME.png in the inbox (or NAME.json alone for a text-to-video "
+            "model). Unknown keys are refused. "
+            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames. "
+            "A _defaults.json with the same fields applies to every image in its folder and below; "
+            "{stem} and {folder} in a prompt become the image's name and its folder's name."
+        },
+    )
+
     priority: int | None = Field(None, ge=-1000, le=1000, description="higher runs first; default 0")
+    seeds: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_VARIANTS, description="one video per seed, named <stem>_seed<N>"
+    )
+    variants: list[Variant] | None = Field(
+        None, min_length=1, max_length=MAX_VARIANTS, description="several results of one shot, each its own job"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_in_range(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None:
+            for seed in seeds:
+                if not 0 <= seed <= SEED_MAX:
+                    raise ValueError(f"seed {seed} is outside 0..{SEED_MAX}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError("seeds repeat")
+        return seeds
+
+    @field_validator("variants")
+    @classmethod
+    def _suffixes_unique(cls, variants: list[Variant] | None) -> list[Variant] | None:
+        if variants is not None and len({variant.suffix for variant in variants}) != len(variants):
+            raise ValueError("two variants have the same suffix")
+        return variants
 
 
 def sidecar_schema() -> dict[str, Any]:

@@ -10,6 +10,7 @@ import structlog
 
 from config.settings import Settings
 from daemon.clock import Clock, SystemClock
+from daemon.hooks import HookDispatcher
 from daemon.inputs import InputDisposal
 from daemon.intake.admit import Admitter, NotReadyYet
 from daemon.intake.intake import Intake
@@ -43,6 +44,7 @@ class Daemon:
         self.failed_jobs = 0
         self.finished_jobs = 0
         self.intake: Intake | None = None
+        self._hooks: HookDispatcher | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -75,6 +77,10 @@ class Daemon:
         self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
         self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
         listeners = [*self.listeners, InputDisposal(settings)]
+        if settings.hooks.is_configured:
+            self._hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
+            self._hooks.start()
+            listeners.append(self._hooks)
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
                              on_progress=self._on_progress, listeners=listeners)
@@ -88,6 +94,8 @@ class Daemon:
         self.notifier.stopping()
         if self.intake is not None:
             self.intake.stop()
+        if self._hooks is not None:
+            self._hooks.close()
         if hasattr(self, "ledger"):
             log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
                      counts=self.ledger.counts())
@@ -146,7 +154,7 @@ class Daemon:
         for ready in ready_inputs:
             path = ready.image or ready.sidecar
             try:
-                admission = self.admitter.admit(ready, now=self.clock.time())
+                admissions = self.admitter.admit(ready, now=self.clock.time())
             except NotReadyYet:
                 log.info("input_not_ready", input=str(path), reason="does not decode yet; still arriving?")
                 self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
@@ -158,7 +166,8 @@ class Daemon:
             except Exception:  # the one broad catch around one input: no file may stop the queue
                 log.exception("input_crashed_admission", input=str(path))
                 continue
-            self._store(admission)
+            for admission in admissions:  # one per variant and seed
+                self._store(admission)
         if ready_inputs:
             self._report_idle()
 
@@ -177,7 +186,7 @@ class Daemon:
             return
         self.ledger.enqueue(job)
         log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
-                 priority=job.priority)
+                 priority=job.priority, output=job.output)
         self.runner.notify(job, JobState.QUEUED)
 
     def _run_job(self, job: Job) -> None:

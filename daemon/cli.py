@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
-    demo.add_argument("--family", choices=("ltx", "i2vgen-xl"), default="ltx")
+    demo.add_argument("--family", choices=("ltx", "i2vgen-xl", "svd", "cogvideox", "cogvideox-t2v", "wan",
+                                            "animatediff"), default="ltx")
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser

@@ -10,10 +10,11 @@ from typing import Any, Callable, Protocol, Sequence
 import structlog
 
 from daemon.clock import Clock
+from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState, Ledger
 from daemon.outbox import Outbox, iso_time
 from pipeline.errors import GenerationError, InputError, VidropError
-from pipeline.generate import Generator, JobParams
+from pipeline.generate import TEXT, Generator, JobParams
 from pipeline.images import load_image
 
 log = structlog.get_logger()
@@ -62,7 +63,8 @@ class Runner:
             log.info("job_started", attempt=job.attempts, seed=job.seed)
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
-            image = load_image(self.inbox / job.input, max_pixels=self.max_image_pixels)
+            image = None if params.mode == TEXT else load_image(self.inbox / job.input,
+                                                                 max_pixels=self.max_image_pixels)
             result = self.generator.generate(image, params, job.seed,
                                              on_step=lambda step, total: self._progress(job, step, total))
             encode_started = self.clock.monotonic()
@@ -170,6 +172,7 @@ class Runner:
                       "sidecar_sha256": job.sidecar_sha256},
             "parameters": parameters,
             "seed_was_random": params.seed is None,
+            "variant": job.params.get(VARIANT),
             "adjustments": adjustments,
             "model": facts["model"],
             "family": facts["family"],

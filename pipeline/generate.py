@@ -21,6 +21,7 @@ ProgressCallback = Callable[[int, int], None]
 
 REQUEST_FIELDS = ("prompt", "negative_prompt", "width", "height", "num_frames", "steps", "guidance_scale", "fps",
                   "format", "seed")
+IMAGE, TEXT = "image", "text"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class JobParams:
     format: Literal["mp4", "gif", "webp"]
     seed: int | None
     adjustments: tuple[dict[str, Any], ...] = ()
+    mode: Literal["image", "text"] = IMAGE  # text: no image, the prompt alone
+    preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the ledger and the manifest."""
@@ -47,8 +50,9 @@ class JobParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobParams:
-        """The inverse of to_dict."""
-        return cls(**{**data, "adjustments": tuple(data.get("adjustments", ()))})
+        """The inverse of to_dict (keys that are not parameters, such as a variant's suffix, are left out)."""
+        known = {name: value for name, value in data.items() if name in cls.__dataclass_fields__}
+        return cls(**{**known, "adjustments": tuple(data.get("adjustments", ()))})
 
 
 @dataclass
@@ -64,7 +68,9 @@ class Generator(Protocol):
 
     def resolve(self, requested: dict[str, Any]) -> JobParams: ...
 
-    def generate(self, image: Image.Image, params: JobParams, seed: int,
+    def preset(self, name: str) -> dict[str, Any]: ...
+
+    def generate(self, image: Image.Image | None, params: JobParams, seed: int,
                  on_step: ProgressCallback | None = None) -> GenerationResult: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -93,13 +99,33 @@ class VideoGenerator:
             "device": self.loaded.device,
             "dtype": self.loaded.dtype,
             "load_seconds": round(self.loaded.load_seconds, 3),
+            "modes": list(self.loaded.modes),
         }
+
+    def preset(self, name: str) -> dict[str, Any]:
+        """The generation fields the family's preset sets (fast, standard, high)."""
+        presets = self.family.presets
+        if name not in presets:
+            raise InputError(
+                f"The preset '{name}' does not exist for {self.family.name} models.",
+                detail=f"preset={name!r}; {self.family.name} has {', '.join(presets) or 'no presets'}",
+                fix=f"Use one of: {', '.join(presets)}.",
+            )
+        return dict(presets[name])
 
     def resolve(self, requested: dict[str, Any]) -> JobParams:
         """Merge the request over the family's defaults, fit it to the family, check the limits."""
         defaults = self.family.defaults
         values = {name: requested.get(name) for name in REQUEST_FIELDS}
-        if not values["prompt"]:
+        mode = requested.get("mode", IMAGE)
+        self._check_mode(mode)
+        adjustments: list[dict[str, Any]] = []
+        if not self.family.uses_prompt:
+            if values["prompt"]:
+                adjustments.append({"field": "prompt", "requested": values["prompt"], "used": "",
+                                    "rule": f"{self.family.name} takes no prompt: the image alone drives the motion"})
+            values["prompt"] = values["negative_prompt"] = ""
+        elif not values["prompt"]:
             raise InputError(
                 "There is no prompt for this image.",
                 detail="no 'prompt' in the sidecar, the folder defaults or the settings",
@@ -122,19 +148,32 @@ class VideoGenerator:
             steps=steps,
             guidance_scale=float(values["guidance_scale"] or defaults.guidance_scale),
             fps=values["fps"] or defaults.fps,
-            format=values["format"] or "mp4",
+            format=values["format"] or defaults.format,
             seed=values["seed"],
-            adjustments=tuple(fitted.adjustments),
+            adjustments=tuple(adjustments + fitted.adjustments),
+            mode=mode,
+            preset=requested.get("preset"),
         )
 
-    def generate(self, image: Image.Image, params: JobParams, seed: int,
+    def _check_mode(self, mode: str) -> None:
+        if mode in self.loaded.modes:
+            return
+        needed = "an image and a prompt file" if mode == TEXT else "a prompt file alone, without an image"
+        raise InputError(
+            "This model cannot make a video from a prompt alone." if mode == TEXT
+            else "This model makes videos from a prompt alone; it does not take an image.",
+            detail=self.family.rule_for_mode(mode) + f" (model {self.loaded.model})",
+            fix=f"Drop {needed}, or ask the operator for a model that does this.",
+        )
+
+    def generate(self, image: Image.Image | None, params: JobParams, seed: int,
                  on_step: ProgressCallback | None = None) -> GenerationResult:
         """Run the family's call for one job and return uint8 frames with timings and peak memory."""
         timings: dict[str, float] = {}
 
-        # 1. Prepare the image: fit to the family's size, keeping the aspect ratio.
+        # 1. Prepare the image (none for text-to-video): fit to the family's size, keeping the aspect ratio.
         started = time.monotonic()
-        prepared = fit_image(image, params.width, params.height, self.fit)
+        prepared = None if image is None else fit_image(image, params.width, params.height, self.fit)
         timings["prepare_seconds"] = time.monotonic() - started
 
         # 2. Arguments: a seeded CPU generator, so the same seed gives the same video on any device.
@@ -154,7 +193,7 @@ class VideoGenerator:
         hook = None if self.family.has_step_callback else self._denoiser().register_forward_hook(callback.as_hook)
         try:
             with torch.inference_mode():
-                output = self.loaded.pipe(**arguments)
+                output = self.loaded.pipes[params.mode](**arguments)
         except torch.OutOfMemoryError as exc:
             raise GenerationError(
                 "The GPU ran out of memory while making this video.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,17 @@ class LoadedModel:
     device: str
     dtype: str
     load_seconds: float
+    # Mode (image/text) → the pipeline that runs it; LTX-Video's two share one set of components.
+    pipes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.pipes:
+            self.pipes = {"image": self.pipe}
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """What this model makes videos from: image, text or both."""
+        return tuple(self.pipes)
 
 
 def resolve_device(requested: str) -> str:
@@ -68,11 +79,12 @@ def read_model_index(model: str, *, offline: bool) -> dict[str, Any]:
         raise _not_found(model, offline, exc) from None
 
 
-def detect_family(model: str, configured: str, *, offline: bool) -> Family:
+def detect_family(model: str, configured: str, *, offline: bool, class_name: str | None = None) -> Family:
     """The family named in settings, or the one model_index.json declares."""
     if configured != "auto":
         return family_by_name(configured)
-    class_name = read_model_index(model, offline=offline).get("_class_name", "")
+    if class_name is None:
+        class_name = read_model_index(model, offline=offline).get("_class_name", "")
     return family_for_pipeline_class(class_name)
 
 
@@ -82,18 +94,32 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
     # Progress bars are for notebooks; the daemon reports progress through its own events.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    chosen_family = detect_family(model, family, offline=offline)
+    class_name = read_model_index(model, offline=offline).get("_class_name", "")
+    chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
+    classes = chosen_family.pipeline_classes(class_name)
+    if not classes:
+        raise ModelUnavailable(
+            f"The model is a {class_name}, which the {chosen_family.name} family cannot run.",
+            detail=f"pipeline class {class_name}; family {chosen_family.name} runs "
+                   f"{', '.join(chosen_family.pipeline_class_names)}",
+            fix="Set pipeline.family = \"auto\" or to the model's family.",
+        )
     chosen_device = resolve_device(device)
     chosen_dtype = resolve_dtype(dtype, chosen_device, chosen_family)
-    pipeline_class = getattr(diffusers, chosen_family.image_pipeline_class_name)
+    first, *others = classes.items()
     try:
-        pipe = pipeline_class.from_pretrained(
+        pipe = getattr(diffusers, first[1]).from_pretrained(
             model, dtype=DTYPES[chosen_dtype], local_files_only=offline or Path(model).expanduser().is_dir()
         )
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _not_found(model, offline, exc) from None
     pipe.to(chosen_device)
     pipe.set_progress_bar_config(disable=True)
+    pipes = {first[0]: pipe}
+    for mode, class_name in others:  # the same components, another __call__
+        pipes[mode] = getattr(diffusers, class_name).from_pipe(pipe)
+        pipes[mode].set_progress_bar_config(disable=True)
+    chosen_family.bind(pipe)
     return LoadedModel(
         pipe=pipe,
         family=chosen_family,
@@ -101,6 +127,7 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
         device=chosen_device,
         dtype=chosen_dtype,
         load_seconds=time.monotonic() - started,
+        pipes=pipes,
     )
 
 

@@ -31,13 +31,24 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: f
         time.sleep(interval)
 
 
+class _DemoModels(dict):
+    """Tiny random-weight pipelines written with save_pretrained, each built the first time a test asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        from pipeline.demo_model import write_demo_model
+
+        self[name] = write_demo_model(self.root / name, name)
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random-weight LTX-Video and I2VGen-XL pipelines written with save_pretrained."""
-    from pipeline.demo_model import write_demo_model
-
-    root = tmp_path_factory.mktemp("models")
-    return {family: write_demo_model(root / family, family) for family in ("ltx", "i2vgen-xl")}
+    """Tiny demo models by name (`pipeline.demo_model.BUILDERS`): ltx, i2vgen-xl, svd, cogvideox, wan, ..."""
+    return _DemoModels(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

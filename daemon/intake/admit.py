@@ -1,4 +1,4 @@
-"""Turning a complete image (and its sidecar) into a job: hash, merge defaults, validate, decide the key."""
+"""Turning a complete image and its sidecar (or a sidecar alone) into jobs: hash, merge defaults, validate, decide the keys."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from config.sidecar import SEED_MAX, SidecarError, parse_sidecar
 from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
 from daemon.intake.pending import ReadyInput
 from daemon.intake.readiness import JunkFilter
+from daemon.intake.variants import VARIANT, Request, expand
 from daemon.ledger.base import Job, JobState
 from pipeline.errors import InputError, VidropError
-from pipeline.generate import Generator, JobParams
+from pipeline.generate import IMAGE, TEXT, Generator, JobParams
 from pipeline.images import load_image
 
 HASH_CHUNK = 1 << 20
@@ -44,13 +45,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def job_key(relative_input: str, input_sha256: str, sidecar_sha256: str | None) -> str:
-    """Same input path, same image bytes, same sidecar bytes: same job.
+def job_key(relative_input: str, input_sha256: str, sidecar_sha256: str | None, suffix: str = "") -> str:
+    """Same input path, same image bytes, same sidecar bytes (and the same variant): same job.
 
     Settings and `_defaults.json` are left out on purpose: changing a default must not rerun
     every finished job.
     """
-    material = json.dumps([relative_input, input_sha256, sidecar_sha256])
+    material = json.dumps([relative_input, input_sha256, sidecar_sha256] + ([suffix] if suffix else []))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -70,8 +71,11 @@ class Admitter:
         self.is_junk = is_junk
         self.is_known = is_known
 
-    def admit(self, ready: ReadyInput, *, now: float) -> Admission:
-        """Hash, merge defaults and sidecar, validate, and build the job (queued, or failed with its error)."""
+    def admit(self, ready: ReadyInput, *, now: float) -> list[Admission]:
+        """Hash, merge defaults and sidecar, validate, and build the jobs: one, or one per variant and seed.
+
+        A sidecar alone becomes text-to-video jobs when the model makes videos from text.
+        """
         inbox = self.settings.inbox
         limits = self.settings.limits
         main = ready.image or ready.sidecar
@@ -81,49 +85,72 @@ class Admitter:
         else:
             input_sha256 = sha256_of(main)
         sidecar_raw, sidecar_sha256 = _read_sidecar(ready.sidecar, limits.max_sidecar_bytes)
-        key = job_key(relative, input_sha256, sidecar_sha256)
-        job = Job(
-            id=key[:16], key=key, input=relative,
-            sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
-            input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
-        )
-        if self.is_known(key):  # seen before: skip validation and decoding (a restart over a big inbox)
-            return Admission(job, is_known=True)
         stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
-        job.output = str(PurePosixPath(relative).parent / stem)
+        output = str(PurePosixPath(relative).parent / stem)
+
+        def new_job(suffix: str) -> Job:
+            key = job_key(relative, input_sha256, sidecar_sha256, suffix)
+            return Job(
+                id=key[:16], key=key, input=relative,
+                sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
+                input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
+                output=output + suffix,
+            )
+
+        job = new_job("")
+        if self.is_known(job.key):  # seen before: skip validation and decoding (a restart over a big inbox)
+            return [Admission(job, is_known=True)]
+        mode = TEXT if ready.image is None else IMAGE
         try:
-            if ready.image is None:
+            if ready.image is None and TEXT not in self.generator.describe().get("modes", ()):
                 raise InputError(
                     "This prompt file has no image next to it, so vidrop has nothing to animate.",
-                    detail=f"no image named {main.stem}.png/.jpg/... beside {relative}",
+                    detail=f"no image named {main.stem}.png/.jpg/... beside {relative}, and the model "
+                           "cannot start from a prompt alone",
                     fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
                 )
-            requested = self._requested(ready.image, sidecar_raw)
-            job.priority = int(requested.pop("priority", 0))
-            params = self.generator.resolve(requested)
-            if ready.image_snapshot.size > limits.max_image_bytes:
+            requests = self._requests(main, sidecar_raw)
+            if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
                 raise InputError(
                     f"The image file is too large ({ready.image_snapshot.size} bytes).",
                     detail=f"{ready.image_snapshot.size} bytes exceeds limits.max_image_bytes={limits.max_image_bytes}",
                     fix="Export the image at a smaller size or with compression (PNG or JPEG).",
                 )
-            self._check_decodes(ready, now)
+            jobs = [(request, new_job(request.suffix)) for request in requests]
+            if all(self.is_known(job.key) for _, job in jobs):
+                return [Admission(job, is_known=True) for _, job in jobs]
+            if ready.image is not None:
+                self._check_decodes(ready, now)
         except SidecarError as exc:
-            return _refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)
+            return [_refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)]
+        except VidropError as exc:
+            return [_refused(job, exc, now)]
+        return [self._build(job, request, mode, now) for request, job in jobs]
+
+    def _build(self, job: Job, request: Request, mode: str, now: float) -> Admission:
+        """One job of a sidecar, resolved against the family (a variant may be refused alone)."""
+        if self.is_known(job.key):
+            return Admission(job, is_known=True)
+        fields = dict(request.fields)
+        job.priority = int(fields.pop("priority", 0))
+        try:
+            params = self.generator.resolve({**fields, "mode": mode})
         except VidropError as exc:
             return _refused(job, exc, now)
-        job.params = params.to_dict()
-        job.content_key = content_key(input_sha256, params)
+        job.params = {**params.to_dict(), **({VARIANT: request.suffix} if request.suffix else {})}
+        job.content_key = content_key(job.input_sha256, params)
         job.seed = params.seed if params.seed is not None else secrets.randbelow(SEED_MAX + 1)
         return Admission(job)
 
-    def _requested(self, image: Path, sidecar_raw: bytes | None) -> dict[str, Any]:
+    def _requests(self, main: Path, sidecar_raw: bytes | None) -> list[Request]:
         max_bytes = self.settings.limits.max_sidecar_bytes
-        requested = self.settings.generation.model_dump(exclude_none=True)
-        requested.update(folder_defaults(image.parent, self.settings.inbox, max_bytes=max_bytes))
+        defaults = self.settings.generation.model_dump(exclude_none=True)
+        folder_values = folder_defaults(main.parent, self.settings.inbox, max_bytes=max_bytes)
+        defaults.update({name: value for name, value in folder_values.items() if name not in ("seeds", "variants")})
+        sidecar = None
         if sidecar_raw is not None:
-            requested.update(parse_sidecar(sidecar_raw, max_bytes=max_bytes).model_dump(exclude_none=True))
-        elif not requested.get("prompt"):
+            sidecar = parse_sidecar(sidecar_raw, max_bytes=max_bytes)
+        elif not defaults.get("prompt"):
             raise InputError(
                 "This image has no prompt file, so vidrop does not know what video to make.",
                 detail="no sidecar NAME.json next to the image, no prompt in a _defaults.json above it "
@@ -131,8 +158,9 @@ class Admitter:
                 fix='Put a JSON file with the same name next to the image, for example photo.json '
                     'containing {"prompt": "slow camera push-in"}, or a _defaults.json in the folder.',
             )
-        folder = image.parent.name if image.parent != self.settings.inbox else ""
-        return expand_placeholders(requested, stem=image.stem, folder=folder)
+        folder = main.parent.name if main.parent != self.settings.inbox else ""
+        return [Request(request.suffix, expand_placeholders(request.fields, stem=main.stem, folder=folder))
+                for request in expand(defaults, sidecar, self.generator.preset)]
 
     def _check_decodes(self, ready: ReadyInput, now: float) -> None:
         try:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pipeline.errors import ModelUnavailable
+from pipeline.families.animatediff import AnimateDiffFamily
 from pipeline.families.base import Family
+from pipeline.families.cogvideox import CogVideoXFamily
 from pipeline.families.i2vgen_xl import I2VGenXLFamily
 from pipeline.families.ltx import LTXFamily
+from pipeline.families.svd import SVDFamily
+from pipeline.families.wan import WanFamily
 
-FAMILIES: dict[str, type[Family]] = {family.name: family for family in (LTXFamily, I2VGenXLFamily)}
+FAMILIES: dict[str, type[Family]] = {
+    family.name: family
+    for family in (LTXFamily, I2VGenXLFamily, SVDFamily, CogVideoXFamily, WanFamily, AnimateDiffFamily)
+}
 
 
 def family_by_name(name: str) -> Family:

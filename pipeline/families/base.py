@@ -24,6 +24,7 @@ class FamilyDefaults:
     guidance_scale: float
     fps: int
     negative_prompt: str = ""
+    format: str = "mp4"
 
 
 @dataclass(frozen=True)
@@ -46,23 +47,56 @@ class FittedSize:
     adjustments: list[dict[str, Any]] = field(default_factory=list)
 
 
+IMAGE = "image"
+TEXT = "text"
+
+
 class Family:
     """Base for model families. Subclasses set the class attributes and `call_arguments`."""
 
     name: ClassVar[str]
     pipeline_class_names: ClassVar[tuple[str, ...]]
-    # The diffusers class vidrop loads: a text-to-video checkpoint of the same family shares its components.
-    image_pipeline_class_name: ClassVar[str]
+    # The diffusers classes that make a video from an image and from text alone (None: the family cannot).
+    image_pipeline_class_name: ClassVar[str | None] = None
+    text_pipeline_class_name: ClassVar[str | None] = None
+    # Whether one checkpoint does both (LTX-Video); otherwise a checkpoint does what its model_index says.
+    shares_components: ClassVar[bool] = False
     size_multiple: ClassVar[int]
     defaults: ClassVar[FamilyDefaults]
     limits: ClassVar[FamilyLimits]
+    # preset name → the generation fields it sets; explicit fields in a request win over these.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     gpu_dtype: ClassVar[str] = "bfloat16"
     # Whether __call__ takes callback_on_step_end; otherwise progress comes from a hook on the denoiser.
     has_step_callback: ClassVar[bool] = True
+    # Whether the model reads a prompt at all (Stable Video Diffusion does not).
+    uses_prompt: ClassVar[bool] = True
+    # Frame counts the family produces are frame_step·k + 1 (temporal compression of its VAE); 1: any.
+    frame_step: ClassVar[int] = 1
+
+    def pipeline_classes(self, class_name: str | None) -> dict[str, str]:
+        """Mode (image/text) → the diffusers class that runs it, for a checkpoint declaring `class_name`."""
+        both = {IMAGE: self.image_pipeline_class_name, TEXT: self.text_pipeline_class_name}
+        both = {mode: name for mode, name in both.items() if name}
+        if self.shares_components or class_name is None:
+            return both
+        return {mode: name for mode, name in both.items() if name == class_name}
+
+    def bind(self, pipe: Any) -> None:
+        """Learn what the loaded checkpoint itself fixes (a built-in resolution, for example)."""
+
+    def rule_for_mode(self, mode: str) -> str:
+        """Why a mode is refused, in words."""
+        if mode == TEXT:
+            return f"this {self.name} model makes videos from an image; it cannot start from a prompt alone"
+        return f"this {self.name} model makes videos from a prompt alone; it does not take an image"
 
     def fit_frames(self, num_frames: int) -> int:
-        """The frame count this family will really produce for a requested one."""
-        return num_frames
+        """The frame count this family will really produce for a requested one (rounded up to step·k+1)."""
+        if self.frame_step == 1:
+            return num_frames
+        step = self.frame_step
+        return ((max(num_frames, 1) - 1 + step - 1) // step) * step + 1
 
     def fit(self, width: int, height: int, num_frames: int) -> FittedSize:
         """Round a request to what the family accepts, recording each change for the manifest."""
@@ -81,7 +115,10 @@ class Family:
         """The family's rule for a field, in words, for manifests and error messages."""
         if name in ("width", "height"):
             return f"{self.name} needs {name} in multiples of {self.size_multiple}"
-        return f"{self.name} accepts any frame count"
+        if self.frame_step == 1:
+            return f"{self.name} accepts any frame count"
+        step = self.frame_step
+        return f"{self.name} needs {step}k+1 frames ({step + 1}, {2 * step + 1}, {3 * step + 1}, ...)"
 
     def check_limits(self, width: int, height: int, num_frames: int, steps: int, limits: FamilyLimits) -> None:
         """Refuse a request beyond the limits with an error that names the field and the value."""
@@ -108,7 +145,7 @@ class Family:
     def call_arguments(
         self,
         *,
-        image: Image.Image,
+        image: Image.Image | None,
         prompt: str,
         negative_prompt: str,
         width: int,
@@ -120,8 +157,22 @@ class Family:
         generator: Any,
         callback: StepCallback,
     ) -> dict[str, Any]:
-        """The keyword arguments of the diffusers pipeline's __call__ for one job."""
-        raise NotImplementedError
+        """The keyword arguments of the diffusers pipeline's __call__ for one job (image None: from text)."""
+        arguments = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "width": width,
+            "height": height,
+            "num_frames": num_frames,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance_scale,
+            "generator": generator,
+            "output_type": "np",
+            "callback_on_step_end": callback,
+        }
+        if image is not None:
+            arguments["image"] = image
+        return arguments
 
 
 def _round_to_multiple(value: int, multiple: int) -> int:

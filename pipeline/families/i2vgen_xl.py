@@ -24,24 +24,21 @@ class I2VGenXLFamily(Family):
         negative_prompt="Distorted, discontinuous, ugly, blurry, low resolution, motionless, static",
     )
     limits = FamilyLimits(max_width=1280, max_height=1280, max_frames=64)
+    presets = {
+        "fast": {"steps": 25, "num_frames": 16, "width": 640, "height": 352},
+        "standard": {"steps": 50, "num_frames": 16, "width": 1280, "height": 704},
+        "high": {"steps": 80, "num_frames": 24, "width": 1280, "height": 704},
+    }
     gpu_dtype = "float16"
     has_step_callback = False
 
-    def call_arguments(self, *, image, prompt, negative_prompt, width, height, num_frames, steps,
-                       guidance_scale, fps, generator, callback) -> dict[str, Any]:
+    def call_arguments(self, **kwargs) -> dict[str, Any]:
+        arguments = super().call_arguments(**kwargs)
+        del arguments["callback_on_step_end"]  # its __call__ has none: progress comes from a hook on the UNet
         return {
-            "image": image,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "width": width,
-            "height": height,
-            "num_frames": num_frames,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance_scale,
-            "target_fps": fps,
+            **arguments,
+            "target_fps": kwargs["fps"],
             "decode_chunk_size": 8,
-            "generator": generator,
-            "output_type": "np",
             # With transformers 5 the text encoder's hidden-state layout changed; clip_skip must be None.
             "clip_skip": None,
         }

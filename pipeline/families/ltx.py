@@ -1,4 +1,4 @@
-"""LTX-Video image-to-video (`LTXImageToVideoPipeline`)."""
+"""LTX-Video: one checkpoint does image-to-video (`LTXImageToVideoPipeline`) and text-to-video (`LTXPipeline`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ class LTXFamily(Family):
     name = "ltx"
     pipeline_class_names = ("LTXImageToVideoPipeline", "LTXPipeline", "LTXConditionPipeline")
     image_pipeline_class_name = "LTXImageToVideoPipeline"
+    text_pipeline_class_name = "LTXPipeline"
+    shares_components = True
+    frame_step = 8
     size_multiple = 32
     defaults = FamilyDefaults(
         width=704,
@@ -24,30 +27,12 @@ class LTXFamily(Family):
         negative_prompt="worst quality, inconsistent motion, blurry, jittery, distorted",
     )
     limits = FamilyLimits(max_width=1280, max_height=1280, max_frames=257)
+    presets = {
+        "fast": {"steps": 20, "num_frames": 65, "width": 512, "height": 320},
+        "standard": {"steps": 50, "num_frames": 121, "width": 704, "height": 480},
+        "high": {"steps": 60, "num_frames": 161, "width": 1216, "height": 704},
+    }
     gpu_dtype = "bfloat16"
 
-    def fit_frames(self, num_frames: int) -> int:
-        # The pipeline silently rounds other counts; round up ourselves so the manifest tells the truth.
-        return ((max(num_frames, 1) - 1 + 7) // 8) * 8 + 1
-
-    def rule(self, name: str) -> str:
-        if name == "num_frames":
-            return "ltx needs 8k+1 frames (9, 17, 25, ...)"
-        return super().rule(name)
-
-    def call_arguments(self, *, image, prompt, negative_prompt, width, height, num_frames, steps,
-                       guidance_scale, fps, generator, callback) -> dict[str, Any]:
-        return {
-            "image": image,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "width": width,
-            "height": height,
-            "num_frames": num_frames,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance_scale,
-            "frame_rate": fps,
-            "generator": generator,
-            "output_type": "np",
-            "callback_on_step_end": callback,
-        }
+    def call_arguments(self, **kwargs) -> dict[str, Any]:
+        return {**super().call_arguments(**kwargs), "frame_rate": kwargs["fps"]}

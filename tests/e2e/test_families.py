@@ -1,0 +1,67 @@
+"""Every model family through a real `vidrop once`: image-to-video, text-to-video, and the family's rules."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY, make_image, run_vidrop, sidecar, vidrop_env
+from tests.e2e.test_run import decode
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    ("model", "asked", "frames", "size", "adjusted"),
+    [
+        # SVD takes no prompt: the sidecar's prompt is dropped and the manifest says so.
+        ("svd", {}, 9, (64, 64), {"prompt"}),
+        # This CogVideoX image model was built for 64×64 and makes 4k+1 frames: 96×80, 8 frames → 64×64, 9.
+        ("cogvideox", {"width": 96, "height": 80, "num_frames": 8}, 9, (64, 64), {"width", "height", "num_frames"}),
+        # Wan: multiples of 16, 4k+1 frames: 72 wide → 80, 7 frames → 9.
+        ("wan", {"width": 72, "num_frames": 7}, 9, (80, 64), {"width", "num_frames"}),
+    ],
+)
+def test_image_to_video_families(folders, demo_models, model, asked, frames, size, adjusted):
+    make_image(folders["inbox"] / "shot.png", size=(80, 64))
+    (folders["inbox"] / "shot.json").write_text(sidecar(**asked))
+    # A request beyond the family's limits is refused with an error that names the field and the family.
+    make_image(folders["inbox"] / "long.png")
+    (folders["inbox"] / "long.json").write_text(sidecar(num_frames=400))
+    result = run_vidrop(vidrop_env(folders, demo_models[model]), "once")
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = json.loads((folders["outbox"] / "long.error.json").read_text())
+    assert "num_frames" in error["error"] and model.split("-")[0] in error["detail"]
+    video = decode(folders["outbox"] / "shot.mp4")
+    assert video.shape == (frames, size[1], size[0], 3)
+    manifest = json.loads((folders["outbox"] / "shot.json").read_text())
+    assert manifest["family"] == model.split("-")[0] and manifest["parameters"]["mode"] == "image"
+    assert {change["field"] for change in manifest["adjustments"]} == adjusted
+    assert all(change["rule"].startswith(manifest["family"]) or model in change["rule"]
+               for change in manifest["adjustments"])
+
+
+def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_models):
+    (folders["inbox"] / "loops").mkdir()
+    (folders["inbox"] / "loops" / "spin.json").write_text(sidecar(num_frames=8))
+    make_image(folders["inbox"] / "loops" / "photo.png")  # an image for a text-only model is refused
+    (folders["inbox"] / "loops" / "photo.json").write_text(sidecar())
+    result = run_vidrop(vidrop_env(folders, demo_models["animatediff"]), "once")
+    assert result.returncode == 1, result.stderr[-3000:]
+    out = folders["outbox"] / "loops"
+    with Image.open(out / "spin.gif") as gif:
+        assert gif.n_frames == 8 and gif.size == (64, 64) and gif.info["loop"] == 0
+    manifest = json.loads((out / "spin.json").read_text())
+    assert manifest["family"] == "animatediff" and manifest["parameters"]["mode"] == "text"
+    assert manifest["input"]["path"] == "loops/spin.json" and manifest["video"]["format"] == "gif"
+    error = json.loads((out / "photo.error.json").read_text())
+    assert "prompt alone" in error["error"] and "animatediff" in error["detail"]
+
+
+def test_cogvideox_text_to_video(folders, demo_models):
+    (folders["inbox"] / "idea.json").write_text(sidecar(width=80, num_frames=9))
+    result = run_vidrop(vidrop_env(folders, demo_models["cogvideox-t2v"]), "once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert decode(folders["outbox"] / "idea.mp4").shape == (9, 64, 80, 3)
+    manifest = json.loads((folders["outbox"] / "idea.json").read_text())
+    assert manifest["family"] == "cogvideox" and manifest["parameters"]["mode"] == "text"
