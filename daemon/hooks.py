@@ -65,8 +65,9 @@ class HookDispatcher:
         if state.value not in self.settings.events:
             return
         payload, environment = _describe(job, state, details)
-        for argv in [self.settings.command] if self.settings.command else []:
-            self._queue.put(Delivery("command", " ".join(argv), job.id, state.value, payload, environment))
+        if self.settings.command:
+            target = " ".join(self.settings.command)
+            self._queue.put(Delivery("command", target, job.id, state.value, payload, environment))
         for url in self.settings.urls:
             self._queue.put(Delivery("webhook", url, job.id, state.value, payload))
 
