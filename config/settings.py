@@ -131,6 +131,14 @@ class HookSettings(_Section):
         return bool(self.command or self.urls)
 
 
+class GallerySettings(_Section):
+    """The pages and status files written into the outbox for people on the share."""
+
+    enabled: bool = Field(True, description="write index.html, status.json and _STATUS.txt into the outbox")
+    page_size: int = Field(50, ge=1, le=1000, description="cards per page")
+    refresh_seconds: int = Field(5, ge=1, le=3600, description="how often a page with pending work reloads itself")
+
+
 class Settings(BaseSettings):
     """Every setting of vidrop, in one object."""
 
@@ -151,6 +159,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     intake: IntakeSettings = IntakeSettings()
     hooks: HookSettings = HookSettings()
+    gallery: GallerySettings = GallerySettings()
 
     @classmethod
     def settings_customise_sources(

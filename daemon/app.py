@@ -11,6 +11,7 @@ import structlog
 from config.settings import Settings
 from daemon.clock import Clock, SystemClock
 from daemon.hooks import HookDispatcher
+from daemon.gallery.writer import GalleryWriter
 from daemon.inputs import InputDisposal
 from daemon.intake.admit import Admitter, NotReadyYet
 from daemon.intake.intake import Intake
@@ -45,6 +46,7 @@ class Daemon:
         self.finished_jobs = 0
         self.intake: Intake | None = None
         self._hooks: HookDispatcher | None = None
+        self.gallery: GalleryWriter | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -81,6 +83,12 @@ class Daemon:
             self._hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
             self._hooks.start()
             listeners.append(self._hooks)
+        if settings.gallery.enabled:
+            self.gallery = GalleryWriter(ledger=self.ledger, outbox=settings.outbox, clock=self.clock,
+                                         page_size=settings.gallery.page_size,
+                                         refresh_seconds=settings.gallery.refresh_seconds)
+            self.gallery.rebuild(every_page=False)  # requeued jobs, and pages written by an older version
+            listeners.append(self.gallery)
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
                              on_progress=self._on_progress, listeners=listeners)
@@ -96,6 +104,8 @@ class Daemon:
             self.intake.stop()
         if self._hooks is not None:
             self._hooks.close()
+        if self.gallery is not None:
+            self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
         if hasattr(self, "ledger"):
             log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
                      counts=self.ledger.counts())
@@ -130,6 +140,8 @@ class Daemon:
                 self._run_job(job)
         else:
             self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
+        if self.gallery is not None:
+            self.gallery.flush()  # changes held back by the once-a-second limit
         self.notifier.watchdog()
 
     def is_idle(self) -> bool:
@@ -208,6 +220,8 @@ class Daemon:
             raise JobInterrupted(job.id)
         queued = self.ledger.counts()[JobState.QUEUED.value]
         self.notifier.status(f"job {job.id}: {job.input}, step {step}/{total}, {queued} queued")
+        if self.gallery is not None:
+            self.gallery.job_progress(job, step, total)
         self.notifier.watchdog()
 
     def _report_idle(self) -> None:

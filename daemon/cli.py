@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         ("check", _check, "validate settings, folders, model and device"),
         ("config", _config, "print the effective settings and where each came from"),
         ("schema", _schema, "print the JSON Schema of the sidecar file"),
+        ("gallery", _gallery, "write the outbox's gallery pages and status files from the ledger now"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
@@ -112,6 +113,27 @@ def _schema(args) -> int:
     from config.sidecar import sidecar_schema
 
     print(json.dumps(sidecar_schema(), indent=2))
+    return 0
+
+
+def _gallery(args) -> int:
+    from daemon.clock import SystemClock
+    from daemon.gallery.writer import INDEX, GalleryWriter
+    from daemon.ledger.sqlite import SqliteLedger
+
+    settings = _load(args).settings
+    if not settings.ledger_path.exists():
+        print(f"vidrop: no ledger at {settings.ledger_path}: nothing has been processed with these settings yet",
+              file=sys.stderr)
+        return EX_CONFIG
+    ledger = SqliteLedger(settings.ledger_path)
+    try:
+        writer = GalleryWriter(ledger=ledger, outbox=settings.outbox, clock=SystemClock(),
+                               page_size=settings.gallery.page_size, refresh_seconds=settings.gallery.refresh_seconds)
+        folders = writer.rebuild()
+    finally:
+        ledger.close()
+    print(f"wrote the gallery of {len(folders)} folder(s); open {(settings.outbox / INDEX).absolute()}")
     return 0
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.encode import check_thumbnail, check_video, write_thumbnail, write_video
+from pipeline.encode import check_thumbnail, check_video, write_preview, write_thumbnail, write_video
 from pipeline.errors import GenerationError
 from pipeline.generate import GenerationResult, JobParams
 
@@ -33,6 +33,10 @@ class OutputNames:
     @property
     def thumbnail(self) -> Path:
         return self.folder / f"{self.stem}.jpg"
+
+    @property
+    def preview(self) -> Path:
+        return self.folder / f"{self.stem}.preview.webp"
 
     @property
     def manifest(self) -> Path:
@@ -109,8 +113,8 @@ class Outbox:
         """Write video, thumbnail and manifest under temporary names, check them, rename them into place."""
         names.folder.mkdir(parents=True, exist_ok=True)
         video = names.video(params.format)
-        video_tmp, thumb_tmp, manifest_tmp = (_temporary(names.folder, path.name)
-                                              for path in (video, names.thumbnail, names.manifest))
+        video_tmp, thumb_tmp, preview_tmp, manifest_tmp = (
+            _temporary(names.folder, path.name) for path in (video, names.thumbnail, names.preview, names.manifest))
         try:
             write_video(result.frames, video_tmp, fps=params.fps, fmt=params.format)
             written = check_video(video_tmp, fmt=params.format)
@@ -120,19 +124,24 @@ class Outbox:
                                       fix="Try again; if it keeps happening, send the error file to the operator.")
             write_thumbnail(result.frames, thumb_tmp)
             check_thumbnail(thumb_tmp)
-            outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "manifest": names.manifest.name}
+            write_preview(result.frames, preview_tmp, fps=params.fps)
+            check_thumbnail(preview_tmp)
+            outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "preview": names.preview.name,
+                       "manifest": names.manifest.name}
             manifest = {**manifest, "outputs": outputs,
                         "video": {"frames": written.frames, "width": written.width, "height": written.height,
                                   "fps": params.fps, "format": params.format}}
             _write_json(manifest_tmp, manifest)
             _fsync_path(video_tmp)
             _fsync_path(thumb_tmp)
+            _fsync_path(preview_tmp)
             # The manifest goes last: once it is there, the video and thumbnail it names are complete.
             os.replace(video_tmp, video)
             os.replace(thumb_tmp, names.thumbnail)
+            os.replace(preview_tmp, names.preview)
             os.replace(manifest_tmp, names.manifest)
         finally:
-            for path in (video_tmp, thumb_tmp, manifest_tmp):
+            for path in (video_tmp, thumb_tmp, preview_tmp, manifest_tmp):
                 path.unlink(missing_ok=True)
         names.error.unlink(missing_ok=True)
         _fsync_path(names.folder)
@@ -158,6 +167,17 @@ class Outbox:
             os.write(descriptor, data)
         finally:
             os.close(descriptor)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write a small regenerable file (a page, a status file) under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary(path.parent, path.name)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def iso_time(timestamp: float) -> str:

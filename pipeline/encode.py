@@ -12,6 +12,10 @@ from PIL import Image
 from pipeline.errors import GenerationError
 
 THUMBNAIL_LONGEST_SIDE = 320
+# The looping preview shown in galleries: small enough to load quickly from a network share.
+PREVIEW_LONGEST_SIDE = 160
+PREVIEW_MAX_FRAMES = 24
+PREVIEW_QUALITY = 60
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,19 @@ def write_thumbnail(frames: np.ndarray, path: Path) -> None:
     image = Image.fromarray(frames[len(frames) // 2])
     image.thumbnail((THUMBNAIL_LONGEST_SIDE, THUMBNAIL_LONGEST_SIDE), Image.Resampling.LANCZOS)
     image.save(path, format="JPEG", quality=88)
+
+
+def write_preview(frames: np.ndarray, path: Path, *, fps: int) -> None:
+    """A small looping animated WebP: longest side at most 160 px, at most 24 frames over the same duration."""
+    step = max(1, -(-len(frames) // PREVIEW_MAX_FRAMES))
+    chosen = frames[::step]
+    images = []
+    for frame in chosen:
+        image = Image.fromarray(frame)
+        image.thumbnail((PREVIEW_LONGEST_SIDE, PREVIEW_LONGEST_SIDE), Image.Resampling.LANCZOS)
+        images.append(image)
+    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=round(1000 * step / fps),
+                   loop=0, lossless=False, quality=PREVIEW_QUALITY, method=4)
 
 
 def check_video(path: Path, *, fmt: str) -> VideoCheck:

@@ -34,6 +34,10 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, created_at);
 CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key, state);
 """
 
+# The folder part of an input path with its trailing slash ("a/b/" for "a/b/c.png", "" at the top):
+# rtrim strips every trailing character that is not a slash.
+FOLDER_SQL = "rtrim(input, replace(input, '/', ''))"
+
 COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
            "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
            "content_key")
@@ -115,6 +119,51 @@ class SqliteLedger:
             counts[state] = count
         return counts
 
+    # -- views for the gallery: added methods, the protocol above is unchanged -------------------
+
+    def folder_jobs(self, folder: str, *, offset: int, limit: int) -> list[Job]:
+        """Jobs whose input sits directly in folder ("" for the inbox itself), oldest first, one slice."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE {FOLDER_SQL} = ? ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+            (_folder_prefix(folder), limit, offset),
+        ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def folder_position(self, folder: str, job_id: str) -> int | None:
+        """How many of the folder's jobs came before this one (its place, oldest first), or None."""
+        this = self._db.execute("SELECT created_at, rowid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if this is None:
+            return None
+        return self._db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE {FOLDER_SQL} = ? AND (created_at < ? OR (created_at = ? AND rowid < ?))",
+            (_folder_prefix(folder), this[0], this[0], this[1]),
+        ).fetchone()[0]
+
+    def folder_summaries(self) -> dict[str, dict[str, Any]]:
+        """Per folder ("" for the inbox itself): jobs in each state and the time of the latest activity."""
+        summaries: dict[str, dict[str, Any]] = {}
+        for prefix, state, count, latest in self._db.execute(
+            f"SELECT {FOLDER_SQL} AS folder, state, COUNT(*), "
+            "MAX(MAX(created_at, COALESCE(started_at, 0), COALESCE(finished_at, 0))) FROM jobs GROUP BY folder, state"
+        ):
+            summary = summaries.setdefault(prefix.rstrip("/"), {**{s.value: 0 for s in JobState}, "latest": 0.0})
+            summary[state] = count
+            summary["latest"] = max(summary["latest"], latest)
+        return summaries
+
+    def queued_ids(self) -> list[str]:
+        """Ids of queued jobs in the order they will be claimed."""
+        return [row[0] for row in self._db.execute(
+            "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, rowid", (JobState.QUEUED.value,))]
+
+    def recent_jobs(self, state: JobState, limit: int) -> list[Job]:
+        """The latest finished jobs in one state, newest first."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE state = ? ORDER BY finished_at DESC, rowid DESC LIMIT ?",
+            (state.value, limit),
+        ).fetchall()
+        return [_from_row(row) for row in rows]
+
     def close(self) -> None:
         self._db.close()
 
@@ -133,6 +182,10 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _folder_prefix(folder: str) -> str:
+    return f"{folder.strip('/')}/" if folder.strip("/") else ""
 
 
 def _to_row(job: Job) -> tuple[Any, ...]:

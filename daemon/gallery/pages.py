@@ -1,0 +1,89 @@
+"""Rendering: HTML pages (jinja2, everything autoescaped), status.json and _STATUS.txt from cards."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+
+from daemon.gallery.cards import Card
+
+PARAMETER_LABELS = {"num_frames": "{} frames", "fps": "{} fps", "steps": "{} steps", "guidance_scale": "guidance {}",
+                    "seed": "seed {}", "format": "{}"}
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds in plain words: "12 s", "about 3 min", "about 1 h 5 min"."""
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def href(name: str) -> str:
+    """A relative link to a file in the same folder: percent-encoded, so no name can become a scheme or a query."""
+    return "./" + quote(name, safe="/")
+
+
+def utc(iso: str) -> str:
+    """An ISO timestamp as "2026-01-31 14:05:09 UTC"."""
+    return f"{iso[:19].replace('T', ' ')} UTC"
+
+
+def parameters(values: dict[str, Any]) -> str:
+    """Key parameters in one line: "64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
+    parts = []
+    if "width" in values and "height" in values:
+        parts.append(f"{values['width']}×{values['height']}")
+    parts += [label.format(values[key]) for key, label in PARAMETER_LABELS.items() if key in values]
+    return " · ".join(parts)
+
+
+_environment = jinja2.Environment(loader=jinja2.PackageLoader("daemon.gallery", "templates"),
+                                  autoescape=True)
+_environment.filters.update(duration=duration, href=href, utc=utc, parameters=parameters)
+
+
+def render_page(**context: Any) -> str:
+    """One gallery page; every value shown is escaped by the template engine."""
+    return _environment.get_template("folder.html").render(**context)
+
+
+def status_json(document: dict[str, Any]) -> str:
+    """status.json: the same facts as the page, for tools."""
+    return json.dumps(document, indent=2, ensure_ascii=False, default=_card_json) + "\n"
+
+
+def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | None, running: Card | None,
+                counts: dict[str, int], failures: list[Card]) -> str:
+    """_STATUS.txt: for people without a browser."""
+    lines = [f"vidrop status, updated {utc(updated_at)}", ""]
+    drain = "" if not queue_length else f", all done in about {duration(drain_seconds)}"
+    lines.append(f"Queue: {queue_length} waiting{drain}")
+    if running is None:
+        lines.append("Running now: nothing")
+    else:
+        step = "" if running.step is None else f", step {running.step} of {running.total_steps}"
+        left = "" if running.seconds_left is None else f", about {duration(running.seconds_left)} left"
+        lines.append(f"Running now: {running.input}{step}{left}")
+    lines.append(f"Done: {counts['done']}, failed: {counts['failed']}")
+    if failures:
+        lines += ["", "Latest failures:"]
+        for card in failures:
+            lines.append(f"  {card.input} ({utc(card.finished_at or card.created_at)}): {card.error}")
+            if card.what_to_do:
+                lines.append(f"    what to do: {card.what_to_do}")
+    return "\n".join(lines) + "\n"
+
+
+def _card_json(value: Any) -> Any:
+    if isinstance(value, Card):
+        return value.to_json()
+    raise TypeError(f"cannot write {type(value).__name__} to status.json")
