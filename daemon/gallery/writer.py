@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import structlog
@@ -18,7 +18,7 @@ from daemon.clock import Clock
 from daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
 from daemon.gallery.pages import href, render_page, status_json, status_text, utc
 from daemon.ledger.base import Job, JobState
-from daemon.outbox import Outbox, iso_time, replace_text
+from daemon.outbox import Outbox, OutputNames, iso_time, replace_text
 
 log = structlog.get_logger()
 
@@ -160,11 +160,22 @@ class GalleryWriter:
 
     def _cards(self, jobs: list[Job], snapshot: _Snapshot) -> list[Card]:
         now = self.clock.monotonic()
-        return [make_card(job, names=self.outbox.names_for(job.input), estimates=snapshot.estimates,
-                          progress=self._progress.get(job.id), now_monotonic=now) for job in jobs]
+        directories: dict[str, Path] = {}
+        cards = []
+        for job in jobs:
+            folder = folder_of(job.input)
+            if folder not in directories:
+                directories[folder] = self._directory(folder)
+            names = OutputNames(folder=directories[folder], stem=PurePosixPath(job.input).stem)
+            cards.append(make_card(job, names=names, estimates=snapshot.estimates,
+                                   progress=self._progress.get(job.id), now_monotonic=now))
+        return cards
+
+    def _directory(self, folder: str) -> Path:
+        return self.outbox.names_for(f"{folder}/-" if folder else "-").folder
 
     def _write_folder(self, folder: str, changed: set[str], snapshot: _Snapshot) -> None:
-        directory = self.outbox.root.joinpath(*folder.split("/")) if folder else self.outbox.root
+        directory = self._directory(folder)
         own = {state.value: snapshot.summaries.get(folder, {}).get(state.value, 0) for state in JobState}
         is_root = folder == ""
         if not is_root and not sum(own.values()):
@@ -214,8 +225,8 @@ class GalleryWriter:
         if previous is None:
             todo |= {block for block in range(paged) if not (directory / page_name(block)).exists()}
             todo |= {block for block in (paged - 1, paged - 2) if block >= 0}
-        elif previous != blocks:
-            todo |= set(range(max(0, previous - 4), paged))
+        elif previous != blocks:  # blocks left the index: they get pages, and the old top page a new "newer" link
+            todo |= set(range(max(0, previous - 3), paged))
         return todo
 
     def _write_block(self, folder: str, directory: Path, block: int, paged: int, snapshot: _Snapshot,

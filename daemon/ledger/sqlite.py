@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, created_at);
 CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key, state);
+CREATE INDEX IF NOT EXISTS jobs_folder ON jobs (rtrim(input, replace(input, '/', '')), created_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (state, finished_at);
 """
 
 # The folder part of an input path with its trailing slash ("a/b/" for "a/b/c.png", "" at the top):
@@ -135,8 +137,8 @@ class SqliteLedger:
         if this is None:
             return None
         return self._db.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE {FOLDER_SQL} = ? AND (created_at < ? OR (created_at = ? AND rowid < ?))",
-            (_folder_prefix(folder), this[0], this[0], this[1]),
+            f"SELECT COUNT(*) FROM jobs WHERE {FOLDER_SQL} = ? AND (created_at, rowid) < (?, ?)",
+            (_folder_prefix(folder), this[0], this[1]),
         ).fetchone()[0]
 
     def folder_summaries(self) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,190 @@
+"""The gallery writer against a real SQLite ledger and real files, driven by a fake clock."""
+
+import json
+import time
+from html.parser import HTMLParser
+
+from daemon.gallery.writer import GalleryWriter
+from daemon.ledger.base import Job, JobState
+from daemon.ledger.sqlite import SqliteLedger
+
+HOSTILE_NAME = '"><img src=x onerror=alert(1)>.png'
+HOSTILE_PROMPT = "<script>document.title='pwned'</script><img src=x onerror=alert(2)>"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Page(HTMLParser):
+    """What a browser would build from the page: elements with their attributes, and the text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def cards(self) -> list[dict]:
+        return [attrs for tag, attrs in self.elements if tag == "li" and "card" in attrs.get("class", "")]
+
+    def hrefs(self) -> list[str]:
+        return [attrs["href"] for tag, attrs in self.elements if tag == "a"]
+
+
+def make_job(number: int, folder: str = "acme", state: JobState = JobState.QUEUED, name: str | None = None,
+             prompt: str = "a red square", created_at: float = 1_700_000_000.0) -> Job:
+    key = f"{folder}-{number:06d}".ljust(20, "k")
+    job = Job(id=key[:16] + f"{number:06d}", key=key, input=f"{folder}/{name or f'img{number:05d}.png'}",
+              sidecar=None, input_sha256="a" * 64, sidecar_sha256=None, seed=number, state=state,
+              params={"prompt": prompt, "width": 64, "height": 64, "num_frames": 9, "fps": 8, "steps": 2,
+                      "format": "mp4"}, created_at=created_at + number)
+    if state in (JobState.DONE, JobState.FAILED):
+        job.started_at, job.finished_at = job.created_at + 1, job.created_at + 3
+    if state is JobState.FAILED:
+        job.error = {"error": "The file is not an image vidrop can read.", "what_to_do": "Export it again."}
+    return job
+
+
+def writer_for(tmp_path, clock, **options):
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    return ledger, GalleryWriter(ledger=ledger, outbox=tmp_path / "outbox", clock=clock, **options)
+
+
+def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock)
+    jobs = [make_job(1, state=JobState.DONE), make_job(2, state=JobState.FAILED), make_job(3), make_job(4)]
+    for job in jobs:
+        ledger.enqueue(job)
+    writer.rebuild()
+    running = ledger.claim_next(clock.time())
+    writer.job_changed(running, JobState.RUNNING, {})
+    clock.advance(2)
+    writer.job_progress(running, 1, 2)
+
+    index = tmp_path / "outbox" / "acme" / "index.html"
+    page = Page(index.read_text())
+    assert [card["data-state"] for card in page.cards()] == ["queued", "running", "failed", "done"]  # newest first
+    text = " ".join(page.text)
+    assert "waiting: number 1 in the queue, starts in about" in text
+    assert "running: step 1 of 2, about 2 s left" in text
+    assert "The file is not an image vidrop can read." in text and "What to do: Export it again." in text
+    assert ("meta", {"http-equiv": "refresh", "content": "5"}) in page.elements
+    status = json.loads((tmp_path / "outbox" / "acme" / "status.json").read_text())
+    assert status["is_pending"] and status["counts"] == {"queued": 1, "running": 1, "done": 1, "failed": 1}
+    assert status["running"]["input"] == "acme/img00003.png" and status["running"]["step"] == 1
+    assert status["queue"]["length"] == 1 and status["jobs"][0]["queue_position"] == 1
+    assert "Running now: acme/img00003.png, step 1 of 2" in (tmp_path / "outbox" / "_STATUS.txt").read_text()
+    root = Page((tmp_path / "outbox" / "index.html").read_text())
+    assert "./acme/index.html" in root.hrefs()
+
+    for job in (running, ledger.claim_next(clock.time())):
+        ledger.finish(job.id, clock.time(), {})
+        clock.advance(1)
+        writer.job_changed(job, JobState.DONE, {})
+    page = Page(index.read_text())
+    assert {card["data-state"] for card in page.cards()} == {"done", "failed"}
+    assert not [attrs for tag, attrs in page.elements if attrs.get("http-equiv") == "refresh"]
+    assert not json.loads((tmp_path / "outbox" / "status.json").read_text())["is_pending"]
+    ledger.close()
+
+
+def test_a_folder_is_written_at_most_once_a_second_and_the_last_change_is_never_lost(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock)
+    jobs = [make_job(number) for number in range(3)]
+    ledger.enqueue(jobs[0])
+    writer.job_changed(jobs[0], JobState.QUEUED, {})
+    index = tmp_path / "outbox" / "acme" / "index.html"
+    assert len(Page(index.read_text()).cards()) == 1
+    for job in jobs[1:]:  # within the same second: held back
+        clock.advance(0.3)
+        ledger.enqueue(job)
+        writer.job_changed(job, JobState.QUEUED, {})
+    assert len(Page(index.read_text()).cards()) == 1 and writer.is_dirty
+    assert writer.flush() == []
+    clock.advance(0.5)
+    assert set(writer.flush()) == {"acme", ""}
+    assert len(Page(index.read_text()).cards()) == 3 and not writer.is_dirty
+    ledger.close()
+
+
+def test_hostile_names_and_prompts_are_shown_as_text(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock)
+    job = make_job(1, state=JobState.DONE, name=HOSTILE_NAME, prompt=HOSTILE_PROMPT)
+    job.outputs = {"video": str(tmp_path / "outbox" / "acme" / HOSTILE_NAME.replace(".png", ".mp4"))}
+    (tmp_path / "outbox" / "acme").mkdir(parents=True)
+    (tmp_path / "outbox" / "acme" / HOSTILE_NAME.replace(".png", ".mp4")).write_bytes(b"video")
+    ledger.enqueue(job)
+    writer.rebuild()
+    page = Page((tmp_path / "outbox" / "acme" / "index.html").read_text())
+    assert HOSTILE_NAME in page.text and HOSTILE_PROMPT in page.text
+    assert not [tag for tag, _ in page.elements if tag == "script"]
+    assert not [attrs for _, attrs in page.elements if any(name.startswith("on") for name in attrs)]
+    assert not [attrs for tag, attrs in page.elements if tag == "img" and attrs.get("src") == "x"]
+    assert "./%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.mp4" in page.hrefs()
+    ledger.close()
+
+
+def test_ten_thousand_jobs_are_paged_in_stable_blocks_and_render_fast(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock, page_size=50)
+    for number in range(10_000):
+        ledger.enqueue(make_job(number, state=JobState.DONE))
+    folder = tmp_path / "outbox" / "acme"
+
+    started = time.perf_counter()
+    writer.rebuild(every_page=False)
+    first = time.perf_counter() - started
+    pages = sorted(folder.glob("page-*.html"))
+    assert len(pages) == 198  # 200 blocks of 50; the newest two are on the index
+    index = Page((folder / "index.html").read_text())
+    assert len(index.cards()) == 100 and index.cards()[0]["id"] == f"job-{make_job(9999).id}"
+    assert "./page-198.html" in index.hrefs()
+    oldest = Page((folder / "page-1.html").read_text())
+    assert oldest.cards()[-1]["id"] == f"job-{make_job(0).id}" and "./page-2.html" in oldest.hrefs()
+
+    # One more job starts block 201: block 199 leaves the index for its own page, the top page before it
+    # gets a "newer" link to it, and the 197 pages below are not touched.
+    before = {page: page.stat().st_mtime_ns for page in pages}
+    clock.advance(5)
+    job = make_job(10_000, created_at=clock.time())
+    ledger.enqueue(job)
+    started = time.perf_counter()
+    writer.job_changed(job, JobState.QUEUED, {})
+    update = time.perf_counter() - started
+    assert [page for page in pages if page.stat().st_mtime_ns != before[page]] == [folder / "page-198.html"]
+    assert "./page-199.html" in Page((folder / "page-198.html").read_text()).hrefs()
+    assert "./index.html" in Page((folder / "page-199.html").read_text()).hrefs()
+    assert Page((folder / "index.html").read_text()).cards()[0]["data-state"] == "queued"
+
+    # A change to an old job rewrites its own page only.
+    pages = sorted(folder.glob("page-*.html"))
+    before = {page: page.stat().st_mtime_ns for page in pages}
+    clock.advance(5)
+    old = make_job(7)
+    ledger.fail(old.id, clock.time(), {"error": "gone", "what_to_do": "drop it again"})
+    writer.job_changed(ledger.get(old.id), JobState.FAILED, {})
+    changed = [page for page in pages if page.stat().st_mtime_ns != before[page]]
+    assert changed == [folder / "page-1.html"] and "gone" in (folder / "page-1.html").read_text()
+    print(f"\n10,000-job folder: first write of index + 198 pages {first * 1000:.0f} ms, "
+          f"one change (index, status.json, root, _STATUS.txt) {update * 1000:.0f} ms")
+    ledger.close()
