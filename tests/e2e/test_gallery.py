@@ -1,0 +1,110 @@
+"""A real `vidrop run` writes the gallery; a real headless chromium opens it from file:// like a designer would."""
+
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from PIL import Image
+
+from tests.browser import Page, chromium
+from tests.conftest import REPO, drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
+
+ARTEFACTS = REPO / "build" / "test-artifacts"
+HOSTILE_NAME = '"><img src=x onerror=alert(1)>'
+HOSTILE_PROMPT = "<script>document.title='pwned'</script><img src=x onerror=alert(2)>"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resolves(page_path: Path, link: str) -> bool:
+    """A relative link from the page to a file that exists (no scheme, no absolute path)."""
+    parts = urlsplit(link)
+    return not parts.scheme and not parts.netloc and not link.startswith("/") and \
+        (page_path.parent / unquote(parts.path)).is_file()
+
+
+@pytest.mark.e2e
+def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folders, demo_models, start_vidrop):
+    inbox, outbox = folders["inbox"] / "acme", folders["outbox"]
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]))
+    vidrop.wait_event("daemon_ready")
+
+    # Enough steps that one job is still running while the others wait.
+    for name, color, prompt in (("red", (200, 40, 40), "a small red square"), ("blue", (40, 40, 200), "blue"),
+                                (HOSTILE_NAME, (40, 160, 40), HOSTILE_PROMPT)):
+        drop(inbox / f"{name}.json", sidecar(prompt=prompt, steps=24))
+        drop(inbox / f"{name}.png", make_image(folders["inbox"].parent / f"{color}.png", color=color).read_bytes())
+    drop(inbox / "broken.json", sidecar())
+    drop(inbox / "broken.png", b"a text file with an image name")
+
+    status_path = outbox / "acme" / "status.json"
+
+    def busy():
+        status = read_json(status_path)
+        states = {job["state"] for job in status["jobs"]} if status else set()
+        return status if {"running", "queued"} <= states else None
+
+    status = wait_for(busy, 120, what="a running and a waiting job in status.json")
+    assert status["is_pending"] and status["queue"]["length"] >= 1
+    waiting = [job for job in status["jobs"] if job["state"] == "queued"]
+    assert sorted(job["queue_position"] for job in waiting) == list(range(1, len(waiting) + 1))
+    busy_page = Page((outbox / "acme" / "index.html").read_text())
+    assert ("meta", {"http-equiv": "refresh", "content": "5"}) in busy_page.elements
+
+    def finished():
+        status = read_json(outbox / "status.json")
+        return status and not status["is_pending"] and status["counts"] == {"queued": 0, "running": 0, "done": 3,
+                                                                            "failed": 1}
+
+    wait_for(finished, 180, what="every job finished in the root status.json")
+    wait_for(lambda: not read_json(status_path)["is_pending"], 30, what="the folder's status.json to settle")
+    status = read_json(status_path)
+    assert [job["state"] for job in status["jobs"]].count("done") == 3
+    preview = outbox / "acme" / "red.preview.webp"
+    with Image.open(preview) as image:
+        assert image.format == "WEBP" and image.n_frames == 9 and max(image.size) <= 160
+    assert preview.stat().st_size < 300_000
+    text = (outbox / "_STATUS.txt").read_text()
+    assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Done: 3, failed: 1" in text
+    assert "acme/broken.png" in text and "what to do:" in text
+
+    # The page as chromium builds it from the share, with file:// and nothing else.
+    index = outbox / "acme" / "index.html"
+    page = Page(chromium(index.as_uri(), "--dump-dom"))
+    assert page.title == "acme · vidrop"  # the hostile prompt's script would have changed it
+    cards = {attrs["id"]: attrs["data-state"] for attrs in page.cards()}
+    assert sorted(cards.values()) == ["done", "done", "done", "failed"]
+    assert not [attrs for tag, attrs in page.elements if tag == "meta" and attrs.get("http-equiv") == "refresh"]
+    text = " ".join(page.text)
+    assert "broken.png" in text and "failed" in text and "What to do:" in text
+    assert f"{HOSTILE_NAME}.png" in page.text and HOSTILE_PROMPT in page.text
+    assert not page.scripts_or_handlers() and "x" not in page.sources()
+    links = page.hrefs() + page.sources()
+    assert all(resolves(index, link) for link in links), [link for link in links if not resolves(index, link)]
+    names = {unquote(urlsplit(link).path).rsplit("/", 1)[-1] for link in links}
+    assert {"red.mp4", "red.json", "red.preview.webp", "broken.error.json", f"{HOSTILE_NAME}.mp4"} <= names
+    assert "../index.html" in page.hrefs()  # the way back to every folder
+
+    root = Page(chromium((outbox / "index.html").as_uri(), "--dump-dom"))
+    assert "./acme/index.html" in root.hrefs() and resolves(outbox / "index.html", "./acme/index.html")
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTEFACTS / "gallery.png"
+    screenshot.unlink(missing_ok=True)
+    chromium(index.as_uri(), f"--screenshot={screenshot}", "--window-size=1200,900", "--hide-scrollbars")
+    with Image.open(screenshot) as image:
+        assert image.format == "PNG" and image.size == (1200, 900)
+    print(f"\nscreenshot of the gallery: {screenshot}")
+    assert vidrop.stop() == 0
+
+    # `vidrop gallery` writes the pages again from the ledger alone.
+    index.unlink()
+    result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "gallery")
+    assert result.returncode == 0, result.stderr
+    assert len(Page(index.read_text()).cards()) == 4
