@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test demo check bench system-packages clean
+.PHONY: run test demo check bench gallery-screenshot system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,30 @@ demo: $(VENV)/.installed
 	echo '{"prompt": "a yellow sun over a blue sea", "width": 128, "height": 96, "num_frames": 17, "steps": 4, "fps": 8, "seed": 7}' > inbox/demo/sun.json
 	VIDROP_PIPELINE__MODEL=state/demo-model VIDROP_INTAKE__SETTLE_SECONDS=0 $(BIN)/vidrop once
 	@echo "done: see outbox/demo/ (sun.mp4, sun.jpg, sun.json, jobs.jsonl); the demo model's video is noise"
+
+# docs/gallery.png for the README: a few jobs (one fails on purpose) through the demo model with `vidrop once`,
+# the pages written again by `vidrop gallery`, and the folder's page photographed by a headless chromium.
+GALLERY_DEMO := $(CURDIR)/build/gallery-demo
+GALLERY_ENV := VIDROP_INBOX=$(GALLERY_DEMO)/inbox VIDROP_OUTBOX=$(GALLERY_DEMO)/outbox VIDROP_STATE_DIR=$(GALLERY_DEMO)/state \
+	VIDROP_PIPELINE__MODEL=$(GALLERY_DEMO)/model VIDROP_INTAKE__SETTLE_SECONDS=0 HF_HUB_OFFLINE=1
+gallery-screenshot: $(VENV)/.installed
+	rm -rf $(GALLERY_DEMO) && mkdir -p $(GALLERY_DEMO)/inbox/spring docs
+	$(BIN)/vidrop demo-model $(GALLERY_DEMO)/model
+	$(BIN)/python -c "from PIL import Image, ImageDraw; \
+	  im = Image.new('RGB', (320, 240), (30, 90, 160)); ImageDraw.Draw(im).ellipse((110, 70, 210, 170), fill=(250, 200, 40)); im.save('$(GALLERY_DEMO)/inbox/spring/sun.png'); \
+	  im = Image.new('RGB', (320, 240), (170, 210, 240)); ImageDraw.Draw(im).polygon([(0, 240), (120, 60), (230, 240)], fill=(90, 90, 110)); im.save('$(GALLERY_DEMO)/inbox/spring/mountain.png'); \
+	  im = Image.new('RGB', (320, 240), (240, 230, 210)); ImageDraw.Draw(im).rectangle((90, 60, 230, 180), fill=(200, 40, 40)); im.save('$(GALLERY_DEMO)/inbox/spring/poster <v2> & co.png')"
+	echo '{"prompt": "a yellow sun rising over a blue sea", "width": 128, "height": 96, "num_frames": 17, "steps": 4, "fps": 8}' > $(GALLERY_DEMO)/inbox/spring/sun.json
+	echo '{"prompt": "clouds drift past the summit, slow push-in", "width": 128, "height": 96, "num_frames": 17, "steps": 4, "fps": 8}' > $(GALLERY_DEMO)/inbox/spring/mountain.json
+	echo '{"prompt": "<script>alert(1)</script> shown as text, never run", "width": 96, "height": 96, "num_frames": 9, "steps": 4, "fps": 8}' > '$(GALLERY_DEMO)/inbox/spring/poster <v2> & co.json'
+	printf 'a text file with an image name' > $(GALLERY_DEMO)/inbox/spring/logo-final.png
+	echo '{"prompt": "the logo spins once"}' > $(GALLERY_DEMO)/inbox/spring/logo-final.json
+	$(GALLERY_ENV) $(BIN)/vidrop once || true  # exits 1: logo-final.png fails on purpose
+	$(GALLERY_ENV) $(BIN)/vidrop gallery
+	profile=$$(mktemp -d); timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
+	  --disable-component-update --disable-sync --no-first-run --user-data-dir=$$profile --hide-scrollbars \
+	  --window-size=1200,760 --screenshot=$(CURDIR)/docs/gallery.png file://$(GALLERY_DEMO)/outbox/spring/index.html; \
+	  status=$$?; rm -rf $$profile; exit $$status
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench
