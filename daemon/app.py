@@ -207,6 +207,7 @@ class Daemon:
         except JobInterrupted:
             self.ledger.requeue_running()
             log.warning("job_interrupted", job_id=job.id, input=job.input)
+            self.runner.notify(job, JobState.QUEUED)  # back in the queue: pages must not say it is running
             return
         self.finished_jobs += 1
         if state is JobState.FAILED:
