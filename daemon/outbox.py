@@ -79,14 +79,20 @@ class Outbox:
         if not (video.is_file() and thumbnail.is_file()):
             return None
         names.folder.mkdir(parents=True, exist_ok=True)
-        targets = {"video": names.video(fmt), "thumbnail": names.thumbnail, "manifest": names.manifest}
+        targets = {"video": names.video(fmt), "thumbnail": names.thumbnail}
+        preview = Path(source.get("preview", ""))
+        if preview.is_file():  # results from before the gallery have none
+            targets["preview"] = names.preview
+        targets["manifest"] = names.manifest  # the manifest last: once it is there, the rest is complete
         temporaries = {name: _temporary(names.folder, path.name) for name, path in targets.items()}
         try:
             shutil.copyfile(video, temporaries["video"])
             shutil.copyfile(thumbnail, temporaries["thumbnail"])
+            if "preview" in targets:
+                shutil.copyfile(preview, temporaries["preview"])
             outputs = {name: path.name for name, path in targets.items()}
             _write_json(temporaries["manifest"], {**manifest, "outputs": outputs})
-            for name in ("video", "thumbnail", "manifest"):
+            for name in targets:
                 _fsync_path(temporaries[name])
                 os.replace(temporaries[name], targets[name])
         finally:

@@ -166,7 +166,8 @@ class GalleryWriter:
             folder = folder_of(job.input)
             if folder not in directories:
                 directories[folder] = self._directory(folder)
-            names = OutputNames(folder=directories[folder], stem=PurePosixPath(job.input).stem)
+            stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
+            names = OutputNames(folder=directories[folder], stem=stem)
             cards.append(make_card(job, names=names, estimates=snapshot.estimates,
                                    progress=self._progress.get(job.id), now_monotonic=now))
         return cards

@@ -156,7 +156,7 @@ class SqliteLedger:
     def queued_ids(self) -> list[str]:
         """Ids of queued jobs in the order they will be claimed."""
         return [row[0] for row in self._db.execute(
-            "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, rowid", (JobState.QUEUED.value,))]
+            "SELECT id FROM jobs WHERE state = ? ORDER BY priority DESC, created_at, rowid", (JobState.QUEUED.value,))]
 
     def recent_jobs(self, state: JobState, limit: int) -> list[Job]:
         """The latest finished jobs in one state, newest first."""

@@ -165,3 +165,20 @@ def test_ten_thousand_jobs_are_paged_in_stable_blocks_and_render_fast(tmp_path):
     print(f"\n10,000-job folder: first write of index + 198 pages {first * 1000:.0f} ms, "
           f"one change (index, status.json, root, _STATUS.txt) {update * 1000:.0f} ms")
     ledger.close()
+
+
+def test_the_ledger_views_group_by_folder_and_follow_the_claim_order(tmp_path):
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    jobs = [make_job(1, folder="a"), make_job(2, folder="a/b"), make_job(3, folder="a"), make_job(4, folder="a_")]
+    jobs[2].priority = 5
+    top = make_job(5, folder="x")
+    top.input = "top.png"
+    for job in [*jobs, top]:
+        ledger.enqueue(job)
+    assert [job.id for job in ledger.folder_jobs("a", offset=0, limit=10)] == [jobs[0].id, jobs[2].id]
+    assert [job.id for job in ledger.folder_jobs("", offset=0, limit=10)] == [top.id]
+    assert ledger.folder_position("a", jobs[2].id) == 1 and ledger.folder_position("a", "nope") is None
+    assert {folder: summary["queued"] for folder, summary in ledger.folder_summaries().items()} == \
+        {"a": 2, "a/b": 1, "a_": 1, "": 1}
+    assert ledger.queued_ids()[0] == jobs[2].id == ledger.claim_next(1.0).id
+    ledger.close()
