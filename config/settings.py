@@ -134,7 +134,7 @@ class HookSettings(_Section):
 class GallerySettings(_Section):
     """The pages and status files written into the outbox for people on the share."""
 
-    enabled: bool = Field(True, description="write index.html, status.json and _STATUS.txt into the outbox")
+    enabled: bool = Field(True, description="write index.html, _status.json and _STATUS.txt into the outbox")
     page_size: int = Field(50, ge=1, le=1000, description="cards per page")
     refresh_seconds: int = Field(5, ge=1, le=3600, description="how often a page with pending work reloads itself")
 

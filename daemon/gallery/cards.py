@@ -46,7 +46,7 @@ class Estimates:
 
 @dataclass
 class Card:
-    """One job as people on the share see it; `to_json` is its status.json form."""
+    """One job as people on the share see it; `to_json` is its _status.json form."""
 
     job_id: str
     input: str

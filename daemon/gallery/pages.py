@@ -1,4 +1,4 @@
-"""Rendering: HTML pages (jinja2, everything autoescaped), status.json and _STATUS.txt from cards."""
+"""Rendering: HTML pages (jinja2, everything autoescaped), _status.json and _STATUS.txt from cards."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def render_page(**context: Any) -> str:
 
 
 def status_json(document: dict[str, Any]) -> str:
-    """status.json: the same facts as the page, for tools."""
+    """_status.json: the same facts as the page, for tools."""
     return json.dumps(document, ensure_ascii=False, default=_card_json) + "\n"  # no indent: the C encoder is 5× faster
 
 
@@ -86,4 +86,4 @@ def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | No
 def _card_json(value: Any) -> Any:
     if isinstance(value, Card):
         return value.to_json()
-    raise TypeError(f"cannot write {type(value).__name__} to status.json")
+    raise TypeError(f"cannot write {type(value).__name__} to _status.json")

@@ -23,7 +23,7 @@ from daemon.outbox import Outbox, OutputNames, iso_time, replace_text
 log = structlog.get_logger()
 
 INDEX = "index.html"
-STATUS_JSON = "status.json"
+STATUS_JSON = "_status.json"  # not _status.json: that is the manifest of an input named status.png
 STATUS_TEXT = "_STATUS.txt"
 MIN_INTERVAL_SECONDS = 1.0
 RECENT_FOR_AVERAGE = 20
@@ -66,7 +66,7 @@ class _Snapshot:
 
 
 class GalleryWriter:
-    """Rewrites `index.html`, `page-K.html` and `status.json` per folder and `_STATUS.txt`, at most once a second."""
+    """Rewrites `index.html`, `page-K.html` and `_status.json` per folder and `_STATUS.txt`, at most once a second."""
 
     def __init__(self, *, ledger: GalleryLedger, outbox: Path, clock: Clock, page_size: int = 50,
                  refresh_seconds: int = 5, min_interval: float = MIN_INTERVAL_SECONDS) -> None:
@@ -173,7 +173,7 @@ class GalleryWriter:
         return cards
 
     def _directory(self, folder: str) -> Path:
-        return self.outbox.names_for(f"{folder}/-" if folder else "-").folder
+        return self.outbox.root.joinpath(*folder.split("/")) if folder else self.outbox.root
 
     def _write_folder(self, folder: str, changed: set[str], snapshot: _Snapshot) -> None:
         directory = self._directory(folder)

@@ -43,14 +43,14 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     drop(inbox / "broken.json", sidecar())
     drop(inbox / "broken.png", b"a text file with an image name")
 
-    status_path = outbox / "acme" / "status.json"
+    status_path = outbox / "acme" / "_status.json"
 
     def busy():
         status = read_json(status_path)
         states = {job["state"] for job in status["jobs"]} if status else set()
         return status if {"running", "queued"} <= states else None
 
-    status = wait_for(busy, 120, what="a running and a waiting job in status.json")
+    status = wait_for(busy, 120, what="a running and a waiting job in _status.json")
     assert status["is_pending"] and status["queue"]["length"] >= 1
     waiting = [job for job in status["jobs"] if job["state"] == "queued"]
     assert sorted(job["queue_position"] for job in waiting) == list(range(1, len(waiting) + 1))
@@ -58,12 +58,12 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     assert ("meta", {"http-equiv": "refresh", "content": "5"}) in busy_page.elements
 
     def finished():
-        status = read_json(outbox / "status.json")
+        status = read_json(outbox / "_status.json")
         return status and not status["is_pending"] and status["counts"] == {"queued": 0, "running": 0, "done": 3,
                                                                             "failed": 1}
 
-    wait_for(finished, 180, what="every job finished in the root status.json")
-    wait_for(lambda: not read_json(status_path)["is_pending"], 30, what="the folder's status.json to settle")
+    wait_for(finished, 180, what="every job finished in the root _status.json")
+    wait_for(lambda: not read_json(status_path)["is_pending"], 30, what="the folder's _status.json to settle")
     status = read_json(status_path)
     assert [job["state"] for job in status["jobs"]].count("done") == 3
     preview = outbox / "acme" / "red.preview.webp"

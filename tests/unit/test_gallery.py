@@ -65,7 +65,7 @@ def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(t
     assert "running: step 1 of 2, about 2 s left" in text
     assert "The file is not an image vidrop can read." in text and "What to do: Export it again." in text
     assert ("meta", {"http-equiv": "refresh", "content": "5"}) in page.elements
-    status = json.loads((tmp_path / "outbox" / "acme" / "status.json").read_text())
+    status = json.loads((tmp_path / "outbox" / "acme" / "_status.json").read_text())
     assert status["is_pending"] and status["counts"] == {"queued": 1, "running": 1, "done": 1, "failed": 1}
     assert status["running"]["input"] == "acme/img00003.png" and status["running"]["step"] == 1
     assert status["queue"]["length"] == 1 and status["jobs"][0]["queue_position"] == 1
@@ -80,7 +80,7 @@ def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(t
     page = Page(index.read_text())
     assert {card["data-state"] for card in page.cards()} == {"done", "failed"}
     assert not [attrs for tag, attrs in page.elements if attrs.get("http-equiv") == "refresh"]
-    assert not json.loads((tmp_path / "outbox" / "status.json").read_text())["is_pending"]
+    assert not json.loads((tmp_path / "outbox" / "_status.json").read_text())["is_pending"]
     ledger.close()
 
 
@@ -163,7 +163,7 @@ def test_ten_thousand_jobs_are_paged_in_stable_blocks_and_render_fast(tmp_path):
     changed = [page for page in pages if page.stat().st_mtime_ns != before[page]]
     assert changed == [folder / "page-1.html"] and "gone" in (folder / "page-1.html").read_text()
     print(f"\n10,000-job folder: first write of index + 198 pages {first * 1000:.0f} ms, "
-          f"one change (index, status.json, root, _STATUS.txt) {update * 1000:.0f} ms")
+          f"one change (index, _status.json, root, _STATUS.txt) {update * 1000:.0f} ms")
     ledger.close()
 
 
