@@ -32,30 +32,34 @@ def resolves(page_path: Path, link: str) -> bool:
 @pytest.mark.e2e
 def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folders, demo_models, start_vidrop):
     inbox, outbox = folders["inbox"] / "acme", folders["outbox"]
-    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]))
-    vidrop.wait_event("daemon_ready")
-
-    # Enough steps that one job is still running while the others wait.
+    # Everything is there before the start, so one scan queues it all: one job runs while the others wait,
+    # for long enough (24 steps each) that the page shows both.
     for name, color, prompt in (("red", (200, 40, 40), "a small red square"), ("blue", (40, 40, 200), "blue"),
                                 (HOSTILE_NAME, (40, 160, 40), HOSTILE_PROMPT)):
         drop(inbox / f"{name}.json", sidecar(prompt=prompt, steps=24))
         drop(inbox / f"{name}.png", make_image(folders["inbox"].parent / f"{color}.png", color=color).read_bytes())
     drop(inbox / "broken.json", sidecar())
     drop(inbox / "broken.png", b"a text file with an image name")
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]))
+    vidrop.wait_event("daemon_ready")
 
     status_path = outbox / "acme" / "_status.json"
 
     def busy():
-        status = read_json(status_path)
+        if vidrop.process.poll() is not None:
+            pytest.fail(f"vidrop exited with {vidrop.process.returncode}: {vidrop.log_text()}")
+        page = Page((outbox / "acme" / "index.html").read_text()) if status_path.exists() else None
+        status = read_json(status_path)  # written just after the page
         states = {job["state"] for job in status["jobs"]} if status else set()
-        return status if {"running", "queued"} <= states else None
+        shown = {card["data-state"] for card in page.cards()} if page else set()
+        return (status, page) if {"running", "queued"} <= states and {"running", "queued"} <= shown else None
 
-    status = wait_for(busy, 120, what="a running and a waiting job in _status.json")
+    status, busy_page = wait_for(busy, 240, what="a running and a waiting job on the page and in _status.json")
     assert status["is_pending"] and status["queue"]["length"] >= 1
     waiting = [job for job in status["jobs"] if job["state"] == "queued"]
     assert sorted(job["queue_position"] for job in waiting) == list(range(1, len(waiting) + 1))
-    busy_page = Page((outbox / "acme" / "index.html").read_text())
     assert ("meta", {"http-equiv": "refresh", "content": "5"}) in busy_page.elements
+    assert "number 1 in the queue" in " ".join(busy_page.text) and "running" in " ".join(busy_page.text)
 
     def finished():
         status = read_json(outbox / "_status.json")

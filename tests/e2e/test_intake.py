@@ -188,9 +188,9 @@ def test_two_images_with_one_stem_keep_distinct_outputs(daemon, tmp_path):
     (folder / "look.json").write_text(sidecar())
     subprocess.run(["cp", "-r", str(folder), str(daemon.inbox)], check=True)
     daemon.wait_lines("stems", 2)
-    names = sorted(p.name for p in (daemon.outbox / "stems").iterdir())
-    assert names == ["jobs.jsonl", "look_jpg.jpg", "look_jpg.json", "look_jpg.mp4",
-                     "look_png.jpg", "look_png.json", "look_png.mp4"]
+    names = sorted(p.name for p in (daemon.outbox / "stems").iterdir() if p.name not in ("index.html", "_status.json"))
+    assert names == ["jobs.jsonl", "look_jpg.jpg", "look_jpg.json", "look_jpg.mp4", "look_jpg.preview.webp",
+                     "look_png.jpg", "look_png.json", "look_png.mp4", "look_png.preview.webp"]
 
 
 def test_the_inbox_disappears_and_comes_back(folders, demo_models, start_vidrop, tmp_path):
