@@ -131,6 +131,22 @@ class HookSettings(_Section):
         return bool(self.command or self.urls)
 
 
+class MemorySettings(_Section):
+    """How vidrop shares the device: admission, waiting, recovery, idle unload, drift restarts."""
+
+    mode: Literal["auto", "as_is", "tiled", "model_offload", "group_offload"] = Field(
+        "auto", description="auto picks the fastest mode that fits; a name forces that mode")
+    reserve_gb: float = Field(1.0, ge=0, description="free memory left for other programs")
+    max_wait_seconds: float = Field(1800.0, ge=0, description="a job waiting for memory longer than this fails")
+    wait_poll_seconds: float = Field(5.0, gt=0, description="first pause between memory checks while waiting")
+    wait_poll_max_seconds: float = Field(60.0, gt=0, description="longest pause between memory checks")
+    idle_unload_seconds: float = Field(600.0, ge=0, description="unload the model after this long idle; 0 = never")
+    drift_restart_gb: float = Field(
+        2.0, ge=0, description="restart the worker when usage after a job grows by more than this; 0 = never")
+    warmup_jobs: int = Field(3, ge=1, description="jobs before the usage baseline is taken")
+    cuda_alloc_conf: str = Field("expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF unless already set")
+
+
 class GallerySettings(_Section):
     """The pages and status files written into the outbox for people on the share."""
 
@@ -160,6 +176,7 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     hooks: HookSettings = HookSettings()
     gallery: GallerySettings = GallerySettings()
+    memory: MemorySettings = MemorySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -302,6 +319,12 @@ def _sources(settings: Settings, toml_data: dict[str, Any], overrides: dict[str,
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
     """The environment for a hook command: vidrop's own, plus the job's facts."""
     return {**os.environ, **extra}
+
+
+def apply_process_environment(settings: Settings) -> None:
+    """Set what torch reads from the environment before CUDA starts (an operator's own value wins)."""
+    if settings.memory.cuda_alloc_conf:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", settings.memory.cuda_alloc_conf)
 
 
 def flat_settings(settings: Settings) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import threading
 from typing import Callable, Sequence
 
 import structlog
@@ -42,6 +43,9 @@ class Daemon:
         self.events: queue.Queue = queue.Queue()
         self.should_stop = False
         self.must_stop_now = False
+        self._stopping = threading.Event()
+        self._last_job_ended = self.clock.monotonic()
+        self._is_model_unloaded = False
         self.failed_jobs = 0
         self.finished_jobs = 0
         self.intake: Intake | None = None
@@ -91,7 +95,8 @@ class Daemon:
             listeners.append(self.gallery)
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
-                             on_progress=self._on_progress, listeners=listeners)
+                             on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
+                             wait=self._stopping.wait, on_status=self.notifier.status)
         self.intake.start(watch=watch)
         self.notifier.ready()
         self._report_idle()
@@ -115,6 +120,7 @@ class Daemon:
         """Ask the loop to stop: after the running job, or (immediately) between two steps of it."""
         self.must_stop_now = self.must_stop_now or immediately or self.should_stop
         self.should_stop = True
+        self._stopping.set()
         self.events.put(STOP)
 
     def install_signal_handlers(self) -> None:
@@ -138,8 +144,11 @@ class Daemon:
             job = self.ledger.claim_next(self.clock.time())
             if job is not None:
                 self._run_job(job)
+            else:
+                self._unload_if_idle()
         else:
             self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
+            self._unload_if_idle()
         if self.gallery is not None:
             self.gallery.flush()  # changes held back by the once-a-second limit
         self.notifier.watchdog()
@@ -209,10 +218,24 @@ class Daemon:
             log.warning("job_interrupted", job_id=job.id, input=job.input)
             self.runner.notify(job, JobState.QUEUED)  # back in the queue: pages must not say it is running
             return
+        finally:
+            self._last_job_ended = self.clock.monotonic()
+            self._is_model_unloaded = False
         self.finished_jobs += 1
         if state is JobState.FAILED:
             self.failed_jobs += 1
         self._report_idle()
+
+    def _unload_if_idle(self) -> None:
+        """After memory.idle_unload_seconds without a job, give the device's memory back to others."""
+        limit = self.settings.memory.idle_unload_seconds
+        idle = self.clock.monotonic() - self._last_job_ended
+        if limit <= 0 or self._is_model_unloaded or idle < limit:
+            return
+        self._is_model_unloaded = True
+        if self.generator.unload():
+            log.info("model_idle_unloaded", idle_seconds=round(idle, 3))
+            self._report_idle()
 
     # -- status --------------------------------------------------------------------------------
 
@@ -227,5 +250,6 @@ class Daemon:
 
     def _report_idle(self) -> None:
         counts = self.ledger.counts()
+        unloaded = ", model unloaded" if self._is_model_unloaded else ""
         self.notifier.status(f"idle, {counts[JobState.QUEUED.value]} queued, "
-                             f"{len(self.intake.pending)} waiting to settle or pair")
+                             f"{len(self.intake.pending)} waiting to settle or pair{unloaded}")

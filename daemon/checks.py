@@ -19,6 +19,7 @@ def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> in
         results.append(_check_folder(role, folder, writable=role != "inbox"))
     results.append(_check_model(settings))
     results.append(_check_device(settings.pipeline.device))
+    results.extend(_check_memory(settings))
     for is_ok, text in results:
         out(f"{'ok  ' if is_ok else 'FAIL'} {text}")
     failures = sum(1 for is_ok, _ in results if not is_ok)
@@ -71,3 +72,54 @@ def _check_device(requested: str) -> tuple[bool, str]:
         name = torch.cuda.get_device_name(index)
         return True, f"device: {device} ({name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
     return True, f"device: cpu (torch {torch.__version__}; no CUDA GPU in use)"
+
+
+def _check_memory(settings) -> list[tuple[bool, str]]:
+    """Free memory on the device, and the estimate and mode for the default job size."""
+    from pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
+    from pipeline.loader import DTYPES, detect_family, resolve_device, resolve_dtype
+    from pipeline.memory import GB, probe_for
+    from pipeline.modes import MemoryMode
+
+    try:
+        device = resolve_device(settings.pipeline.device)
+        family = detect_family(settings.pipeline.model, settings.pipeline.family, offline=settings.pipeline.offline)
+    except VidropError:
+        return []  # the model and device lines already say why
+    snapshot = probe_for(device).snapshot()
+    lines = [(True, f"memory: {device}, {snapshot.free_bytes / GB:.1f} GB free of {snapshot.total_bytes / GB:.1f} GB"
+                    f"{', held by: ' + snapshot.held_by() if snapshot.is_gpu else ''}")]
+    folder = _model_folder(settings.pipeline.model)
+    if folder is None:
+        return [*lines, (True, "memory: no estimate: the model is not downloaded yet")]
+    dtype = resolve_dtype(settings.pipeline.dtype, device, family)
+    estimator = MemoryEstimator(family, ModelFootprint.of_files(folder), offloads_weights=device.startswith("cuda"),
+                                dtype_bytes=DTYPES[dtype].itemsize)
+    generation, defaults = settings.generation, family.defaults
+    size = family.fit(generation.width or defaults.width, generation.height or defaults.height,
+                      generation.num_frames or defaults.num_frames)
+    forced = None if settings.memory.mode == "auto" else MemoryMode(settings.memory.mode)
+    reserve = int(settings.memory.reserve_gb * GB)
+    admission = choose_mode(estimator, snapshot, width=size.width, height=size.height, frames=size.num_frames,
+                            resident_now=0, reserve_bytes=reserve, forced=forced)
+    job = f"default job {size.width}x{size.height}, {size.num_frames} frames ({family.name}, {dtype})"
+    estimates = ", ".join(f"{mode} {need / GB:.1f} GB" for mode, need in admission.needs.items())
+    if admission.fits:
+        return [*lines, (True, f"memory: {job}: needs about {admission.need_bytes / GB:.1f} GB, mode "
+                               f"{admission.mode.value} (reserve {settings.memory.reserve_gb:g} GB; {estimates})")]
+    could_ever_fit = admission.waiting_for_bytes <= snapshot.total_bytes
+    verdict = "jobs would wait until it frees" if could_ever_fit else "it can never fit on this device"
+    return [*lines, (could_ever_fit, f"memory: {job}: no mode fits now ({estimates}); {admission.waiting_text()}; "
+                                     f"{verdict}")]
+
+
+def _model_folder(model: str) -> Path | None:
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # not in the cache: the hub client raises several types for that
+        return None

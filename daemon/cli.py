@@ -58,6 +58,9 @@ def _serve(args, *, once: bool) -> int:
     from daemon.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    from config.settings import apply_process_environment
+
+    apply_process_environment(settings)
     from daemon.app import Daemon
     from daemon.systemd import SystemdNotifier
     from pipeline.errors import ModelUnavailable
@@ -81,7 +84,7 @@ def _production_generator(settings):
     pipeline = settings.pipeline
     loaded = load_model(pipeline.model, family=pipeline.family, device=pipeline.device, dtype=pipeline.dtype,
                         offline=pipeline.offline)
-    return VideoGenerator(loaded, fit=pipeline.fit, limits=settings.limits)
+    return VideoGenerator(loaded, fit=pipeline.fit, limits=settings.limits, memory=settings.memory)
 
 
 def _run(args) -> int:

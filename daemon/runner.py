@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import structlog
 
+from config.settings import MemorySettings
 from daemon.clock import Clock
 from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState, Ledger
 from daemon.outbox import Outbox, iso_time
 from pipeline.errors import GenerationError, InputError, VidropError
+from pipeline.admission import MemoryAdmission
 from pipeline.generate import TEXT, Generator, JobParams
+from pipeline.memory import GB
 from pipeline.images import load_image
 
 log = structlog.get_logger()
 
 ProgressListener = Callable[[Job, int, int], None]
+# Pauses for `seconds` unless the daemon is stopping; True when it is (the waiting job goes back to the queue).
+Waiter = Callable[[float], bool]
 
 
 class JobListener(Protocol):
@@ -37,7 +43,8 @@ class Runner:
 
     def __init__(self, *, ledger: Ledger, outbox: Outbox, generator: Generator, inbox: Path, clock: Clock,
                  max_image_pixels: int, on_progress: ProgressListener | None = None,
-                 listeners: Sequence[JobListener] = ()) -> None:
+                 listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
+                 wait: Waiter | None = None, on_status: Callable[[str], None] | None = None) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -46,6 +53,9 @@ class Runner:
         self.max_image_pixels = max_image_pixels
         self.on_progress = on_progress
         self.listeners = list(listeners)
+        self.memory = memory or MemorySettings()
+        self.wait = wait or threading.Event().wait
+        self.on_status = on_status
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -65,8 +75,10 @@ class Runner:
             params = JobParams.from_dict(job.params)
             image = None if params.mode == TEXT else load_image(self.inbox / job.input,
                                                                  max_pixels=self.max_image_pixels)
+            admission = self.wait_for_memory(job, params)
             result = self.generator.generate(image, params, job.seed,
-                                             on_step=lambda step, total: self._progress(job, step, total))
+                                             on_step=lambda step, total: self._progress(job, step, total),
+                                             admission=admission)
             encode_started = self.clock.monotonic()
             names = self._names(job)
             manifest = self._manifest(job, params, result.facts)
@@ -80,10 +92,13 @@ class Runner:
                 "outputs": {name: Path(path).name for name, path in outputs.items()},
                 "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
             })
+            memory = result.facts["memory"]
             log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
                      encode_ms=round(encode_seconds * 1000), frames=result.facts["frames"],
-                     peak_memory_bytes=result.facts["peak_memory_bytes"], output=outputs["video"])
+                     peak_memory_bytes=result.facts["peak_memory_bytes"], memory_mode=memory["mode"],
+                     estimated_bytes=memory["estimated_bytes"], measured_bytes=memory["measured_bytes"],
+                     recovery_steps=len(memory["recovery"]), **memory["after_job"], output=outputs["video"])
             self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
         except JobInterrupted:
@@ -99,7 +114,47 @@ class Runner:
             self.record_failure(job, error, duration=self.clock.monotonic() - started)
             return JobState.FAILED
         finally:
+            self.generator.after_job()
             structlog.contextvars.unbind_contextvars("job_id", "input")
+
+    def wait_for_memory(self, job: Job, params: JobParams) -> MemoryAdmission:
+        """The admission for this job; while nothing fits, wait with back-off, saying for what and why.
+
+        Past memory.max_wait_seconds the job fails with what it needed and what the user can change.
+        """
+        started = self.clock.monotonic()
+        pause = self.memory.wait_poll_seconds
+        while True:
+            admission = self.generator.admit(params)
+            waited = self.clock.monotonic() - started
+            if admission.fits:
+                log.info("memory_admitted", **admission.to_dict(), waited_seconds=round(waited, 3))
+                return admission
+            if waited >= self.memory.max_wait_seconds:
+                raise self._memory_timeout(params, admission, waited)
+            log.info("memory_wait", **admission.to_dict(), waiting_for_bytes=admission.waiting_for_bytes,
+                     held_by=admission.snapshot.held_by(), waited_seconds=round(waited, 3))
+            if self.on_status is not None:
+                self.on_status(f"job {job.id}: {admission.waiting_text()}")
+            if self.wait(min(pause, max(0.0, self.memory.max_wait_seconds - waited))):
+                raise JobInterrupted(job.id)
+            pause = min(pause * 2, self.memory.wait_poll_max_seconds)
+
+    def _memory_timeout(self, params: JobParams, admission: MemoryAdmission, waited: float) -> GenerationError:
+        snapshot = admission.snapshot
+        kind = snapshot.kind
+        return GenerationError(
+            f"There was not enough free {kind} for this video after waiting {waited:.0f} s.",
+            detail=(f"needs {admission.waiting_for_bytes / GB:.1f} GB free {kind} "
+                    f"({admission.need_bytes / GB:.1f} GB for the job in its leanest mode plus the "
+                    f"{admission.reserve_bytes / GB:.1f} GB reserve), {snapshot.free_bytes / GB:.1f} GB free of "
+                    f"{snapshot.total_bytes / GB:.1f} GB, held by: {snapshot.held_by()}; "
+                    f"{params.width}x{params.height}, {params.num_frames} frames"),
+            fix=(f"Close programs holding {kind} ({snapshot.held_by()}), or ask for fewer frames or a smaller size "
+                 f"(num_frames, width, height in the sidecar), or let vidrop wait longer "
+                 f"(memory.max_wait_seconds, now {self.memory.max_wait_seconds}) or keep less in reserve "
+                 f"(memory.reserve_gb, now {self.memory.reserve_gb})."),
+        )
 
     def record_failure(self, job: Job, error: VidropError, *, duration: float = 0.0) -> Path:
         """Write the error file, append to jobs.jsonl, mark the job failed, log the summary event."""
@@ -185,5 +240,6 @@ class Runner:
                 **facts["timings"],
             },
             "peak_memory_bytes": facts["peak_memory_bytes"],
+            "memory": facts["memory"],
             "attempts": job.attempts,
         }

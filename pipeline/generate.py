@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
+import structlog
 import torch
 from PIL import Image
 
-from config.settings import LimitSettings
+from config.settings import LimitSettings, MemorySettings
+from pipeline.admission import (
+    MemoryAdmission,
+    MemoryEstimator,
+    ModelFootprint,
+    choose_mode,
+    weights_on_device,
+)
 from pipeline.errors import GenerationError, InputError
 from pipeline.families.base import FamilyLimits
 from pipeline.images import fit_image
-from pipeline.loader import LoadedModel
+from pipeline.loader import DTYPES, LoadedModel, load_model
+from pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
+from pipeline.modes import MemoryMode, apply_mode, reset_mode
+
+log = structlog.get_logger()
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -70,16 +81,25 @@ class Generator(Protocol):
 
     def preset(self, name: str) -> dict[str, Any]: ...
 
+    def admit(self, params: JobParams) -> MemoryAdmission: ...
+
     def generate(self, image: Image.Image | None, params: JobParams, seed: int,
-                 on_step: ProgressCallback | None = None) -> GenerationResult: ...
+                 on_step: ProgressCallback | None = None,
+                 admission: MemoryAdmission | None = None) -> GenerationResult: ...
+
+    def after_job(self) -> None: ...
+
+    def unload(self) -> bool: ...
 
     def describe(self) -> dict[str, Any]: ...
 
 
 class VideoGenerator:
-    """Runs one resident diffusers pipeline; one job at a time."""
+    """Runs one resident diffusers pipeline; one job at a time, in the memory mode that fits."""
 
-    def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings) -> None:
+    def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings,
+                 memory: MemorySettings | None = None, probe: MemoryProbe | None = None,
+                 reload: Callable[[], LoadedModel] | None = None) -> None:
         self.loaded = loaded
         self.family = loaded.family
         self.fit = fit
@@ -90,6 +110,24 @@ class VideoGenerator:
             max_frames=limits.max_frames or family_limits.max_frames,
             max_steps=limits.max_steps or family_limits.max_steps,
         )
+        self.memory = memory or MemorySettings()
+        self.probe = probe or probe_for(loaded.device)
+        # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
+        # (or in the hub cache) by now.
+        self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
+                                                    dtype=loaded.dtype, offline=True))
+        self.forced_mode = None if self.memory.mode == "auto" else MemoryMode(self.memory.mode)
+        self.estimator = MemoryEstimator(self.family, ModelFootprint.of_pipeline(loaded.pipe),
+                                         offloads_weights=loaded.device.startswith("cuda"),
+                                         dtype_bytes=DTYPES[loaded.dtype].itemsize)
+        self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
+                                warmup_jobs=self.memory.warmup_jobs)
+        self.restart_due: dict[str, int] | None = None
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is resident (not unloaded while idle)."""
+        return self.loaded.pipe is not None
 
     def describe(self) -> dict[str, Any]:
         """Model, family, device and dtype, for logs and manifests."""
@@ -166,75 +204,186 @@ class VideoGenerator:
             fix=f"Drop {needed}, or ask the operator for a model that does this.",
         )
 
+    def admit(self, params: JobParams) -> MemoryAdmission:
+        """The fastest memory mode this job fits in now, or what it has to wait for."""
+        resident = weights_on_device(self.loaded.pipe, self.loaded.device) if self.is_loaded else 0
+        return choose_mode(self.estimator, self.probe.snapshot(), width=params.width, height=params.height,
+                           frames=params.num_frames, resident_now=resident,
+                           reserve_bytes=int(self.memory.reserve_gb * GB), forced=self.forced_mode)
+
     def generate(self, image: Image.Image | None, params: JobParams, seed: int,
-                 on_step: ProgressCallback | None = None) -> GenerationResult:
-        """Run the family's call for one job and return uint8 frames with timings and peak memory."""
+                 on_step: ProgressCallback | None = None,
+                 admission: MemoryAdmission | None = None) -> GenerationResult:
+        """Run the family's call for one job and return uint8 frames with timings and memory facts."""
         timings: dict[str, float] = {}
 
-        # 1. Prepare the image (none for text-to-video): fit to the family's size, keeping the aspect ratio.
+        # 1. The model on its device (reloaded after an idle unload), and the mode admission chose.
+        reload_seconds = self._ensure_loaded()
+        admission = admission or self.admit(params)
+        mode = admission.mode or self.forced_mode or MemoryMode.AS_IS
+
+        # 2. Prepare the image (none for text-to-video): fit to the family's size, keeping the aspect ratio.
         started = time.monotonic()
         prepared = None if image is None else fit_image(image, params.width, params.height, self.fit)
         timings["prepare_seconds"] = time.monotonic() - started
 
-        # 2. Arguments: a seeded CPU generator, so the same seed gives the same video on any device.
-        #    Some pipelines also draw from the global RNG (I2VGen-XL samples its image latents there).
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        torch.manual_seed(seed)
-        callback = _StepReporter(params.steps, on_step)
-        arguments = self.family.call_arguments(
-            image=prepared, prompt=params.prompt, negative_prompt=params.negative_prompt, width=params.width,
-            height=params.height, num_frames=params.num_frames, steps=params.steps,
-            guidance_scale=params.guidance_scale, fps=params.fps, generator=generator, callback=callback,
-        )
-
-        # 3. Denoise and decode, reporting every step.
-        self._reset_peak_memory()
+        # 3. Denoise and decode, stepping down the ladder on out-of-memory; every step is recorded.
+        usage_before = self.probe.usage()
+        floor = usage_before.allocated_bytes if self.loaded.device.startswith("cuda") else usage_before.rss_bytes
+        resident = weights_on_device(self.loaded.pipe, self.loaded.device)
+        self.probe.reset_peak()
+        recovery: list[dict[str, Any]] = []
         started = time.monotonic()
-        hook = None if self.family.has_step_callback else self._denoiser().register_forward_hook(callback.as_hook)
         try:
-            with torch.inference_mode():
-                output = self.loaded.pipes[params.mode](**arguments)
-        except torch.OutOfMemoryError as exc:
-            raise GenerationError(
-                "The GPU ran out of memory while making this video.",
-                detail=f"OutOfMemoryError: {exc}",
-                fix="Ask for fewer frames or a smaller size, or free GPU memory used by other programs.",
-            ) from None
-        except RuntimeError as exc:
-            raise GenerationError("The model failed while making this video.", detail=f"RuntimeError: {exc}",
-                                  fix="Try again; if it keeps failing, send the error file to the operator.") from exc
+            floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery)
         finally:
-            if hook is not None:
-                hook.remove()
+            reset_mode(self.loaded.pipes[params.mode], self.loaded.device)
         timings["generate_seconds"] = time.monotonic() - started
+        if recovery:
+            check_frames(floats)
 
-        # 4. Frames as uint8 and the facts.
-        frames = _to_uint8(output.frames[0])
+        # 4. Frames as uint8; what it cost; free what the job left behind.
+        frames = _to_uint8(floats)
+        del floats
+        peak = self.probe.peak_bytes()
+        estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
+        measured = max(0, peak - floor)
+        estimated = int(estimated_raw * self.estimator.calibration)
+        self.estimator.record(estimated_raw, measured)
+        self.probe.release()
+        after = self.probe.usage()
+        self.restart_due = self.drift.observe(after)
+        memory_facts = {
+            "mode": mode.value,
+            "admitted_mode": admission.mode.value if admission.mode else None,
+            "forced": self.forced_mode is not None,
+            "estimated_bytes": estimated,
+            "measured_bytes": measured,
+            "peak_bytes": peak,
+            "free_bytes_at_start": admission.snapshot.free_bytes,
+            "recovery": recovery,
+            "reload_seconds": round(reload_seconds, 3) if reload_seconds is not None else None,
+            "after_job": after.to_dict(),
+        }
         return GenerationResult(
             frames=frames,
             facts={
                 **self.describe(),
                 "timings": {name: round(value, 3) for name, value in timings.items()},
-                "peak_memory_bytes": self._peak_memory(),
+                "peak_memory_bytes": peak,
+                "memory": memory_facts,
                 "frames": int(frames.shape[0]),
                 "width": int(frames.shape[2]),
                 "height": int(frames.shape[1]),
             },
         )
 
+    def after_job(self) -> None:
+        """Once the outputs are safe: restart the worker if memory after jobs drifted past the threshold."""
+        if self.restart_due is None:
+            return
+        log.warning("worker_restarting", reason="memory_drift", **self.restart_due,
+                    threshold_bytes=self.drift.threshold_bytes)
+        self.restart_due = None
+        self.unload()
+        self._ensure_loaded()
+        self.drift.restart()
+
+    def unload(self) -> bool:
+        """Give the device's memory back (idle timeout); the next job loads the model again."""
+        if not self.is_loaded:
+            return False
+        # Every reference goes (the image and text pipelines share components); the modes stay known.
+        self.loaded = replace(self.loaded, pipe=None, pipes={mode: None for mode in self.loaded.modes})
+        self.probe.release()
+        log.info("model_unloaded", device=self.loaded.device, **self.probe.usage().to_dict())
+        return True
+
+    def _ensure_loaded(self) -> float | None:
+        if self.is_loaded:
+            return None
+        started = time.monotonic()
+        self.loaded = self.reload()
+        seconds = time.monotonic() - started
+        log.info("model_reloaded", reload_ms=round(seconds * 1000), device=self.loaded.device)
+        return seconds
+
+    def _run_with_recovery(self, image: Image.Image | None, params: JobParams, seed: int,
+                           on_step: ProgressCallback | None, mode: MemoryMode,
+                           recovery: list[dict[str, Any]]) -> tuple[np.ndarray, MemoryMode]:
+        """Run in `mode`; on out-of-memory release everything, go one rung down and retry the same seed.
+
+        Where the family can decode latents separately, the latents are kept, so a decode that runs out
+        of memory re-runs only the decode. No mode is tried twice.
+        """
+        pipe, device = self.loaded.pipes[params.mode], self.loaded.device
+        latents: Any = None
+        decode_rng: torch.Tensor | None = None
+        while True:
+            apply_mode(pipe, mode, device)
+            phase = "denoise" if latents is None else "decode"
+            try:
+                if not self.family.can_decode_latents:
+                    return self._call(image, params, seed, on_step, mode, output_type="np")[0], mode
+                if latents is None:
+                    latents, decode_rng = self._call(image, params, seed, on_step, mode, output_type="latent")
+                phase = "decode"
+                return self._decode(latents, decode_rng, params, mode), mode
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise GenerationError("The model failed while making this video.",
+                                          detail=f"{type(exc).__name__}: {exc}",
+                                          fix="Try again; if it keeps failing, send the error file to the "
+                                              "operator.") from exc
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # Out of the except block: the traceback and the tensors its frames held are gone now.
+            lower = mode.next_down()
+            step = {"phase": phase, "mode": mode.value, "error": error,
+                    "next_mode": lower.value if lower else None, "kept_latents": latents is not None}
+            recovery.append(step)
+            log.warning("memory_recovery", **step)
+            reset_mode(pipe, device)
+            self.probe.release()
+            if lower is None:
+                raise GenerationError(
+                    "The GPU ran out of memory while making this video, even in the leanest memory mode.",
+                    detail=f"tried {', '.join(s['mode'] for s in recovery)}; last error {error}",
+                    fix="Ask for fewer frames or a smaller size, or free GPU memory used by other programs.",
+                )
+            mode = lower
+
+    def _call(self, image: Image.Image | None, params: JobParams, seed: int, on_step: ProgressCallback | None,
+              mode: MemoryMode, *, output_type: str) -> tuple[Any, torch.Tensor]:
+        # A seeded CPU generator, so the same seed gives the same video on any device and on every retry.
+        # Some pipelines also draw from the global RNG (I2VGen-XL samples its image latents there).
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.manual_seed(seed)
+        callback = _StepReporter(params.steps, on_step)
+        arguments = self.family.call_arguments(
+            image=image, prompt=params.prompt, negative_prompt=params.negative_prompt, width=params.width,
+            height=params.height, num_frames=params.num_frames, steps=params.steps,
+            guidance_scale=params.guidance_scale, fps=params.fps, generator=generator, callback=callback,
+        )
+        arguments.update(self.family.memory_arguments(mode), output_type=output_type)
+        hook = None if self.family.has_step_callback else self._denoiser().register_forward_hook(callback.as_hook)
+        try:
+            with torch.inference_mode():
+                output = self.loaded.pipes[params.mode](**arguments).frames
+        finally:
+            if hook is not None:
+                hook.remove()
+        return (output if output_type == "latent" else output[0]), generator.get_state()
+
+    def _decode(self, latents: Any, rng_state: torch.Tensor, params: JobParams, mode: MemoryMode) -> np.ndarray:
+        generator = torch.Generator(device="cpu")
+        generator.set_state(rng_state)  # a retried decode draws the same noise as the first try
+        with torch.inference_mode():
+            return self.family.decode_latents(self.loaded.pipes[params.mode], latents, width=params.width, height=params.height,
+                                              num_frames=params.num_frames, generator=generator, mode=mode)
+
     def _denoiser(self) -> torch.nn.Module:
         pipe = self.loaded.pipe
         return getattr(pipe, "transformer", None) or pipe.unet
-
-    def _reset_peak_memory(self) -> None:
-        if self.loaded.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(self.loaded.device)
-
-    def _peak_memory(self) -> int:
-        if self.loaded.device.startswith("cuda"):
-            return int(torch.cuda.max_memory_allocated(self.loaded.device))
-        # On the CPU: the process's peak resident set (ru_maxrss is in KiB on Linux).
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class _StepReporter:
@@ -256,6 +405,25 @@ class _StepReporter:
     def _report(self, step: int) -> None:
         if self.on_step is not None:
             self.on_step(step, self.total)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the RuntimeError some CUDA paths (and the CPU allocator) raise instead."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def check_frames(frames: np.ndarray) -> None:
+    """Refuse frames a failed-and-recovered run may leave: NaN, or every frame the same."""
+    if np.isnan(frames).any():
+        raise GenerationError("The model produced broken frames (not-a-number values).",
+                              detail=f"NaN in {int(np.isnan(frames).sum())} values of {frames.shape}",
+                              fix="Try again; if it keeps failing, send the error file to the operator.")
+    if frames.shape[0] > 1 and np.array_equal(frames.min(axis=0), frames.max(axis=0)):
+        raise GenerationError("The model produced a video whose frames are all the same.",
+                              detail=f"{frames.shape[0]} identical frames",
+                              fix="Try again; if it keeps failing, send the error file to the operator.")
 
 
 def _to_uint8(frames: Any) -> np.ndarray:

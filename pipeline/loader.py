@@ -14,6 +14,7 @@ import transformers
 
 from pipeline.errors import ModelUnavailable
 from pipeline.families import Family, family_by_name, family_for_pipeline_class
+from pipeline.memory import most_free_cuda_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -42,9 +43,9 @@ class LoadedModel:
 
 
 def resolve_device(requested: str) -> str:
-    """auto → the first CUDA GPU if torch sees one, else the CPU."""
+    """auto → the CUDA GPU with the most free memory if torch sees one, else the CPU."""
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return most_free_cuda_device() or "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ModelUnavailable(
             f"The device {requested} was asked for, but torch sees no CUDA GPU.",
@@ -55,10 +56,14 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_dtype(requested: str, device: str, family: Family) -> str:
-    """auto → the family's GPU dtype on CUDA, float32 on the CPU."""
+    """auto → the family's GPU dtype on CUDA (float16 where the GPU has no bfloat16), float32 on the CPU."""
     if requested != "auto":
         return requested
-    return family.gpu_dtype if device.startswith("cuda") else "float32"
+    if not device.startswith("cuda"):
+        return "float32"
+    if family.gpu_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "float16"
+    return family.gpu_dtype
 
 
 def read_model_index(model: str, *, offline: bool) -> dict[str, Any]:

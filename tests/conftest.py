@@ -232,3 +232,13 @@ def _children() -> list[int]:
         if int(fields[1]) == me and fields[0] != "Z":
             children.append(int(entry.name))
     return children
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` (soaks) run only when selected with `-m long`."""
+    if "long" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a soak test: select it with -m long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)

@@ -90,6 +90,15 @@ class Family:
         if mode == TEXT:
             return f"this {self.name} model makes videos from an image; it cannot start from a prompt alone"
         return f"this {self.name} model makes videos from a prompt alone; it does not take an image"
+    # Memory per output voxel (width × height × frame) at a 2-byte dtype, beyond the weights: while denoising,
+    # and while the VAE decodes every frame at once. Rough starting points; measured peaks calibrate them.
+    denoise_bytes_per_voxel: ClassVar[float] = 64.0
+    decode_bytes_per_voxel: ClassVar[float] = 256.0
+    # Frames the VAE decodes at once in the tiled modes (its temporal tile, or the decode chunk).
+    tiled_decode_frames: ClassVar[int] = 8
+    # Whether the pipeline can stop at latents and `decode_latents` finish the job: a decode OOM then
+    # re-runs only the decode, not minutes of denoising.
+    can_decode_latents: ClassVar[bool] = False
 
     def fit_frames(self, num_frames: int) -> int:
         """The frame count this family will really produce for a requested one (rounded up to step·k+1)."""
@@ -173,6 +182,15 @@ class Family:
         if image is not None:
             arguments["image"] = image
         return arguments
+
+    def memory_arguments(self, mode: Any) -> dict[str, Any]:
+        """Extra __call__ arguments for a memory mode (a smaller decode chunk, say); none by default."""
+        return {}
+
+    def decode_latents(self, pipe: Any, latents: Any, *, width: int, height: int, num_frames: int, generator: Any,
+                       mode: Any) -> Any:
+        """Frames (float, frames × height × width × 3 in [0, 1]) from what __call__ returned with output_type="latent"."""
+        raise NotImplementedError(f"{self.name} cannot decode latents separately")
 
 
 def _round_to_multiple(value: int, multiple: int) -> int:

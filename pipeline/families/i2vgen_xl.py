@@ -31,6 +31,12 @@ class I2VGenXLFamily(Family):
     }
     gpu_dtype = "float16"
     has_step_callback = False
+    denoise_bytes_per_voxel = 250.0
+    decode_bytes_per_voxel = 500.0
+    tiled_decode_frames = 2
+    can_decode_latents = True
+    # Frames the VAE decodes at once: as is, and in the tiled modes.
+    decode_chunk_size = 8
 
     def call_arguments(self, **kwargs) -> dict[str, Any]:
         arguments = super().call_arguments(**kwargs)
@@ -38,7 +44,18 @@ class I2VGenXLFamily(Family):
         return {
             **arguments,
             "target_fps": kwargs["fps"],
-            "decode_chunk_size": 8,
+            "decode_chunk_size": self.decode_chunk_size,
             # With transformers 5 the text encoder's hidden-state layout changed; clip_skip must be None.
             "clip_skip": None,
         }
+
+    def memory_arguments(self, mode) -> dict[str, Any]:
+        return {"decode_chunk_size": self.tiled_decode_frames} if mode.is_tiled else {}
+
+    def decode_latents(self, pipe, latents, *, width, height, num_frames, generator, mode) -> Any:
+        # The end of I2VGenXLPipeline.__call__, with the decode chunk the mode asks for.
+        chunk = self.tiled_decode_frames if mode.is_tiled else self.decode_chunk_size
+        video = pipe.decode_latents(latents, decode_chunk_size=chunk)
+        frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+        pipe.maybe_free_model_hooks()
+        return frames

@@ -26,6 +26,7 @@ class SVDFamily(Family):
         "high": {"steps": 40, "num_frames": 25, "width": 1024, "height": 576, "guidance_scale": 3.5},
     }
     gpu_dtype = "float16"
+    tiled_decode_frames = 2
 
     def call_arguments(self, **kwargs) -> dict[str, Any]:
         arguments = super().call_arguments(**kwargs)
@@ -38,3 +39,7 @@ class SVDFamily(Family):
             "fps": kwargs["fps"],
             "decode_chunk_size": min(DECODE_CHUNK_SIZE, kwargs["num_frames"]),
         }
+
+    def memory_arguments(self, mode) -> dict[str, Any]:
+        # In the tiled modes the temporal decoder takes two frames at a time.
+        return {"decode_chunk_size": self.tiled_decode_frames} if mode.is_tiled else {}
