@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,6 +156,21 @@ class GallerySettings(_Section):
     refresh_seconds: int = Field(5, ge=1, le=3600, description="how often a page with pending work reloads itself")
 
 
+class ServiceSettings(_Section):
+    """How the daemon stops."""
+
+    stop_timeout_seconds: float = Field(60.0, ge=0, description="how long a stop lets the running job finish")
+
+
+class DebugSettings(_Section):
+    """Test hooks, never for production: they make the daemon slow or hang on purpose."""
+
+    hang_inputs: list[str] = Field(default_factory=list,
+                                   description="inputs (fnmatch on the inbox path) whose first attempt hangs")
+    slow_inputs: list[str] = Field(default_factory=list, description="inputs whose every step is slowed down")
+    slow_step_seconds: float = Field(0.5, ge=0, description="the extra time per step of a slow input")
+
+
 class Settings(BaseSettings):
     """Every setting of vidrop, in one object."""
 
@@ -169,7 +185,7 @@ class Settings(BaseSettings):
     outbox: Path = Path("outbox")
     state_dir: Path = Path("state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    log_format: Literal["auto", "json", "console", "journal"] = "auto"
     pipeline: PipelineSettings = PipelineSettings()
     generation: GenerationDefaults = GenerationDefaults()
     limits: LimitSettings = LimitSettings()
@@ -177,6 +193,8 @@ class Settings(BaseSettings):
     hooks: HookSettings = HookSettings()
     gallery: GallerySettings = GallerySettings()
     memory: MemorySettings = MemorySettings()
+    service: ServiceSettings = ServiceSettings()
+    debug: DebugSettings = DebugSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -206,6 +224,41 @@ class Settings(BaseSettings):
     def is_offline(self) -> bool:
         """Whether the hub must never be contacted."""
         return self.pipeline.offline
+
+
+# Settings a reload (SIGHUP) applies at once; every other change waits for a restart.
+LIVE_SETTINGS = ("log_level", "generation.", "limits.", "intake.", "service.", "debug.")
+
+
+def is_live_setting(name: str) -> bool:
+    """Whether a dotted setting name can change without a restart."""
+    return any(name == prefix or name.startswith(prefix) for prefix in LIVE_SETTINGS)
+
+
+@dataclass(frozen=True)
+class ServiceManager:
+    """What systemd tells a service through its environment (see systemd.exec(5))."""
+
+    invocation_id: str | None
+    journal_stream: str | None
+    notify_socket: str | None
+    watchdog_usec: int | None
+
+    @property
+    def is_under_systemd(self) -> bool:
+        """Whether systemd started this process (it sets INVOCATION_ID for every unit)."""
+        return bool(self.invocation_id)
+
+
+def service_manager() -> ServiceManager:
+    """Read systemd's environment variables, once, at start."""
+    watchdog = os.environ.get("WATCHDOG_USEC", "")
+    return ServiceManager(
+        invocation_id=os.environ.get("INVOCATION_ID") or None,
+        journal_stream=os.environ.get("JOURNAL_STREAM") or None,
+        notify_socket=os.environ.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=int(watchdog) if watchdog.isdigit() else None,
+    )
 
 
 class LoadedSettings(BaseModel):

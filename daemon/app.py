@@ -9,8 +9,9 @@ from typing import Callable, Sequence
 
 import structlog
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings, flat_settings, is_live_setting
 from daemon.clock import Clock, SystemClock
+from daemon.debug_hooks import DebugHooks
 from daemon.hooks import HookDispatcher
 from daemon.gallery.writer import GalleryWriter
 from daemon.inputs import InputDisposal
@@ -19,14 +20,17 @@ from daemon.intake.intake import Intake
 from daemon.intake.watch import STOP
 from daemon.ledger.base import Job, JobState
 from daemon.ledger.sqlite import SqliteLedger
+from daemon.logs import set_level
 from daemon.outbox import Outbox
 from daemon.runner import JobInterrupted, JobListener, Runner
+from daemon.status import StatusLine
 from daemon.systemd import Notifier, NullNotifier
 from pipeline.generate import Generator
 
 log = structlog.get_logger()
 
 GeneratorFactory = Callable[[Settings], Generator]
+SettingsLoader = Callable[[], Settings]
 NOT_READY_RETRY_SECONDS = 2.0
 
 
@@ -34,18 +38,27 @@ class Daemon:
     """The hot-folder daemon. `run()` for the service, `run(once=True)` to drain the inbox and exit."""
 
     def __init__(self, settings: Settings, *, generator_factory: GeneratorFactory, clock: Clock | None = None,
-                 notifier: Notifier | None = None, listeners: Sequence[JobListener] = ()) -> None:
+                 notifier: Notifier | None = None, listeners: Sequence[JobListener] = (),
+                 settings_loader: SettingsLoader | None = None) -> None:
         self.settings = settings
         self.generator_factory = generator_factory
         self.clock = clock or SystemClock()
         self.notifier = notifier or NullNotifier()
         self.listeners = list(listeners)
+        self.settings_loader = settings_loader
         self.events: queue.Queue = queue.Queue()
         self.should_stop = False
         self.must_stop_now = False
         self._stopping = threading.Event()
         self._last_job_ended = self.clock.monotonic()
         self._is_model_unloaded = False
+        self.should_reload = False
+        self.stop_deadline: float | None = None
+        self._has_announced_stopping = False
+        self._is_watching = False
+        self._intake_settings = settings.intake
+        self.status_line = StatusLine()
+        self.debug_hooks = DebugHooks(settings.debug)
         self.failed_jobs = 0
         self.finished_jobs = 0
         self.intake: Intake | None = None
@@ -80,8 +93,6 @@ class Daemon:
         self.notifier.status("loading model")
         self.generator = self.generator_factory(settings)
         log.info("model_loaded", **self.generator.describe())
-        self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
-        self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
         listeners = [*self.listeners, InputDisposal(settings)]
         if settings.hooks.is_configured:
             self._hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
@@ -96,15 +107,16 @@ class Daemon:
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
-                             wait=self._stopping.wait, on_status=self.notifier.status)
-        self.intake.start(watch=watch)
-        self.notifier.ready()
+                             wait=self._stopping.wait, on_status=self._on_memory_wait)
+        self._is_watching = watch
+        self._start_intake()
+        self.notifier.ready()  # only now: the model is loaded and the inbox is watched
         self._report_idle()
         log.info("daemon_ready", watching=watch, pending=len(self.intake.pending), counts=self.ledger.counts())
 
     def shutdown(self) -> None:
         """Stop the watcher, close the ledger, say goodbye."""
-        self.notifier.stopping()
+        self._announce_stopping()
         if self.intake is not None:
             self.intake.stop()
         if self._hooks is not None:
@@ -117,25 +129,91 @@ class Daemon:
             self.ledger.close()
 
     def request_stop(self, *, immediately: bool = False) -> None:
-        """Ask the loop to stop: after the running job, or (immediately) between two steps of it."""
+        """Ask the loop to stop: after the running job if it ends within service.stop_timeout_seconds,
+        else (or immediately, or on a second request) between two of its steps, and the job is queued again."""
         self.must_stop_now = self.must_stop_now or immediately or self.should_stop
+        if self.stop_deadline is None:
+            self.stop_deadline = self.clock.monotonic() + self.settings.service.stop_timeout_seconds
         self.should_stop = True
         self._stopping.set()
         self.events.put(STOP)
 
+    def request_reload(self) -> None:
+        """Ask the loop to re-read the settings at its next turn (SIGHUP, `systemctl reload`)."""
+        self.should_reload = True
+        self.events.put(STOP)
+
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: finish the running job, then stop. Second: stop between steps."""
-        def handle(signum, frame):  # only flags and a queue put: nothing else is safe here
+        """SIGTERM/SIGINT: stop (a second one: at once); SIGHUP: reload the live settings."""
+        def handle_stop(signum, frame):  # only flags and a queue put: nothing else is safe here
             self.request_stop()
 
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        def handle_reload(signum, frame):
+            self.request_reload()
+
+        signal.signal(signal.SIGTERM, handle_stop)
+        signal.signal(signal.SIGINT, handle_stop)
+        signal.signal(signal.SIGHUP, handle_reload)
+
+    def reload(self) -> None:
+        """Re-read the settings: apply the live ones (log level, defaults, limits, intake, stop timeout),
+        name the ones that need a restart (folders, model, device) in a warning."""
+        self.should_reload = False
+        if self.settings_loader is None:
+            return
+        self.notifier.reloading()
+        try:
+            fresh = self.settings_loader()
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
+            self.notifier.ready()
+            return
+        before, after = flat_settings(self.settings), flat_settings(fresh)
+        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        live = [name for name in changed if is_live_setting(name)]
+        needs_restart = [name for name in changed if not is_live_setting(name)]
+        self._apply_live_settings(fresh)
+        log.info("settings_reloaded", changed=live, values={name: after.get(name) for name in live})
+        if needs_restart:
+            log.warning("settings_need_restart", settings=needs_restart,
+                        fix="restart vidrop (systemctl restart vidrop) to apply them")
+        self.notifier.ready()
+        self._report_idle()
+
+    def _apply_live_settings(self, fresh: Settings) -> None:
+        self.settings = self.settings.model_copy(update={
+            "log_level": fresh.log_level, "generation": fresh.generation, "limits": fresh.limits,
+            "intake": fresh.intake, "service": fresh.service, "debug": fresh.debug,
+        })
+        settings = self.settings
+        set_level(settings.log_level)
+        self.generator.set_limits(settings.limits)
+        self.runner.max_image_pixels = settings.limits.max_image_pixels
+        self.runner.listeners = [InputDisposal(settings) if isinstance(listener, InputDisposal) else listener
+                                 for listener in self.runner.listeners]
+        self.debug_hooks = DebugHooks(settings.debug)
+        if fresh.intake != self._intake_settings:
+            self.intake.stop()  # a new intake with the new rules; its first scan finds what waited
+            self._start_intake()
+        else:
+            self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
+
+    def _start_intake(self) -> None:
+        """Intake (watcher, scans, pending inputs) and the admitter, with the current settings."""
+        settings = self.settings
+        self._intake_settings = settings.intake
+        self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
+        self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
+        self.intake.start(watch=self._is_watching)
 
     # -- one turn of the loop ------------------------------------------------------------------
 
     def run_once(self, timeout: float) -> None:
-        """Take what the watcher saw, scan when due, admit what is complete, run at most one job."""
+        """Take what the watcher saw, scan when due, admit what is complete, run at most one job;
+        then feed the watchdog (only this loop does, so a hung loop lets it fire)."""
         self._drain_events(timeout=0 if self.ledger.counts()[JobState.QUEUED.value] else timeout)
+        if self.should_reload:
+            self.reload()
         self.intake.tick()
         self._admit_ready()
         if self.should_stop:
@@ -200,22 +278,26 @@ class Daemon:
         if admission.error is not None:
             self.ledger.enqueue(job)
             self.failed_jobs += 1
-            self.runner.record_failure(job, admission.error)
+            with structlog.contextvars.bound_contextvars(stage="intake"):
+                self.runner.record_failure(job, admission.error)
             return
         earlier = self.ledger.find_done_by_content(job.content_key)
         if earlier is not None and self.runner.reuse_results(job, earlier):
             return
         self.ledger.enqueue(job)
         log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
-                 priority=job.priority, output=job.output)
+                 priority=job.priority, output=job.output, stage="intake")
         self.runner.notify(job, JobState.QUEUED)
 
     def _run_job(self, job: Job) -> None:
+        self.status_line.job_started()
         try:
             state = self.runner.run(job)
         except JobInterrupted:
             self.ledger.requeue_running()
-            log.warning("job_interrupted", job_id=job.id, input=job.input)
+            log.warning("job_abandoned", job_id=job.id, input=job.input, state=JobState.QUEUED.value,
+                        reason="stopping", stop_timeout_seconds=self.settings.service.stop_timeout_seconds)
+            self.notifier.status(f"stopping; {job.input} queued again")
             self.runner.notify(job, JobState.QUEUED)  # back in the queue: pages must not say it is running
             return
         finally:
@@ -240,16 +322,36 @@ class Daemon:
     # -- status --------------------------------------------------------------------------------
 
     def _on_progress(self, job: Job, step: int, total: int) -> None:
-        if self.must_stop_now:
+        """Between two denoising steps: stop if asked, tell systemd how far, feed the watchdog."""
+        self.debug_hooks.on_step(job, step)
+        if self.must_stop_now or (self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline):
             raise JobInterrupted(job.id)
         queued = self.ledger.counts()[JobState.QUEUED.value]
-        self.notifier.status(f"job {job.id}: {job.input}, step {step}/{total}, {queued} queued")
+        text = self.status_line.step(job_input=job.input, step=step, total=total, queued=queued,
+                                     now=self.clock.monotonic())
+        if self.should_stop:
+            self._announce_stopping()
+            text = f"stopping after this job or in {self.stop_deadline - self.clock.monotonic():.0f} s; {text}"
+        self.notifier.status(text)
         if self.gallery is not None:
             self.gallery.job_progress(job, step, total)
         self.notifier.watchdog()
 
+    def _on_memory_wait(self, text: str) -> None:
+        """A job waits for device memory: the loop is alive (it polls), so the watchdog is fed too."""
+        self.notifier.status(text)
+        self.notifier.watchdog()
+
+    def _announce_stopping(self) -> None:
+        """STOPPING=1 once, as soon as the loop sees the request (a running job may still finish)."""
+        if not self._has_announced_stopping:
+            self._has_announced_stopping = True
+            self.notifier.stopping()
+
     def _report_idle(self) -> None:
-        counts = self.ledger.counts()
+        if self.should_stop:
+            self.notifier.status("stopping")
+            return
+        queued = self.ledger.counts()[JobState.QUEUED.value]
         unloaded = ", model unloaded" if self._is_model_unloaded else ""
-        self.notifier.status(f"idle, {counts[JobState.QUEUED.value]} queued, "
-                             f"{len(self.intake.pending)} waiting to settle or pair{unloaded}")
+        self.notifier.status(self.status_line.idle(queued, len(self.intake.pending)) + unloaded)

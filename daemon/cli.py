@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
         command.set_defaults(handler=handler)
+    units = commands.add_parser("install-systemd", help="write vidrop.service and vidrop@.service for this install")
+    units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"), help="where to write the units")
+    units.add_argument("--user", help="the account the service runs as (default: root)")
+    units.add_argument("--watchdog-seconds", type=int, default=None,
+                       help="WatchdogSec=: how long a silent main loop may last (default 300)")
+    units.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    units.set_defaults(handler=_install_systemd)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
     demo.add_argument("--family", choices=("ltx", "i2vgen-xl", "svd", "cogvideox", "cogvideox-t2v", "wan",
@@ -55,17 +62,21 @@ def _load(args):
 def _serve(args, *, once: bool) -> int:
     loaded = _load(args)
     settings = loaded.settings
+    import faulthandler
+
+    from config.settings import apply_process_environment, load_settings, service_manager
     from daemon.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
-    from config.settings import apply_process_environment
-
+    # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
+    faulthandler.enable()
+    configure_logging(settings.log_level, settings.log_format, manager=service_manager())
     apply_process_environment(settings)
     from daemon.app import Daemon
     from daemon.systemd import SystemdNotifier
     from pipeline.errors import ModelUnavailable
 
-    daemon = Daemon(settings, generator_factory=_production_generator, notifier=SystemdNotifier())
+    daemon = Daemon(settings, generator_factory=_production_generator, notifier=SystemdNotifier(),
+                    settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
     try:
         return daemon.run(once=once)
@@ -75,6 +86,8 @@ def _serve(args, *, once: bool) -> int:
         structlog.get_logger().error("model_unavailable", error=exc.reason, detail=exc.detail, fix=exc.fix)
         print(f"vidrop: {exc.reason} {exc.fix}", file=sys.stderr)
         return EX_CONFIG
+    finally:
+        sys.stderr.flush()
 
 
 def _production_generator(settings):
@@ -137,6 +150,25 @@ def _gallery(args) -> int:
     finally:
         ledger.close()
     print(f"wrote the gallery of {len(folders)} folder(s); open {(settings.outbox / INDEX).absolute()}")
+    return 0
+
+
+def _install_systemd(args) -> int:
+    from daemon.units import (DEFAULT_WATCHDOG_SECONDS, UnitError, UnitOptions, render_units, systemctl_lines,
+                              write_units)
+
+    loaded = _load(args)
+    options = UnitOptions(user=args.user, watchdog_seconds=args.watchdog_seconds or DEFAULT_WATCHDOG_SECONDS)
+    try:
+        units = render_units(loaded, options)
+    except UnitError as exc:
+        print(f"vidrop: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for path in write_units(units, args.output):
+        print(f"wrote {path}")
+    print("now run:")
+    for line in systemctl_lines(args.output):
+        print(f"  {line}")
     return 0
 
 

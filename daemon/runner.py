@@ -67,7 +67,7 @@ class Runner:
 
     def run(self, job: Job) -> JobState:
         """Run one claimed job to done or failed; JobInterrupted propagates (the caller requeues)."""
-        structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input)
+        structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input, stage="load")
         started = self.clock.monotonic()
         try:
             log.info("job_started", attempt=job.attempts, seed=job.seed)
@@ -76,9 +76,11 @@ class Runner:
             image = None if params.mode == TEXT else load_image(self.inbox / job.input,
                                                                  max_pixels=self.max_image_pixels)
             admission = self.wait_for_memory(job, params)
+            structlog.contextvars.bind_contextvars(stage="generate")
             result = self.generator.generate(image, params, job.seed,
                                              on_step=lambda step, total: self._progress(job, step, total),
                                              admission=admission)
+            structlog.contextvars.bind_contextvars(stage="encode")
             encode_started = self.clock.monotonic()
             names = self._names(job)
             manifest = self._manifest(job, params, result.facts)
@@ -115,7 +117,7 @@ class Runner:
             return JobState.FAILED
         finally:
             self.generator.after_job()
-            structlog.contextvars.unbind_contextvars("job_id", "input")
+            structlog.contextvars.unbind_contextvars("job_id", "input", "stage")
 
     def wait_for_memory(self, job: Job, params: JobParams) -> MemoryAdmission:
         """The admission for this job; while nothing fits, wait with back-off, saying for what and why.

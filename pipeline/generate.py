@@ -93,6 +93,8 @@ class Generator(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def set_limits(self, limits: LimitSettings) -> None: ...
+
 
 class VideoGenerator:
     """Runs one resident diffusers pipeline; one job at a time, in the memory mode that fits."""
@@ -103,6 +105,10 @@ class VideoGenerator:
         self.loaded = loaded
         self.family = loaded.family
         self.fit = fit
+        self.set_limits(limits)
+
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Bound what a request may ask for; unset limits are the family's own."""
         family_limits = self.family.limits
         self.limits = FamilyLimits(
             max_width=limits.max_width or family_limits.max_width,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -84,6 +85,16 @@ TINY = {"width": 64, "height": 64, "num_frames": 9, "steps": 2, "fps": 8}
 def sidecar(**fields) -> str:
     """A sidecar for the tiny model."""
     return json.dumps({"prompt": "a small red square", **TINY, **fields})
+
+
+def drop_job(inbox: Path, name: str, **fields) -> Path:
+    """Drop NAME.json then NAME.png; each name gets its own image colour, so no two jobs share content
+    (identical content would reuse an earlier job's results instead of running)."""
+    digest = zlib.crc32(name.encode())
+    colour = (digest & 255, (digest >> 8) & 255, (digest >> 16) & 255)
+    drop(inbox / f"{name}.json", sidecar(**fields))
+    image = make_image(inbox.parent / "sources" / f"{name}.png", color=colour)
+    return drop(inbox / f"{name}.png", image.read_bytes())
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""Events as journald fields, and the fall back to stderr when journald cannot be reached."""
+
+import io
+import json
+
+import pytest
+import structlog
+
+from daemon.logs import JournalLogger, configure_logging, journal_fields
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog():
+    yield
+    structlog.reset_defaults()
+
+
+def test_events_become_upper_case_journal_fields_with_a_priority():
+    fields = journal_fields({"event": "job_finished", "level": "warning", "timestamp": "2026-01-01T00:00:00Z",
+                             "job_id": "abc", "input": "a/b.png", "output": "a/b.error.json", "stage": "intake",
+                             "duration_ms": 12, "error": "not an image", "detail": {"size": 3}})
+    assert fields["MESSAGE"].startswith("job_finished job_id=abc input=a/b.png")
+    assert fields["PRIORITY"] == "4" and fields["EVENT"] == "job_finished" and fields["SYSLOG_IDENTIFIER"] == "vidrop"
+    assert (fields["JOB_ID"], fields["INPUT"], fields["OUTPUT"], fields["STAGE"], fields["DURATION_MS"],
+            fields["ERROR"]) == ("abc", "a/b.png", "a/b.error.json", "intake", "12", "not an image")
+    assert json.loads(fields["DETAIL"]) == {"size": 3} and "TIMESTAMP" not in fields
+    assert journal_fields({"event": "x", "level": "error"})["PRIORITY"] == "3"
+    assert journal_fields({"event": "x", "level": "debug"})["PRIORITY"] == "7"
+
+
+def test_a_journal_that_refuses_sends_makes_the_logger_fall_back_to_stderr_json():
+    sent, stderr = [], io.StringIO()
+
+    def refusing_send(message, **fields):
+        if sent:
+            raise ConnectionRefusedError(111, "Connection refused")
+        sent.append((message, fields))
+
+    configure_logging("info", "journal", stream=stderr, journal_send=refusing_send)
+    log = structlog.get_logger()
+    log.info("job_started", job_id="abc", input="a.png")
+    log.info("job_finished", job_id="abc", input="a.png", state="done")  # journald went away
+    log.info("daemon_stopped")
+
+    assert sent[0][0].startswith("job_started") and sent[0][1]["JOB_ID"] == "abc"
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["journal_unreachable", "job_finished", "daemon_stopped"]
+    assert lines[0]["level"] == "warning" and "refused" in lines[0]["error"]
+    assert lines[1]["job_id"] == "abc" and lines[1]["state"] == "done"
+
+
+def test_no_journal_at_all_logs_to_stderr_from_the_first_event():
+    stderr = io.StringIO()
+    logger = JournalLogger(None, stderr)
+    logger.info(event_dict={"event": "daemon_ready", "level": "info"})
+    assert not logger.is_sending_to_journal
+    assert [json.loads(line)["event"] for line in stderr.getvalue().splitlines()] == ["journal_unreachable",
+                                                                                      "daemon_ready"]
