@@ -106,16 +106,6 @@ class VideoGenerator:
         self.family = loaded.family
         self.fit = fit
         self.set_limits(limits)
-
-    def set_limits(self, limits: LimitSettings) -> None:
-        """Bound what a request may ask for; unset limits are the family's own."""
-        family_limits = self.family.limits
-        self.limits = FamilyLimits(
-            max_width=limits.max_width or family_limits.max_width,
-            max_height=limits.max_height or family_limits.max_height,
-            max_frames=limits.max_frames or family_limits.max_frames,
-            max_steps=limits.max_steps or family_limits.max_steps,
-        )
         self.memory = memory or MemorySettings()
         self.probe = probe or probe_for(loaded.device)
         # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
@@ -129,6 +119,16 @@ class VideoGenerator:
         self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
                                 warmup_jobs=self.memory.warmup_jobs)
         self.restart_due: dict[str, int] | None = None
+
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Bound what a request may ask for; unset limits are the family's own."""
+        family_limits = self.family.limits
+        self.limits = FamilyLimits(
+            max_width=limits.max_width or family_limits.max_width,
+            max_height=limits.max_height or family_limits.max_height,
+            max_frames=limits.max_frames or family_limits.max_frames,
+            max_steps=limits.max_steps or family_limits.max_steps,
+        )
 
     @property
     def is_loaded(self) -> bool:
