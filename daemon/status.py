@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.gallery.pages import duration
+
 
 @dataclass
 class _Progress:
@@ -41,16 +43,5 @@ class StatusLine:
         done = step - self._progress.first_step
         if done > 0 and total > step:
             remaining = (now - self._progress.first_step_at) / done * (total - step)
-            text += f", ETA {format_duration(remaining)}"
+            text += f", ETA {duration(remaining)}"
         return text
-
-
-def format_duration(seconds: float) -> str:
-    """40 s, 3 min, 2 h 5 min: short enough for a status line."""
-    seconds = max(0, round(seconds))
-    if seconds < 100:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 100:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"

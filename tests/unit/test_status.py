@@ -1,6 +1,6 @@
 """The STATUS= line: job N of M over a busy stretch, the step, and an ETA from the steps' pace."""
 
-from daemon.status import StatusLine, format_duration
+from daemon.status import StatusLine
 
 
 def test_a_busy_stretch_counts_jobs_and_estimates_the_running_one():
@@ -17,8 +17,3 @@ def test_a_busy_stretch_counts_jobs_and_estimates_the_running_one():
     assert line.idle(queued=0, settling=0) == "idle, 0 queued"
     line.job_started()
     assert line.step(job_input="c.png", step=1, total=2, queued=0, now=200.0) == "job 1 of 1: c.png, step 1/2"
-
-
-def test_durations_stay_short():
-    assert [format_duration(s) for s in (0.4, 40, 99, 100, 3599, 7500)] == \
-        ["0 s", "40 s", "99 s", "2 min", "60 min", "2 h 5 min"]
