@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 # A CPU build of torch where there is no NVIDIA GPU (on these machines it comes from local disk);
 # pip must never resolve an unpinned torch by itself there: that pulls a multi-GB CUDA build.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-# Debian packages: systemd-python compiles against libsystemd; the tests use real rsync.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync
+# Debian packages: systemd-python compiles against libsystemd; the tests use real rsync and a throw-away PostgreSQL.
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync postgresql
 PYTEST_ARGS ?=
 
 .PHONY: run test demo check bench system-packages clean
