@@ -58,6 +58,18 @@ def test_jobs_are_claimed_in_arrival_order_and_finished(open_ledger):
                       "late": (JobState.FAILED, {}, {"error": "bad"}, None)}
 
 
+def test_priority_first_then_arrival_and_done_work_found_by_content(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("old", 1.0))
+    urgent = job("urgent", 2.0)
+    urgent.priority, urgent.content_key = 5, "c1"
+    ledger.enqueue(urgent)
+    first = ledger.claim_next("a", now=3.0, lease_seconds=LEASE)
+    assert first.key == "urgent" and ledger.find_done_by_content("c1") is None
+    ledger.finish(first.id, 4.0, {"video": "v"}, owner="a")
+    assert ledger.find_done_by_content("c1").id == first.id
+
+
 def test_a_living_holder_keeps_its_job_and_a_dead_one_loses_it(open_ledger):
     first, second = open_ledger(), open_ledger()
     first.enqueue(job("k", 1.0))
