@@ -25,7 +25,7 @@ from tests.conftest import VidropProcess, make_image, sidecar, vidrop_env, wait_
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fleet, pytest.mark.timeout(900)]
 
-LEASE_SECONDS = "4"  # a killed holder's job is taken over within this long
+LEASE_SECONDS = "6"  # a killed holder's job is taken over this long after its last heartbeat
 
 
 @dataclass
