@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 # A CPU build of torch where there is no NVIDIA GPU (on these machines it comes from local disk);
 # pip must never resolve an unpinned torch by itself there: that pulls a multi-GB CUDA build.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-# Debian packages: systemd-python compiles against libsystemd; the tests use real rsync and open the
-# gallery pages in a headless chromium.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium
+# Debian packages: systemd-python compiles against libsystemd; the tests use real rsync, a throw-away
+# PostgreSQL, and open the gallery pages in a headless chromium.
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql
 PYTEST_ARGS ?=
 
 .PHONY: run test demo check bench gallery-screenshot system-packages clean

@@ -130,6 +130,14 @@ class HookSettings(_Section):
     def is_configured(self) -> bool:
         """Whether there is anything to call."""
         return bool(self.command or self.urls)
+class RecoverySettings(_Section):
+    """Leases for a fleet of instances, and how long to wait for an outbox that is full or gone."""
+
+    lease_seconds: float = Field(30.0, ge=1, description="a claimed job is another instance's after this "
+                                                         "long without a heartbeat")
+    outbox_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable "
+                                                               "outbox again; doubles each time")
+    outbox_retry_max_seconds: float = Field(120.0, gt=0, description="longest wait between two tries")
 
 
 class MemorySettings(_Section):
@@ -184,6 +192,7 @@ class Settings(BaseSettings):
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
     state_dir: Path = Path("state")
+    ledger_url: str = Field("", description="empty: SQLite in state_dir; postgresql://… for several hosts")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console", "journal"] = "auto"
     pipeline: PipelineSettings = PipelineSettings()
@@ -195,6 +204,14 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     service: ServiceSettings = ServiceSettings()
     debug: DebugSettings = DebugSettings()
+    recovery: RecoverySettings = RecoverySettings()
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _known_ledger(cls, value: str) -> str:
+        if value == "" or value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            return value
+        raise ValueError(f"ledger_url must be empty, postgresql://… or sqlite:///…, not {value!r}")
 
     @classmethod
     def settings_customise_sources(
@@ -212,7 +229,7 @@ class Settings(BaseSettings):
 
     @property
     def ledger_path(self) -> Path:
-        """The SQLite ledger inside the state directory."""
+        """The default SQLite ledger inside the state directory."""
         return self.state_dir / "ledger.sqlite3"
 
     @property

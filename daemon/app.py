@@ -15,13 +15,16 @@ from daemon.debug_hooks import DebugHooks
 from daemon.hooks import HookDispatcher
 from daemon.gallery.writer import GalleryWriter
 from daemon.inputs import InputDisposal
+from daemon.instance import instance_token, this_instance
 from daemon.intake.admit import Admitter, NotReadyYet
 from daemon.intake.intake import Intake
 from daemon.intake.watch import STOP
+from daemon.lease import LeaseKeeper, LeaseLost
+from daemon.ledger import open_ledger
 from daemon.ledger.base import Job, JobState
-from daemon.ledger.sqlite import SqliteLedger
 from daemon.logs import set_level
-from daemon.outbox import Outbox
+from daemon.outbox import Outbox, OutboxUnavailable
+from daemon.outbox_pause import OutboxPause
 from daemon.runner import JobInterrupted, JobListener, Runner
 from daemon.status import StatusLine
 from daemon.systemd import Notifier, NullNotifier
@@ -64,6 +67,8 @@ class Daemon:
         self.intake: Intake | None = None
         self._hooks: HookDispatcher | None = None
         self.gallery: GalleryWriter | None = None
+        self._keeper: LeaseKeeper | None = None
+        self.status_text = "starting"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -84,21 +89,37 @@ class Daemon:
         settings = self.settings
         for folder in (settings.inbox, settings.outbox, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.ledger = SqliteLedger(settings.ledger_path)
-        self.outbox = Outbox(settings.outbox)
-        requeued = self.ledger.requeue_running()
-        removed = self.outbox.remove_stale_temporaries()
+        recovery = settings.recovery
+        self.ledger = open_ledger(settings.ledger_url, settings.state_dir)
         log.info("daemon_starting", inbox=str(settings.inbox), outbox=str(settings.outbox),
-                 requeued=requeued, stale_temporaries_removed=len(removed))
+                 ledger=type(self.ledger).__name__, schema_version=self.ledger.schema_version())
         self.notifier.status("loading model")
         self.generator = self.generator_factory(settings)
-        log.info("model_loaded", **self.generator.describe())
+        described = self.generator.describe()
+        log.info("model_loaded", **described)
+        self.instance = this_instance(str(described.get("device", "?")), self.clock.time())
+        self.ledger.register(self.instance)
+        self.outbox = Outbox(settings.outbox, owner=instance_token(self.instance.id))
+        self.pause = OutboxPause(self.outbox, clock=self.clock, first_wait=recovery.outbox_retry_seconds,
+                                 longest_wait=recovery.outbox_retry_max_seconds)
+        # Temporary files of instances that stopped heartbeating are no one's; a live one's are left alone.
+        live = {instance_token(i.id) for i in self.ledger.status(self.clock.time()).instances
+                if i.seen_at >= self.clock.time() - recovery.lease_seconds}
+        removed = self.outbox.remove_stale_temporaries(live_owners=live)
+        self._keeper = LeaseKeeper(self.ledger, instance_id=self.instance.id, clock=self.clock,
+                                   lease_seconds=recovery.lease_seconds, describe=lambda: self.status_text)
+        self._keeper.start()
+        log.info("instance_registered", instance=self.instance.id, host=self.instance.host, pid=self.instance.pid,
+                 device=self.instance.device, stale_temporaries_removed=len(removed))
         listeners = [*self.listeners, InputDisposal(settings)]
         if settings.hooks.is_configured:
             self._hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
             self._hooks.start()
             listeners.append(self._hooks)
-        if settings.gallery.enabled:
+        if settings.gallery.enabled and not hasattr(self.ledger, "folder_jobs"):
+            log.warning("gallery_unavailable", reason="the gallery reads the SQLite ledger; this one is not",
+                        ledger=type(self.ledger).__name__)
+        elif settings.gallery.enabled:
             self.gallery = GalleryWriter(ledger=self.ledger, outbox=settings.outbox, clock=self.clock,
                                          page_size=settings.gallery.page_size,
                                          refresh_seconds=settings.gallery.refresh_seconds)
@@ -107,7 +128,8 @@ class Daemon:
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
-                             wait=self._stopping.wait, on_status=self._on_memory_wait)
+                             wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
+                             lease=self._keeper, lease_seconds=recovery.lease_seconds)
         self._is_watching = watch
         self._start_intake()
         self.notifier.ready()  # only now: the model is loaded and the inbox is watched
@@ -123,7 +145,11 @@ class Daemon:
             self._hooks.close()
         if self.gallery is not None:
             self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
+        if self._keeper is not None:
+            self._keeper.stop()
         if hasattr(self, "ledger"):
+            if hasattr(self, "instance"):
+                self.ledger.unregister(self.instance.id)
             log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
                      counts=self.ledger.counts())
             self.ledger.close()
@@ -211,29 +237,32 @@ class Daemon:
     def run_once(self, timeout: float) -> None:
         """Take what the watcher saw, scan when due, admit what is complete, run at most one job;
         then feed the watchdog (only this loop does, so a hung loop lets it fire)."""
-        self._drain_events(timeout=0 if self.ledger.counts()[JobState.QUEUED.value] else timeout)
+        has_work = self.ledger.counts()[JobState.QUEUED.value] and not self.pause.is_paused
+        self._drain_events(timeout=0 if has_work else timeout)
         if self.should_reload:
             self.reload()
         self.intake.tick()
         self._admit_ready()
         if self.should_stop:
             return
-        if self.intake.is_available:
-            job = self.ledger.claim_next(self.clock.time())
+        if not self.intake.is_available:
+            self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
+        elif not self.pause.is_paused or self._outbox_is_back():
+            job = self.ledger.claim_next(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds)
             if job is not None:
                 self._run_job(job)
             else:
                 self._unload_if_idle()
         else:
-            self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
             self._unload_if_idle()
         if self.gallery is not None:
             self.gallery.flush()  # changes held back by the once-a-second limit
         self.notifier.watchdog()
 
     def is_idle(self) -> bool:
-        """Nothing waiting to settle or pair, and nothing queued."""
-        return self.intake.is_idle() and self.ledger.counts()[JobState.QUEUED.value] == 0
+        """Nothing waiting to settle or pair, nothing queued, and the outbox writable."""
+        return (self.intake.is_idle() and self.ledger.counts()[JobState.QUEUED.value] == 0
+                and not self.pause.is_paused)
 
     def _drain_events(self, timeout: float) -> None:
         try:
@@ -266,47 +295,75 @@ class Daemon:
                 log.exception("input_crashed_admission", input=str(path))
                 continue
             for admission in admissions:  # one per variant and seed
-                self._store(admission)
+                self._store(admission, path)
         if ready_inputs:
             self._report_idle()
 
-    def _store(self, admission) -> None:
+    def _store(self, admission, path) -> None:
         job = admission.job
         if admission.is_known:
             log.debug("input_already_known", input=job.input, job_id=job.id)
             return
         if admission.error is not None:
-            self.ledger.enqueue(job)
-            self.failed_jobs += 1
-            with structlog.contextvars.bound_contextvars(stage="intake"):
-                self.runner.record_failure(job, admission.error)
+            if self.ledger.enqueue(job):  # False: another instance admitted the same file a moment ago
+                with structlog.contextvars.bound_contextvars(stage="intake"):
+                    self._refuse(job, admission.error, path)
             return
         earlier = self.ledger.find_done_by_content(job.content_key)
-        if earlier is not None and self.runner.reuse_results(job, earlier):
+        try:
+            if earlier is not None and self.runner.reuse_results(job, earlier):
+                return
+        except OutboxUnavailable as exc:  # the job is queued: it is generated once the outbox is back
+            self._pause(exc)
             return
-        self.ledger.enqueue(job)
+        if not self.ledger.enqueue(job):
+            return
         log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
                  priority=job.priority, output=job.output, stage="intake")
         self.runner.notify(job, JobState.QUEUED)
 
+    def _refuse(self, job: Job, error, path) -> None:
+        try:
+            self.runner.record_failure(job, error)
+        except OutboxUnavailable as exc:
+            # No error file, so no refusal yet: forget the job and look at the file again later.
+            self.ledger.forget(job.id)
+            self._pause(exc)
+            self.intake.retry_later(path, delay=self.pause.wait)
+            return
+        self.failed_jobs += 1
+
     def _run_job(self, job: Job) -> None:
+        assert self._keeper is not None
+        self._keeper.hold(job.id)
         self.status_line.job_started()
+        self.status_text = f"running {job.id}: {job.input}"
         try:
             state = self.runner.run(job)
         except JobInterrupted:
-            self.ledger.requeue_running()
+            self.ledger.release(job.id, self.instance.id)
             log.warning("job_abandoned", job_id=job.id, input=job.input, state=JobState.QUEUED.value,
                         reason="stopping", stop_timeout_seconds=self.settings.service.stop_timeout_seconds)
             self.notifier.status(f"stopping; {job.input} queued again")
             self.runner.notify(job, JobState.QUEUED)  # back in the queue: pages must not say it is running
             return
+        except LeaseLost:
+            log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
+            return
+        except OutboxUnavailable as exc:
+            self.ledger.release(job.id, self.instance.id)
+            log.warning("job_postponed", job_id=job.id, input=job.input, reason=exc.reason)
+            self.runner.notify(job, JobState.QUEUED)
+            self._pause(exc)
+            return
         finally:
+            self._keeper.drop()
             self._last_job_ended = self.clock.monotonic()
             self._is_model_unloaded = False
+            self._report_idle()
         self.finished_jobs += 1
         if state is JobState.FAILED:
             self.failed_jobs += 1
-        self._report_idle()
 
     def _unload_if_idle(self) -> None:
         """After memory.idle_unload_seconds without a job, give the device's memory back to others."""
@@ -321,8 +378,28 @@ class Daemon:
 
     # -- status --------------------------------------------------------------------------------
 
+    def _pause(self, exc: OutboxUnavailable) -> None:
+        wait = self.pause.pause(exc)
+        log.warning("outbox_unavailable", reason=exc.reason, errno=exc.errno_name, detail=exc.detail,
+                    fix=exc.fix, retry_in_seconds=round(wait, 1))
+        self._report_idle()
+
+    def _outbox_is_back(self) -> bool:
+        if not self.pause.is_due():
+            return False
+        try:
+            self.pause.try_again()
+        except OutboxUnavailable as exc:
+            self._pause(exc)
+            return False
+        log.info("outbox_available", paused_seconds=round(self.pause.last_pause_seconds, 1))
+        self._report_idle()
+        return True
+
     def _on_progress(self, job: Job, step: int, total: int) -> None:
         """Between two denoising steps: stop if asked, tell systemd how far, feed the watchdog."""
+        assert self._keeper is not None
+        self._keeper.check()
         self.debug_hooks.on_step(job, step)
         if self.must_stop_now or (self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline):
             raise JobInterrupted(job.id)
@@ -350,8 +427,13 @@ class Daemon:
 
     def _report_idle(self) -> None:
         if self.should_stop:
-            self.notifier.status("stopping")
-            return
-        queued = self.ledger.counts()[JobState.QUEUED.value]
-        unloaded = ", model unloaded" if self._is_model_unloaded else ""
-        self.notifier.status(self.status_line.idle(queued, len(self.intake.pending)) + unloaded)
+            self.status_text = "stopping"
+        elif self.pause.is_paused:
+            self.status_text = f"paused: {self.pause.describe()}"
+        elif not self.intake.is_available:
+            self.status_text = f"inbox unavailable ({self.intake.unavailable_reason}): intake paused"
+        else:
+            queued = self.ledger.counts()[JobState.QUEUED.value]
+            unloaded = ", model unloaded" if self._is_model_unloaded else ""
+            self.status_text = self.status_line.idle(queued, len(self.intake.pending)) + unloaded
+        self.notifier.status(self.status_text)

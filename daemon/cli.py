@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="WatchdogSec=: how long a silent main loop may last (default 300)")
     units.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     units.set_defaults(handler=_install_systemd)
+    status = commands.add_parser("status", help="the queue, each instance and its job, recent failures, throughput")
+    status.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    status.set_defaults(handler=_status)
+    retry = commands.add_parser("retry", help="queue failed jobs again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("paths", nargs="*", default=[], metavar="PATH", help="input image (in the inbox)")
+    which.add_argument("--failed", action="store_true", help="every failed job")
+    retry.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    retry.set_defaults(handler=_retry)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
     demo.add_argument("--family", choices=("ltx", "i2vgen-xl", "svd", "cogvideox", "cogvideox-t2v", "wan",
@@ -169,6 +178,46 @@ def _install_systemd(args) -> int:
     print("now run:")
     for line in systemctl_lines(args.output):
         print(f"  {line}")
+def _status(args) -> int:
+    import time
+
+    from daemon.ledger import open_ledger
+    from daemon.report import render_status
+
+    settings = _load(args).settings
+    ledger = open_ledger(settings.ledger_url, settings.state_dir)
+    try:
+        now = time.time()
+        print(render_status(ledger.status(now), now, settings.recovery.lease_seconds))
+    finally:
+        ledger.close()
+    return 0
+
+
+def _retry(args) -> int:
+    from daemon.ledger import open_ledger
+    from daemon.ledger.base import JobState
+    from daemon.report import describe_requeued, relative_inputs
+
+    settings = _load(args).settings
+    if not args.paths and not args.failed:
+        print("vidrop retry: name an input PATH or --failed", file=sys.stderr)
+        return 2
+    inputs = None if args.failed else relative_inputs(args.paths, settings.inbox)
+    ledger = open_ledger(settings.ledger_url, settings.state_dir)
+    try:
+        failed = [job for job in ledger.jobs() if job.state is JobState.FAILED
+                  and (inputs is None or job.input in inputs)]
+        for job in failed:
+            if not job.params:  # refused at intake: intake must read the files again, not the runner
+                ledger.forget(job.id)
+                print(f"forgotten: {job.input} ({job.id}); it is read again at the next start or change")
+        print(describe_requeued(ledger.requeue(inputs=[job.input for job in failed if job.params])))
+        if inputs is not None and not failed:
+            print(f"no failed job for {', '.join(inputs)}", file=sys.stderr)
+            return 1
+    finally:
+        ledger.close()
     return 0
 
 

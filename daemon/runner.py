@@ -14,7 +14,8 @@ from config.settings import MemorySettings
 from daemon.clock import Clock
 from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState, Ledger
-from daemon.outbox import Outbox, iso_time
+from daemon.lease import LeaseLost
+from daemon.outbox import OutboxUnavailable, Outbox, OutputNames, iso_time
 from pipeline.errors import GenerationError, InputError, VidropError
 from pipeline.admission import MemoryAdmission
 from pipeline.generate import TEXT, Generator, JobParams
@@ -38,13 +39,20 @@ class JobInterrupted(Exception):
     """Raised from the step callback when the daemon must stop now; the job goes back to the queue."""
 
 
+class LeaseGuard(Protocol):
+    """Confirms, right before outputs are written, that this instance still holds the job."""
+
+    def confirm(self) -> None: ...
+
+
 class Runner:
     """Runs claimed jobs and records their outcome in the outbox and the ledger."""
 
     def __init__(self, *, ledger: Ledger, outbox: Outbox, generator: Generator, inbox: Path, clock: Clock,
                  max_image_pixels: int, on_progress: ProgressListener | None = None,
                  listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
-                 wait: Waiter | None = None, on_status: Callable[[str], None] | None = None) -> None:
+                 wait: Waiter | None = None, on_status: Callable[[str], None] | None = None,
+                 owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -56,6 +64,9 @@ class Runner:
         self.memory = memory or MemorySettings()
         self.wait = wait or threading.Event().wait
         self.on_status = on_status
+        self.owner = owner
+        self.lease = lease
+        self.lease_seconds = lease_seconds
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -66,10 +77,21 @@ class Runner:
                 log.exception("job_listener_failed", listener=type(listener).__name__)
 
     def run(self, job: Job) -> JobState:
-        """Run one claimed job to done or failed; JobInterrupted propagates (the caller requeues)."""
+        """Run one claimed job to done or failed.
+
+        JobInterrupted (the caller requeues), LeaseLost (another instance has it) and OutboxUnavailable
+        (the caller requeues and pauses) propagate: none of them is the job's fault.
+        """
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input, stage="load")
         started = self.clock.monotonic()
         try:
+            names = self._names(job)
+            if job.attempts > 1:
+                # An earlier attempt died (or lost its lease): its half-written files are no one's now.
+                self.outbox.remove_job_temporaries(names)
+                committed = self.outbox.find_committed(names, job.id)
+                if committed is not None:
+                    return self._reconcile(job, names, committed)
             log.info("job_started", attempt=job.attempts, seed=job.seed)
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
@@ -77,6 +99,8 @@ class Runner:
                                                                  max_pixels=self.max_image_pixels)
             admission = self.wait_for_memory(job, params)
             structlog.contextvars.bind_contextvars(stage="generate")
+            # Counted by the fleet tests: each job must be generated exactly once unless its holder died.
+            log.info("pipeline_invoked", attempt=job.attempts, instance=self.owner)
             result = self.generator.generate(image, params, job.seed,
                                              on_step=lambda step, total: self._progress(job, step, total),
                                              admission=admission)
@@ -84,16 +108,15 @@ class Runner:
             encode_started = self.clock.monotonic()
             names = self._names(job)
             manifest = self._manifest(job, params, result.facts)
+            if self.lease is not None:
+                self.lease.confirm()
             outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
             encode_seconds = self.clock.monotonic() - encode_started
             now = self.clock.time()
-            self.ledger.finish(job.id, now, outputs)
             duration = self.clock.monotonic() - started
-            self.outbox.append_job_line(names, {
-                "job_id": job.id, "input": job.input, "state": JobState.DONE.value, "seed": job.seed,
-                "outputs": {name: Path(path).name for name, path in outputs.items()},
-                "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
-            })
+            # The line before the ledger: a kill between the two is reconciled without a second line.
+            self._append_done_line(job, names, outputs, now, duration)
+            self.ledger.finish(job.id, now, outputs, owner=self.owner)
             memory = result.facts["memory"]
             log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
@@ -103,7 +126,7 @@ class Runner:
                      recovery_steps=len(memory["recovery"]), **memory["after_job"], output=outputs["video"])
             self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
-        except JobInterrupted:
+        except (JobInterrupted, LeaseLost, OutboxUnavailable):
             raise
         except (InputError, GenerationError) as exc:
             self.record_failure(job, exc, duration=self.clock.monotonic() - started)
@@ -174,12 +197,15 @@ class Runner:
             "kind": kind,
             "failed_at": iso_time(now),
         }
+        if job.state is JobState.RUNNING and self.lease is not None:
+            self.lease.confirm()
         path = self.outbox.commit_failure(names=names, error_document=document)
-        self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")})
         self.outbox.append_job_line(names, {
             "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
             "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
         })
+        self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
+                         owner=self.owner if job.state is JobState.RUNNING else None)
         log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
@@ -196,12 +222,27 @@ class Runner:
                          "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
                                    "sidecar_sha256": job.sidecar_sha256}})
         names = self._names(job)
-        outputs = self.outbox.copy_results(source=earlier.outputs, names=names, fmt=params.format, manifest=manifest)
-        if outputs is None:
-            return False
+        # Stored as running under this instance's lease first: of several instances that found the
+        # same duplicate, only the one whose row went in writes the copies.
+        owner = self.owner or "local"
+        now = self.clock.time()
+        job.state, job.lease_owner, job.lease_expires_at = JobState.RUNNING, owner, now + self.lease_seconds
+        if not self.ledger.enqueue(job):
+            return True
+        try:
+            outputs = self.outbox.copy_results(source=earlier.outputs, names=names, fmt=params.format,
+                                               manifest=manifest)
+        except OutboxUnavailable:
+            self.ledger.release(job.id, owner)
+            raise
+        if outputs is None:  # the earlier files are gone: make it the ordinary way
+            self.ledger.release(job.id, owner)
+            log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed)
+            self.notify(job, JobState.QUEUED)
+            return True
         now = self.clock.time()
         job.state, job.finished_at, job.outputs, job.seed = JobState.DONE, now, outputs, earlier.seed
-        self.ledger.enqueue(job)
+        self.ledger.finish(job.id, now, outputs, owner=owner)
         self.outbox.append_job_line(names, {
             "job_id": job.id, "input": job.input, "state": JobState.DONE.value, "seed": job.seed,
             "duplicate_of": earlier.id, "outputs": {name: Path(path).name for name, path in outputs.items()},
@@ -212,8 +253,24 @@ class Runner:
         self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": 0.0})
         return True
 
-    def _names(self, job: Job):
+    def _names(self, job: Job) -> OutputNames:
         return self.outbox.names_for_output(job.output) if job.output else self.outbox.names_for(job.input)
+    def _reconcile(self, job: Job, names: OutputNames, outputs: dict[str, str]) -> JobState:
+        """A killed attempt had already renamed every output into place: record it, do not run it again."""
+        now = self.clock.time()
+        if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
+            self._append_done_line(job, names, outputs, now, 0.0)
+        self.ledger.finish(job.id, now, outputs, owner=self.owner)
+        log.info("job_reconciled", state=JobState.DONE.value, output=outputs["video"])
+        self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
+        return JobState.DONE
+
+    def _append_done_line(self, job: Job, names: OutputNames, outputs: dict[str, str], now: float, duration: float) -> None:
+        self.outbox.append_job_line(names, {
+            "job_id": job.id, "input": job.input, "state": JobState.DONE.value, "seed": job.seed,
+            "outputs": {name: Path(path).name for name, path in outputs.items()},
+            "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
+        })
 
     def _progress(self, job: Job, step: int, total: int) -> None:
         if self.on_progress is not None:

@@ -253,3 +253,59 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """As root, PostgreSQL refuses to run: drop to the `postgres` user (setpriv execs, so no extra process)."""
+    if os.getuid() != 0:
+        return command
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *command]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL cluster in a temporary folder on a free local port; removed at the end."""
+    import shutil
+    import tempfile
+
+    if not POSTGRES_BIN:
+        pytest.skip("PostgreSQL is not installed (make test installs the Debian package `postgresql` as root)")
+    binaries = POSTGRES_BIN[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="vidrop-pg-"))
+    if os.getuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", free_port()
+    try:
+        subprocess.run(_as_postgres([str(binaries / "initdb"), "-D", str(data), "-U", "vidrop", "-A", "trust",
+                                     "--no-sync", "-E", "UTF8"]), check=True, capture_output=True, timeout=120)
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "start", "-w", "-t", "120", "-D", str(data),
+                                     "-l", str(root / "log"), "-o", options]),
+                       check=True, capture_output=True, timeout=180)
+        yield f"postgresql://vidrop@127.0.0.1:{port}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(data)]),
+                           capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the throw-away cluster for one test."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        db.execute(f'CREATE DATABASE "{name}"')
+    yield f"{postgres_server}/{name}"

@@ -1,4 +1,4 @@
-"""The ledger protocol: where jobs live, from queued to done or failed."""
+"""The ledger protocol: where jobs live, from queued to done or failed, and who holds each one."""
 
 from __future__ import annotations
 
@@ -38,10 +38,44 @@ class Job:
     output: str = ""  # output stem relative to the outbox ("a/b/photo"); decided once, at admission
     priority: int = 0  # higher runs first
     content_key: str = ""  # image bytes + effective request: finds the same work under another name
+    lease_owner: str | None = None  # the instance that holds the running job
+    lease_expires_at: float | None = None
+
+
+@dataclass
+class Instance:
+    """One running `vidrop` process: which host, which process, which GPU, and what it says it is doing."""
+
+    id: str
+    host: str
+    pid: int
+    device: str
+    started_at: float
+    seen_at: float = 0.0
+    status: str = ""
+
+
+@dataclass
+class RunningJob:
+    """A running job with the instance that holds it (for `vidrop status`)."""
+
+    job: Job
+    instance: Instance | None
+
+
+@dataclass
+class LedgerStatus:
+    """What `vidrop status` shows: the queue, the instances, recent failures, throughput."""
+
+    counts: dict[str, int]
+    instances: list[Instance]
+    running: list[RunningJob]
+    recent_failures: list[Job]
+    done_last_hour: int
 
 
 class Ledger(Protocol):
-    """Enqueue, claim, finish, fail, requeue: all a runner needs."""
+    """Enqueue, claim under a lease, renew, finish, fail, release: all a runner needs."""
 
     def enqueue(self, job: Job) -> bool:
         """Store a new job; False (and nothing stored) if its key is already known."""
@@ -52,23 +86,47 @@ class Ledger(Protocol):
     def find_done_by_content(self, content_key: str) -> Job | None:
         """A finished job that made the same video from the same image and request, if any."""
 
-    def claim_next(self, now: float) -> Job | None:
-        """Mark the oldest queued job running and return it."""
+    def forget(self, job_id: str) -> None:
+        """Remove a job (a refusal whose error file could not be written: intake looks at it again)."""
 
-    def finish(self, job_id: str, now: float, outputs: dict[str, str]) -> None:
-        """Mark a job done with its outputs."""
+    def claim_next(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        """Atomically take the oldest queued job, or one whose lease expired, under a lease for owner."""
 
-    def fail(self, job_id: str, now: float, error: dict[str, Any]) -> None:
-        """Mark a job failed with its error."""
+    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+        """Extend owner's lease on a running job; False if owner no longer holds it."""
 
-    def requeue_running(self) -> list[str]:
-        """Put jobs left running by a previous process back in the queue; return their ids."""
+    def release(self, job_id: str, owner: str) -> bool:
+        """Put a job owner holds back in the queue (interrupted, or the outbox is unavailable)."""
+
+    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None) -> bool:
+        """Mark a job done; with owner, only while owner holds it. False if nothing changed."""
+
+    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None) -> bool:
+        """Mark a job failed; with owner, only while owner holds it. False if nothing changed."""
+
+    def requeue(self, *, inputs: list[str] | None = None, failed: bool = False) -> list[Job]:
+        """Queue failed jobs again (all, or those of these inputs); return them as they were."""
 
     def get(self, job_id: str) -> Job | None:
         """One job by id."""
 
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""
+
+    def register(self, instance: Instance) -> None:
+        """Record this instance (host, pid, GPU) at start."""
+
+    def seen(self, instance_id: str, now: float, status: str) -> None:
+        """The instance is alive and says what it is doing."""
+
+    def unregister(self, instance_id: str) -> None:
+        """The instance stopped cleanly."""
+
+    def status(self, now: float) -> LedgerStatus:
+        """Everything `vidrop status` shows."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -77,10 +77,15 @@ def test_rsync_tree_is_taken_once_and_a_resend_does_nothing(daemon, tmp_path, ho
 
     subprocess.run(["rsync", *flags, "--ignore-times", f"{source}/", str(daemon.inbox / target)], check=True)
     sentinel(daemon, target)
-    jobs = daemon.jobs_under(target)
+    # jobs.jsonl gets its line just before the ledger marks the job done (so a kill between them is
+    # reconciled without a second line): wait for the ledger too.
+    def all_done():
+        jobs = daemon.jobs_under(target)
+        return jobs if jobs and all(job.state.value == "done" for job in jobs) else None
+
+    jobs = wait_for(all_done, 30, what="the ledger to mark the sentinel done")
     assert sorted(job.input for job in jobs) == sorted(
         [f"{target}/{f}/shot{i}.png" for f in ("north", "south") for i in range(2)] + [f"{target}/zz-sentinel.png"])
-    assert all(job.state.value == "done" for job in jobs)
 
 
 def test_a_slow_writer_is_only_taken_when_complete(daemon, tmp_path):

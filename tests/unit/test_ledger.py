@@ -1,5 +1,14 @@
-from daemon.ledger.base import Job, JobState
+"""The ledger's contract, on SQLite and on a real throw-away PostgreSQL cluster."""
+
+import sqlite3
+
+import pytest
+
+from daemon.ledger.base import Instance, Job, JobState
+from daemon.ledger.migrations import LATEST_VERSION
 from daemon.ledger.sqlite import SqliteLedger
+
+LEASE = 10.0
 
 
 def job(key: str, created_at: float) -> Job:
@@ -7,34 +16,118 @@ def job(key: str, created_at: float) -> Job:
                params={"prompt": "x"}, seed=1, created_at=created_at)
 
 
-def test_a_known_key_is_not_queued_twice(tmp_path):
-    ledger = SqliteLedger(tmp_path / "l.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_ledger(request, tmp_path):
+    """A function that opens (another connection to) one fresh ledger of each backend."""
+    opened = []
+    if request.param == "sqlite":
+        def make():
+            opened.append(SqliteLedger(tmp_path / "l.sqlite3"))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("postgres_url")
+
+        def make():
+            from daemon.ledger.postgres import PostgresLedger
+            opened.append(PostgresLedger(url))
+            return opened[-1]
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+def test_a_known_key_is_not_queued_twice(open_ledger):
+    ledger = open_ledger()
     assert ledger.enqueue(job("k1", 1.0))
     assert not ledger.enqueue(job("k1", 2.0))
     assert ledger.counts()[JobState.QUEUED.value] == 1
 
 
-def test_jobs_are_claimed_in_arrival_order_and_finished(tmp_path):
-    ledger = SqliteLedger(tmp_path / "l.sqlite3")
+def test_jobs_are_claimed_in_arrival_order_and_finished(open_ledger):
+    ledger = open_ledger()
     ledger.enqueue(job("late", 2.0))
     ledger.enqueue(job("early", 1.0))
-    claimed = ledger.claim_next(now=5.0)
+    claimed = ledger.claim_next("a", now=5.0, lease_seconds=LEASE)
     assert claimed.key == "early" and claimed.state is JobState.RUNNING and claimed.attempts == 1
-    ledger.finish(claimed.id, 6.0, {"video": "/o/early.mp4"})
-    ledger.fail(ledger.claim_next(now=7.0).id, 8.0, {"error": "bad"})
-    assert ledger.claim_next(now=9.0) is None
-    states = {j.key: (j.state, j.outputs, j.error) for j in ledger.jobs()}
-    assert states == {"early": (JobState.DONE, {"video": "/o/early.mp4"}, None),
-                      "late": (JobState.FAILED, {}, {"error": "bad"})}
+    assert claimed.lease_owner == "a" and claimed.lease_expires_at == 15.0
+    assert ledger.finish(claimed.id, 6.0, {"video": "/o/early.mp4"}, owner="a")
+    assert ledger.fail(ledger.claim_next("a", now=7.0, lease_seconds=LEASE).id, 8.0, {"error": "bad"}, owner="a")
+    assert ledger.claim_next("a", now=9.0, lease_seconds=LEASE) is None
+    states = {j.key: (j.state, j.outputs, j.error, j.lease_owner) for j in ledger.jobs()}
+    assert states == {"early": (JobState.DONE, {"video": "/o/early.mp4"}, None, None),
+                      "late": (JobState.FAILED, {}, {"error": "bad"}, None)}
 
 
-def test_a_job_left_running_is_queued_again_after_a_restart(tmp_path):
-    path = tmp_path / "l.sqlite3"
-    ledger = SqliteLedger(path)
+def test_priority_first_then_arrival_and_done_work_found_by_content(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("old", 1.0))
+    urgent = job("urgent", 2.0)
+    urgent.priority, urgent.content_key = 5, "c1"
+    ledger.enqueue(urgent)
+    first = ledger.claim_next("a", now=3.0, lease_seconds=LEASE)
+    assert first.key == "urgent" and ledger.find_done_by_content("c1") is None
+    ledger.finish(first.id, 4.0, {"video": "v"}, owner="a")
+    assert ledger.find_done_by_content("c1").id == first.id
+
+
+def test_a_living_holder_keeps_its_job_and_a_dead_one_loses_it(open_ledger):
+    first, second = open_ledger(), open_ledger()
+    first.enqueue(job("k", 1.0))
+    held = first.claim_next("a", now=2.0, lease_seconds=LEASE)
+    assert second.claim_next("b", now=3.0, lease_seconds=LEASE) is None
+    assert first.renew(held.id, "a", now=11.0, lease_seconds=LEASE)  # a heartbeat: the lease ends at 21
+    assert second.claim_next("b", now=20.0, lease_seconds=LEASE) is None
+    # "a" died: no heartbeat after 11, so at 22 the job is b's, with the seed chosen at admission.
+    taken = second.claim_next("b", now=22.0, lease_seconds=LEASE)
+    assert taken.id == held.id and taken.lease_owner == "b" and taken.attempts == 2 and taken.seed == 1
+    # The late holder can neither renew nor finish it.
+    assert not first.renew(held.id, "a", now=23.0, lease_seconds=LEASE)
+    assert not first.finish(held.id, 23.0, {"video": "x"}, owner="a")
+    assert second.finish(held.id, 24.0, {"video": "y"}, owner="b")
+    assert first.get(held.id).outputs == {"video": "y"}
+
+
+def test_release_requeue_and_instances(open_ledger):
+    ledger = open_ledger()
     ledger.enqueue(job("k", 1.0))
-    ledger.claim_next(now=2.0)
-    ledger.close()  # the process died here
-    reopened = SqliteLedger(path)
-    assert reopened.requeue_running() == ["k"]
-    again = reopened.claim_next(now=3.0)
-    assert again.key == "k" and again.attempts == 2 and again.seed == 1
+    claimed = ledger.claim_next("a", now=2.0, lease_seconds=LEASE)
+    assert ledger.release(claimed.id, "a") and ledger.get(claimed.id).state is JobState.QUEUED
+    claimed = ledger.claim_next("a", now=3.0, lease_seconds=LEASE)
+    ledger.fail(claimed.id, 4.0, {"error": "out of memory"}, owner="a")
+    assert [j.id for j in ledger.requeue(inputs=["k.png"])] == [claimed.id]
+    assert ledger.get(claimed.id).state is JobState.QUEUED and ledger.get(claimed.id).error is None
+    ledger.register(Instance(id="h:1:t", host="h", pid=1, device="cuda:0", started_at=1.0))
+    ledger.seen("h:1:t", 5.0, "idle")
+    status = ledger.status(now=6.0)
+    assert [(i.host, i.device, i.status) for i in status.instances] == [("h", "cuda:0", "idle")]
+    assert status.counts["queued"] == 1
+
+
+def test_claims_from_many_connections_never_overlap(open_ledger):
+    ledgers = [open_ledger() for _ in range(3)]
+    for number in range(30):
+        ledgers[0].enqueue(job(f"k{number:02}", float(number)))
+    claimed = []
+    while True:
+        taken = [ledger.claim_next(f"i{n}", now=100.0, lease_seconds=LEASE) for n, ledger in enumerate(ledgers)]
+        if not any(taken):
+            break
+        claimed += [j.id for j in taken if j]
+    assert sorted(claimed) == sorted(j.id for j in ledgers[0].jobs()) and len(set(claimed)) == 30
+
+
+def test_a_ledger_from_before_versioning_is_migrated(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the skeleton's table, with one job in it
+        db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, state TEXT NOT NULL, "
+                   "input TEXT NOT NULL, sidecar TEXT, input_sha256 TEXT NOT NULL, sidecar_sha256 TEXT, "
+                   "params TEXT NOT NULL, seed INTEGER, created_at REAL NOT NULL, started_at REAL, "
+                   "finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0, outputs TEXT NOT NULL DEFAULT '{}', "
+                   "error TEXT)")
+        db.execute("INSERT INTO jobs (id, key, state, input, input_sha256, params, seed, created_at) "
+                   "VALUES ('old', 'old', 'queued', 'old.png', 'a', '{}', 3, 1.0)")
+    ledger = SqliteLedger(path)
+    assert ledger.schema_version() == LATEST_VERSION
+    assert ledger.claim_next("a", now=2.0, lease_seconds=LEASE).seed == 3
+    assert ledger.migrate() == []  # a second start applies nothing
+    ledger.close()

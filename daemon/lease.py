@@ -1,0 +1,86 @@
+"""The heartbeat: renews this instance's lease on the job it runs and tells the ledger it is alive."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.ledger.base import Ledger
+
+log = structlog.get_logger()
+
+BEATS_PER_LEASE = 3
+
+
+class LeaseLost(Exception):
+    """Another instance took the job over (this one missed its heartbeats): stop without writing anything."""
+
+
+class LeaseKeeper:
+    """A timer thread renews the lease every lease/3 seconds; the step callback and the commit check it."""
+
+    def __init__(self, ledger: Ledger, *, instance_id: str, clock: Clock, lease_seconds: float,
+                 describe: Callable[[], str]) -> None:
+        self.ledger = ledger
+        self.instance_id = instance_id
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.describe = describe
+        self._lock = threading.Lock()
+        self._job_id: str | None = None
+        self._is_lost = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vidrop-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def hold(self, job_id: str) -> None:
+        """This instance now runs job_id (it was just claimed with a fresh lease)."""
+        with self._lock:
+            self._job_id, self._is_lost = job_id, False
+
+    def drop(self) -> None:
+        """The job is over, one way or another."""
+        with self._lock:
+            self._job_id, self._is_lost = None, False
+
+    def check(self) -> None:
+        """Raise LeaseLost if a heartbeat found the job taken over (called only while the job is under way)."""
+        if self._is_lost:
+            log.error("job_lease_lost", job_id=self._job_id, instance=self.instance_id)
+            raise LeaseLost(self._job_id)
+
+    def confirm(self) -> None:
+        """Renew now, before writing outputs: the commit starts with a whole lease ahead of it."""
+        self._renew()
+        self.check()
+
+    def beat(self) -> None:
+        """One heartbeat: renew the lease if a job is held, and say what this instance is doing."""
+        self._renew()
+        self.ledger.seen(self.instance_id, self.clock.time(), self.describe())
+
+    def _renew(self) -> None:
+        with self._lock:
+            if self._job_id is None or self._is_lost:
+                return
+            # A failed renewal right after the job finished is no news; check() tells only while it runs.
+            if not self.ledger.renew(self._job_id, self.instance_id, self.clock.time(), self.lease_seconds):
+                self._is_lost = True
+
+    def _loop(self) -> None:
+        interval = self.lease_seconds / BEATS_PER_LEASE
+        while not self._stopping.wait(interval):
+            try:
+                self.beat()
+            except Exception:  # a ledger that is down for a moment: the next beat tries again
+                log.exception("heartbeat_failed", instance=self.instance_id)

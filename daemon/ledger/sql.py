@@ -1,0 +1,254 @@
+"""The ledger's SQL, shared by the SQLite and PostgreSQL backends; each backend brings its connection."""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import AbstractContextManager
+from typing import Any, Sequence
+
+from daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob
+from daemon.ledger.migrations import MIGRATIONS, AddColumn
+
+COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
+           "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
+           "content_key", "lease_owner", "lease_expires_at")
+SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+INSTANCE_COLUMNS = ("id", "host", "pid", "device", "started_at", "seen_at", "status")
+RECENT_FAILURES = 10
+HOUR = 3600.0
+FORGET_INSTANCES_AFTER = 24 * HOUR  # an instance silent this long is gone from `vidrop status`
+
+
+class SqlLedger:
+    """Jobs and instances in SQL tables; every change is one statement or one transaction.
+
+    A lock serialises use of the one connection: the heartbeat thread renews leases on it too.
+    """
+
+    #: appended to the claim's SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED)
+    claim_lock = ""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.migrate()
+
+    # -- what a backend provides ---------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (placeholders written `?`) and return a cursor."""
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[None]:
+        """One write transaction that excludes other writers' claims."""
+        raise NotImplementedError
+
+    def _lock_schema(self) -> None:
+        """Inside the migration transaction: keep other instances out until it commits."""
+
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether a table already has a column."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this ledger lacks, in order; return their versions."""
+        applied = []
+        with self._lock, self._transaction():
+            self._lock_schema()
+            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    if isinstance(statement, AddColumn):
+                        if not self._has_column(statement.table, statement.column):
+                            self._execute(statement.sql)
+                    else:
+                        self._execute(statement)
+                self._execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                applied.append(version)
+        return applied
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> bool:
+        with self._lock:
+            cursor = self._execute(
+                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                "ON CONFLICT (key) DO NOTHING",
+                _to_row(job),
+            )
+            return cursor.rowcount == 1
+
+    def has_key(self, key: str) -> bool:
+        with self._lock:
+            return self._execute("SELECT 1 FROM jobs WHERE key = ?", (key,)).fetchone() is not None
+
+    def find_done_by_content(self, content_key: str) -> Job | None:
+        with self._lock:
+            row = self._execute(f"{SELECT_JOBS} WHERE content_key = ? AND state = ? ORDER BY finished_at LIMIT 1",
+                                (content_key, JobState.DONE.value)).fetchone()
+        return None if row is None else _from_row(row)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def claim_next(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        with self._lock:
+            with self._transaction():
+                row = self._execute(
+                    f"{SELECT_JOBS} WHERE state = ? OR (state = ? AND lease_expires_at < ?) "
+                    f"ORDER BY priority DESC, created_at, id LIMIT 1{self.claim_lock}",
+                    (JobState.QUEUED.value, JobState.RUNNING.value, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                self._execute(
+                    "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, lease_owner = ?, "
+                    "lease_expires_at = ? WHERE id = ?",
+                    (JobState.RUNNING.value, now, owner, now + lease_seconds, row[0]),
+                )
+            return self.get(row[0])
+
+    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+        with self._lock:
+            cursor = self._execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = ? AND lease_owner = ?",
+                (now + lease_seconds, job_id, JobState.RUNNING.value, owner),
+            )
+            return cursor.rowcount == 1
+
+    def release(self, job_id: str, owner: str) -> bool:
+        with self._lock:
+            cursor = self._execute(
+                "UPDATE jobs SET state = ?, started_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND state = ? AND lease_owner = ?",
+                (JobState.QUEUED.value, job_id, JobState.RUNNING.value, owner),
+            )
+            return cursor.rowcount == 1
+
+    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None) -> bool:
+        return self._close_job(job_id, owner, "state = ?, finished_at = ?, outputs = ?, error = NULL",
+                               (JobState.DONE.value, now, json.dumps(outputs)))
+
+    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None) -> bool:
+        return self._close_job(job_id, owner, "state = ?, finished_at = ?, error = ?",
+                               (JobState.FAILED.value, now, json.dumps(error)))
+
+    def _close_job(self, job_id: str, owner: str | None, assignments: str, values: tuple[Any, ...]) -> bool:
+        where, params = "id = ?", [job_id]
+        if owner is not None:
+            where += " AND state = ? AND lease_owner = ?"
+            params += [JobState.RUNNING.value, owner]
+        with self._lock:
+            cursor = self._execute(
+                f"UPDATE jobs SET {assignments}, lease_owner = NULL, lease_expires_at = NULL WHERE {where}",
+                (*values, *params),
+            )
+            return cursor.rowcount == 1
+
+    def requeue(self, *, inputs: list[str] | None = None, failed: bool = False) -> list[Job]:
+        if inputs is None and not failed:
+            return []
+        where, params = "state = ?", [JobState.FAILED.value]
+        if inputs is not None:
+            where += f" AND input IN ({', '.join('?' * len(inputs))})"
+            params += inputs
+        with self._lock:
+            with self._transaction():
+                rows = self._execute(f"{SELECT_JOBS} WHERE {where} ORDER BY created_at, id", params).fetchall()
+                self._execute(
+                    f"UPDATE jobs SET state = ?, finished_at = NULL, error = NULL WHERE {where}",
+                    (JobState.QUEUED.value, *params),
+                )
+        return [_from_row(row) for row in rows]
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._execute(f"{SELECT_JOBS} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _from_row(row)
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            rows = self._execute(f"{SELECT_JOBS} ORDER BY created_at, id").fetchall()
+        return [_from_row(row) for row in rows]
+
+    def jobs_for_input(self, relative_input: str) -> list[Job]:
+        with self._lock:
+            rows = self._execute(f"{SELECT_JOBS} WHERE input = ? ORDER BY created_at, id",
+                                 (relative_input,)).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in JobState}
+        with self._lock:
+            for state, count in self._execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall():
+                counts[state] = count
+        return counts
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def register(self, instance: Instance) -> None:
+        with self._lock:
+            self._execute("DELETE FROM instances WHERE seen_at < ?", (instance.started_at - FORGET_INSTANCES_AFTER,))
+            self._execute(
+                f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) VALUES ({', '.join('?' * 7)})",
+                (instance.id, instance.host, instance.pid, instance.device, instance.started_at,
+                 instance.seen_at or instance.started_at, instance.status),
+            )
+
+    def seen(self, instance_id: str, now: float, status: str) -> None:
+        with self._lock:
+            self._execute("UPDATE instances SET seen_at = ?, status = ? WHERE id = ?", (now, status, instance_id))
+
+    def unregister(self, instance_id: str) -> None:
+        with self._lock:
+            self._execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def status(self, now: float) -> LedgerStatus:
+        with self._lock:
+            instances = [Instance(*row) for row in self._execute(
+                f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances ORDER BY host, started_at").fetchall()]
+            running = [_from_row(row) for row in self._execute(
+                f"{SELECT_JOBS} WHERE state = ? ORDER BY started_at", (JobState.RUNNING.value,)).fetchall()]
+            failures = [_from_row(row) for row in self._execute(
+                f"{SELECT_JOBS} WHERE state = ? ORDER BY finished_at DESC LIMIT {RECENT_FAILURES}",
+                (JobState.FAILED.value,)).fetchall()]
+            done = self._execute("SELECT COUNT(*) FROM jobs WHERE state = ? AND finished_at >= ?",
+                                 (JobState.DONE.value, now - HOUR)).fetchone()[0]
+        by_id = {instance.id: instance for instance in instances}
+        return LedgerStatus(counts=self.counts(), instances=instances,
+                            running=[RunningJob(job, by_id.get(job.lease_owner or "")) for job in running],
+                            recent_failures=failures, done_last_hour=done)
+
+
+def _to_row(job: Job) -> tuple[Any, ...]:
+    return (job.id, job.key, job.state.value, job.input, job.sidecar, job.input_sha256, job.sidecar_sha256,
+            json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
+            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), job.output, job.priority,
+            job.content_key, job.lease_owner, job.lease_expires_at)
+
+
+def _from_row(row: Sequence[Any]) -> Job:
+    values = dict(zip(COLUMNS, row))
+    return Job(
+        id=values["id"], key=values["key"], state=JobState(values["state"]), input=values["input"],
+        sidecar=values["sidecar"], input_sha256=values["input_sha256"], sidecar_sha256=values["sidecar_sha256"],
+        params=json.loads(values["params"]), seed=values["seed"], created_at=values["created_at"],
+        started_at=values["started_at"], finished_at=values["finished_at"], attempts=values["attempts"],
+        outputs=json.loads(values["outputs"]), error=None if values["error"] is None else json.loads(values["error"]),
+        output=values["output"], priority=values["priority"], content_key=values["content_key"],
+        lease_owner=values["lease_owner"], lease_expires_at=values["lease_expires_at"],
+    )
