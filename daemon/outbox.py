@@ -286,7 +286,7 @@ class Outbox:
         return names.error
 
     def _temporary(self, folder: Path, final_name: str) -> Path:
-        return folder / f"{TEMP_PREFIX}{self.owner}-{secrets.token_hex(4)}-{final_name}"
+        return _temporary(folder, final_name, self.owner)
 
     def append_job_line(self, names: OutputNames, line: dict[str, Any]) -> None:
         """Append one line to the folder's jobs.jsonl in a single write."""
@@ -310,6 +310,11 @@ def replace_text(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _temporary(folder: Path, final_name: str, owner: str = "page") -> Path:
+    """A temporary name in the final file's folder: the prefix marks it as ours, owner as whose."""
+    return folder / f"{TEMP_PREFIX}{owner}-{secrets.token_hex(4)}-{final_name}"
 
 
 def iso_time(timestamp: float) -> str:

@@ -52,7 +52,7 @@ def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(t
     for job in jobs:
         ledger.enqueue(job)
     writer.rebuild()
-    running = ledger.claim_next(clock.time())
+    running = ledger.claim_next("test", clock.time(), 30.0)
     writer.job_changed(running, JobState.RUNNING, {})
     clock.advance(2)
     writer.job_progress(running, 1, 2)
@@ -73,7 +73,7 @@ def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(t
     root = Page((tmp_path / "outbox" / "index.html").read_text())
     assert "./acme/index.html" in root.hrefs()
 
-    for job in (running, ledger.claim_next(clock.time())):
+    for job in (running, ledger.claim_next("test", clock.time(), 30.0)):
         ledger.finish(job.id, clock.time(), {})
         clock.advance(1)
         writer.job_changed(job, JobState.DONE, {})
@@ -180,5 +180,5 @@ def test_the_ledger_views_group_by_folder_and_follow_the_claim_order(tmp_path):
     assert ledger.folder_position("a", jobs[2].id) == 1 and ledger.folder_position("a", "nope") is None
     assert {folder: summary["queued"] for folder, summary in ledger.folder_summaries().items()} == \
         {"a": 2, "a/b": 1, "a_": 1, "": 1}
-    assert ledger.queued_ids()[0] == jobs[2].id == ledger.claim_next(1.0).id
+    assert ledger.queued_ids()[0] == jobs[2].id == ledger.claim_next("test", 1.0, 30.0).id
     ledger.close()
