@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from daemon.ledger.base import Job, JobState
-from daemon.ledger.sql import COLUMNS, SqlLedger, _from_row
+from daemon.ledger.sql import COLUMNS, SqlLedger, _from_row, _to_row
 
 BUSY_TIMEOUT_SECONDS = 60
 
@@ -52,6 +52,17 @@ class SqliteLedger(SqlLedger):
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def enqueue_many(self, jobs: Iterable[Job]) -> int:
+        """Store many jobs in one transaction (imports, benchmarks); how many were new."""
+        with self._lock, self._transaction():
+            before = self._db.total_changes
+            self._db.executemany(
+                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                "ON CONFLICT (key) DO NOTHING",
+                (_to_row(job) for job in jobs),
+            )
+            return self._db.total_changes - before
 
     # -- views for the gallery: added methods, the protocol above is unchanged -------------------
 

@@ -1,0 +1,78 @@
+"""Encoding and thumbnails: the daemon's own commit (MP4, read-back check, thumbnail, manifest, fsyncs, renames).
+
+Measured through `Outbox.commit_success`, the code every finished job goes through, on synthetic frames
+that move like a video (a drifting gradient with texture and some noise), against the reference GPU time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import Figure
+from daemon.outbox import Outbox
+from pipeline.encode import write_video
+from pipeline.generate import GenerationResult, JobParams
+
+# About 52 s for one 512×512, 16-frame, 50-step I2VGen-XL video on an RTX 4090, as published for this
+# kind of service; the share of it that the daemon's own writing takes is what matters.
+REFERENCE_GPU_SECONDS = 52.0
+
+
+def moving_frames(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 frames (F×H×W×3) of a drifting pattern: compresses like footage, neither flat nor pure noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for index in range(frames):
+        shift = 6.0 * index
+        red = 128 + 100 * np.sin((x + shift) / 37.0) * np.cos(y / 53.0)
+        green = 128 + 100 * np.sin((y - shift) / 29.0)
+        blue = 128 + 60 * np.cos((x + y + 2 * shift) / 41.0)
+        frame = np.stack([red, green, blue], axis=-1) + rng.normal(0, 2, size=(height, width, 3))
+        video[index] = np.clip(frame, 0, 255).astype(np.uint8)
+    return video
+
+
+def time_commit(work: Path, frames: np.ndarray, *, repeats: int, fps: int = 16) -> tuple[list[float], list[float]]:
+    """Seconds per commit of these frames (video + check + thumbnail + manifest), and of the H.264 encoding alone."""
+    count, height, width = frames.shape[:3]
+    params = JobParams(prompt="bench", negative_prompt="", width=width, height=height, num_frames=count, steps=50,
+                       guidance_scale=9.0, fps=fps, format="mp4", seed=1)
+    result = GenerationResult(frames=frames, facts={"frames": count})
+    manifest = {"job_id": "bench", "state": "done", "parameters": params.to_dict(), "timings": {}}
+    outbox = Outbox(work)
+    seconds, encoding = [], []
+    for index in range(repeats + 1):
+        names = outbox.names_for(f"size{width}x{height}/clip{index}.png")
+        started = time.perf_counter()
+        outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
+        committed = time.perf_counter()
+        write_video(frames, work / f"encode-only{index}.mp4", fps=fps, fmt="mp4")
+        if index:  # the first one warms up ffmpeg's binary and the page cache
+            seconds.append(committed - started)
+            encoding.append(time.perf_counter() - committed)
+    shutil.rmtree(work)
+    return seconds, encoding
+
+
+def run(work: Path, *, sizes: list[tuple[int, int, int]], repeats: int) -> tuple[list[Figure], dict[str, Any]]:
+    """Each size `repeats` times; seconds and the share of the reference GPU generation."""
+    figures = []
+    for width, height, count in sizes:
+        seconds, encoding = time_commit(work / f"{width}x{height}", moving_frames(count, height, width),
+                                        repeats=repeats)
+        share = [100 * value / REFERENCE_GPU_SECONDS for value in seconds]
+        label = f"{width}×{height}×{count}"
+        figures += [
+            Figure("encoding", f"MP4 + check + thumbnail + manifest, {label}", "s", seconds),
+            Figure("encoding", f"of which H.264 encoding alone (libx264, crf 18), {label}", "s", encoding),
+            Figure("encoding", f"{label} as a share of a {REFERENCE_GPU_SECONDS:g} s GPU generation", "%", share,
+                   goal="< 1 %", met=statistics.median(share) < 1),
+        ]
+    return figures, {"reference_gpu_seconds": REFERENCE_GPU_SECONDS, "sizes": sizes, "repeats": repeats}
