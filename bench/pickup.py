@@ -32,7 +32,8 @@ def measure(root: Path, model: Path, *, watch: str, drops: int, settle: float, p
         reader = LedgerReader(root / "state" / "ledger.sqlite3")
         try:
             for index in range(drops):
-                time.sleep(randomness.uniform(0, max(poll, 0.5)))  # a random phase, not a wait for the daemon
+                # A random phase against the daemon's timers (its tick; the poll interval when polling).
+                time.sleep(randomness.uniform(0, poll if watch == "polling" else 0.5))
                 folder = root / "inbox" / f"drop{index // 10}"
                 drop(folder / f"d{index:03}.json", sidecar_bytes(REQUEST, seed=index))
                 renamed = drop(folder / f"d{index:03}.png", image_bytes(index))

@@ -62,7 +62,7 @@ class DaemonProcess:
                 self.other_lines.append(line)
 
     def wait_event(self, name: str, timeout: float) -> float:
-        """Seconds from start to the first `name` event; RuntimeError if it exits or the timeout passes first."""
+        """Seconds from start to the first `name` event; RuntimeError if it exits first, TimeoutError after timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for arrived, event in list(self.events):
@@ -71,7 +71,7 @@ class DaemonProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"vidrop exited with {self.process.returncode} before {name}: {self.tail()}")
             time.sleep(0.05)
-        raise RuntimeError(f"no {name} event within {timeout} s: {self.tail()}")
+        raise TimeoutError(f"no {name} event within {timeout} s: {self.tail()}")
 
     def count(self, name: str, **fields: Any) -> int:
         """How many `name` events with these field values were logged so far."""
