@@ -131,7 +131,7 @@ def measure_daemon(root: Path, model: Path, *, watch: str, idle_seconds: float, 
 def run(work: Path, model: Path, *, folders: int, pairs_per_folder: int, idle_seconds: float,
         timeout: float) -> tuple[list[Figure], dict[str, Any]]:
     """The scale benchmark: an empty inbox, then the processed tree with inotify and with polling."""
-    empty = measure_daemon(work / "empty", model, watch="events", idle_seconds=min(idle_seconds, 10),
+    empty = measure_daemon(work / "empty", model, watch="events", idle_seconds=min(idle_seconds, 5),
                            timeout=timeout, probe="empty")
     started = time.monotonic()
     files = build_processed_tree(work / "tree", folders=folders, pairs_per_folder=pairs_per_folder)
