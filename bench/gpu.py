@@ -75,7 +75,7 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
     from PIL import Image
 
     from bench.encoding import moving_frames
-    from config.settings import LimitSettings
+    from config.settings import LimitSettings, MemorySettings
     from pipeline.generate import VideoGenerator
     from pipeline.loader import load_model
 
@@ -85,7 +85,9 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
     attention = use_sdpa(getattr(pipe, denoiser_name))
     if compiled:
         setattr(pipe, denoiser_name, torch.compile(getattr(pipe, denoiser_name)))
-    generator = VideoGenerator(loaded, fit="crop", limits=LimitSettings())
+    # As loaded, nothing offloaded, never unloaded or restarted: the model's own speed and footprint.
+    memory = MemorySettings(mode="as_is", idle_unload_seconds=0, drift_restart_gb=0)
+    generator = VideoGenerator(loaded, fit="crop", limits=LimitSettings(), memory=memory)
     params = generator.resolve({"prompt": "a slow camera push-in on a lighthouse at dusk", "width": args.width,
                                 "height": args.height, "num_frames": args.frames, "steps": args.steps})
     image = Image.fromarray(moving_frames(1, args.height, args.width)[0])

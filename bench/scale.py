@@ -144,18 +144,25 @@ def run(work: Path, model: Path, *, folders: int, pairs_per_folder: int, idle_se
     for mode, name in (("events", "inotify"), ("polling", "polling")):
         measured = tree[mode]
         caught_up = measured["caught_up_seconds"]
+        # The goal is about the tree, not the model: the start on an empty inbox (imports, model load) is
+        # taken off. Not caught up by the deadline: the figure is a lower bound.
+        baseline = empty["caught_up_seconds"] or 0.0
         if caught_up is None:
-            ready = Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [], goal="< 10 s",
-                           met=False, note=f"not caught up after {timeout:.0f} s: still going through the old files")
+            ready = [Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [],
+                            note=f"not within {timeout:.0f} s: still going through the old files"),
+                     Figure("scale", f"{label}, {name}: what the tree adds to the start", "s",
+                            [timeout - baseline], goal="< 10 s", met=False,
+                            note=f"at least this: not caught up within {timeout:.0f} s")]
         else:
-            ready = Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [caught_up],
-                           goal="< 10 s", met=caught_up < 10,
-                           note=f"{caught_up - empty['caught_up_seconds']:.1f} s more than with an empty inbox")
+            ready = [Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [caught_up]),
+                     Figure("scale", f"{label}, {name}: what the tree adds to the start", "s",
+                            [caught_up - baseline], goal="< 10 s", met=caught_up - baseline < 10,
+                            note="start to a new file's job, minus the same on an empty inbox")]
         figures += [
             Figure("scale", f"{label}, {name}: start to daemon_ready", "s",
                    [] if measured["ready_event_seconds"] is None else [measured["ready_event_seconds"]],
                    note="" if measured["ready_event_seconds"] is not None else f"not within {timeout:.0f} s"),
-            ready,
+            *ready,
             Figure("scale", f"{label}, {name}: idle CPU over {idle_seconds:.0f} s", "% of a core",
                    [measured["idle_cpu_percent"]], goal="< 1 %" if mode == "events" else "< 5 %",
                    met=measured["idle_cpu_percent"] < (1 if mode == "events" else 5),
