@@ -101,15 +101,14 @@ class DaemonProcess:
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL only if it does not stop in time."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.info.send_signal(signal.SIGTERM)
+            _, alive = psutil.wait_procs([self.info], timeout=timeout)
+            for process in alive:
+                process.kill()
+        status = self.process.wait()
         self._reader.join(timeout=10)
         self.process.stderr.close()
-        return self.process.returncode
+        return status
 
     def __enter__(self) -> DaemonProcess:
         return self
