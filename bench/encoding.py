@@ -46,6 +46,7 @@ def time_commit(work: Path, frames: np.ndarray, *, repeats: int, fps: int = 16) 
                        guidance_scale=9.0, fps=fps, format="mp4", seed=1)
     result = GenerationResult(frames=frames, facts={"frames": count})
     manifest = {"job_id": "bench", "state": "done", "parameters": params.to_dict(), "timings": {}}
+    work.mkdir(parents=True, exist_ok=True)  # the outbox root must exist: a missing one means an unmounted share
     outbox = Outbox(work)
     seconds, encoding = [], []
     for index in range(repeats + 1):
