@@ -107,8 +107,8 @@ class GalleryWriter:
         now = self.clock.monotonic()
         due = [folder for folder in self._dirty
                if force or now - self._last_written.get(folder, -math.inf) >= self.min_interval]
-        if not due:
-            return []
+        if not due or not self.outbox.root.is_dir():
+            return []  # an unmounted share: never make the outbox again on the local disk; retried later
         snapshot = self._snapshot()
         for folder in due:
             changed = self._dirty.pop(folder)

@@ -40,7 +40,9 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
         drop(inbox / f"{name}.png", make_image(folders["inbox"].parent / f"{color}.png", color=color).read_bytes())
     drop(inbox / "broken.json", sidecar())
     drop(inbox / "broken.png", b"a text file with an image name")
-    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]))
+    # Real jobs take minutes; the tiny model's take a moment, too short to catch between two page writes.
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_DEBUG__SLOW_INPUTS='["acme/*"]',
+                                     VIDROP_DEBUG__SLOW_STEP_SECONDS="0.1"))
     vidrop.wait_event("daemon_ready")
 
     status_path = outbox / "acme" / "_status.json"
