@@ -42,6 +42,7 @@ def make_job(number: int, folder: str = "acme", state: JobState = JobState.QUEUE
 
 def writer_for(tmp_path, clock, **options):
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    (tmp_path / "outbox").mkdir(exist_ok=True)  # the daemon makes it at start; the gallery never does
     return ledger, GalleryWriter(ledger=ledger, outbox=tmp_path / "outbox", clock=clock, **options)
 
 
