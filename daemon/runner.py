@@ -106,7 +106,6 @@ class Runner:
                                              admission=admission)
             structlog.contextvars.bind_contextvars(stage="encode")
             encode_started = self.clock.monotonic()
-            names = self._names(job)
             manifest = self._manifest(job, params, result.facts)
             if self.lease is not None:
                 self.lease.confirm()
