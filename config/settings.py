@@ -6,6 +6,7 @@ This is the only module that reads the environment. Everything else receives a `
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PipelineSettings(_Section):
-    """Which model runs, where, and how images are fitted to it."""
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The name of `pipeline.model` when it is a folder or a model id rather than a name from `pipeline.models`.
+DEFAULT_MODEL_NAME = "default"
 
-    model: str = Field("Lightricks/LTX-Video", description="local directory or Hugging Face model id")
+
+class PipelineSettings(_Section):
+    """Which models run, where, and how images are fitted to them."""
+
+    model: str = Field("Lightricks/LTX-Video", description="the model used when a request names none: a name "
+                                                           "from `models`, or a local directory or model id")
+    models: dict[str, str] = Field(default_factory=dict, description="the models a sidecar may pick with "
+                                                                     "\"model\": name → local directory or model id")
+    switch_after_seconds: float = Field(
+        300.0, ge=0, description="jobs for a model already loaded go first, unless a job for another model "
+                                 "(of the same priority) has waited this long")
     family: Literal["auto", "ltx", "i2vgen-xl", "svd", "cogvideox", "wan", "animatediff"] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -49,6 +61,35 @@ class PipelineSettings(_Section):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, str]) -> dict[str, str]:
+        for name, source in models.items():
+            if not re.match(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (at most 64)")
+            if not source:
+                raise ValueError(f"model {name!r} needs a local directory or model id")
+        return models
+
+    @property
+    def default_model_name(self) -> str:
+        """The name of the model used when a request names none."""
+        return self.model if self.model in self.models else DEFAULT_MODEL_NAME
+
+    def family_of(self, name: str) -> str:
+        """The family setting for a model on offer: `family` applies to `model` given as a folder or id;
+        models named in `models` are always read from their model_index.json."""
+        return self.family if name == self.default_model_name and name not in self.models else "auto"
+
+    def offered_models(self) -> dict[str, str]:
+        """Every model a request may name → its folder or model id; the default one first."""
+        if self.model in self.models:
+            return {self.model: self.models[self.model], **self.models}
+        if DEFAULT_MODEL_NAME in self.models:
+            raise ValueError(f"pipeline.model is a folder or model id, so the name {DEFAULT_MODEL_NAME!r} is "
+                             "taken by it; give the entry in pipeline.models another name")
+        return {DEFAULT_MODEL_NAME: self.model, **self.models}
 
 
 class GenerationDefaults(_Section):
@@ -153,6 +194,9 @@ class MemorySettings(_Section):
     drift_restart_gb: float = Field(
         2.0, ge=0, description="restart the worker when usage after a job grows by more than this; 0 = never")
     warmup_jobs: int = Field(3, ge=1, description="jobs before the usage baseline is taken")
+    max_resident_models: int = Field(
+        0, ge=0, description="models kept loaded at once, the least recently used unloaded first; 0 = as many "
+                             "as memory allows")
     cuda_alloc_conf: str = Field("expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF unless already set")
 
 
@@ -317,6 +361,10 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
 
     settings = _with_derived_values(settings)
     _check_paths(settings)
+    try:
+        settings.pipeline.offered_models()
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: pipeline.models: {exc}") from None
     return LoadedSettings(settings=settings, config_file=path, sources=_sources(settings, toml_data, overrides))
 
 

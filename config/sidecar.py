@@ -52,6 +52,10 @@ class _Generation(BaseModel):
     height: int | None = Field(None, ge=8, description="video height in pixels")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
     format: Literal["mp4", "gif", "webp"] | None = Field(None, description="video container")
+    model: str | None = Field(
+        None, max_length=64, description="which of the models on offer makes it (`vidrop check` lists them); "
+        "absent: the default model"
+    )
     preset: Literal[PRESETS] | None = Field(
         None, description="the family's steps, frames, size and guidance for fast, standard or high quality; "
         "fields set explicitly win"

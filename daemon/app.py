@@ -248,7 +248,9 @@ class Daemon:
         if not self.intake.is_available:
             self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
         elif not self.pause.is_paused or self._outbox_is_back():
-            job = self.ledger.claim_next(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds)
+            job = self.ledger.claim_next(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds,
+                                         prefer_models=self.generator.resident_models(),
+                                         patience_seconds=self.settings.pipeline.switch_after_seconds)
             if job is not None:
                 self._run_job(job)
             else:

@@ -17,7 +17,7 @@ def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> in
     results: list[tuple[bool, str]] = [(True, f"settings: valid ({loaded.config_file or 'no file'})")]
     for role, folder in (("inbox", settings.inbox), ("outbox", settings.outbox), ("state_dir", settings.state_dir)):
         results.append(_check_folder(role, folder, writable=role != "inbox"))
-    results.append(_check_model(settings))
+    results.extend(_check_models(settings))
     results.append(_check_device(settings.pipeline.device))
     results.extend(_check_memory(settings))
     for is_ok, text in results:
@@ -46,15 +46,23 @@ def _check_folder(role: str, folder: Path, *, writable: bool) -> tuple[bool, str
     return True, f"{role}: {folder} ({'writable' if writable else 'readable'})"
 
 
-def _check_model(settings) -> tuple[bool, str]:
+def _check_models(settings) -> list[tuple[bool, str]]:
+    """One line per model on offer (the default first): found, and its family."""
     from pipeline.loader import detect_family
 
-    model = settings.pipeline.model
-    try:
-        family = detect_family(model, settings.pipeline.family, offline=settings.pipeline.offline)
-    except VidropError as exc:
-        return False, f"model: {exc.reason} {exc.detail}. {exc.fix}"
-    return True, f"model: {model} (family {family.name})"
+    pipeline = settings.pipeline
+    offered = pipeline.offered_models()
+    lines = []
+    for name, model in offered.items():
+        label = "model" if len(offered) == 1 else f"model {name}{' (default)' if name == pipeline.default_model_name else ''}"
+        try:
+            family = detect_family(model, pipeline.family_of(name), offline=pipeline.offline)
+        except VidropError as exc:
+            lines.append((False, f"{label}: {exc.reason} {exc.detail}. {exc.fix}"))
+            continue
+        lines.append((True, f"{label}: {model} (family {family.name})"))
+    return lines
+
 
 
 def _check_device(requested: str) -> tuple[bool, str]:
@@ -83,13 +91,15 @@ def _check_memory(settings) -> list[tuple[bool, str]]:
 
     try:
         device = resolve_device(settings.pipeline.device)
-        family = detect_family(settings.pipeline.model, settings.pipeline.family, offline=settings.pipeline.offline)
+        default = settings.pipeline.default_model_name
+        model = settings.pipeline.offered_models()[default]
+        family = detect_family(model, settings.pipeline.family_of(default), offline=settings.pipeline.offline)
     except VidropError:
         return []  # the model and device lines already say why
     snapshot = probe_for(device).snapshot()
     lines = [(True, f"memory: {device}, {snapshot.free_bytes / GB:.1f} GB free of {snapshot.total_bytes / GB:.1f} GB"
                     f"{', held by: ' + snapshot.held_by() if snapshot.is_gpu else ''}")]
-    folder = _model_folder(settings.pipeline.model)
+    folder = _model_folder(model)
     if folder is None:
         return [*lines, (True, "memory: no estimate: the model is not downloaded yet")]
     dtype = resolve_dtype(settings.pipeline.dtype, device, family)

@@ -100,13 +100,9 @@ def _serve(args, *, once: bool) -> int:
 
 
 def _production_generator(settings):
-    from pipeline.generate import VideoGenerator
-    from pipeline.loader import load_model
+    from pipeline.model_set import open_models
 
-    pipeline = settings.pipeline
-    loaded = load_model(pipeline.model, family=pipeline.family, device=pipeline.device, dtype=pipeline.dtype,
-                        offline=pipeline.offline)
-    return VideoGenerator(loaded, fit=pipeline.fit, limits=settings.limits, memory=settings.memory)
+    return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
 
 
 def _run(args) -> int:

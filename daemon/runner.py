@@ -92,7 +92,7 @@ class Runner:
                 committed = self.outbox.find_committed(names, job.id)
                 if committed is not None:
                     return self._reconcile(job, names, committed)
-            log.info("job_started", attempt=job.attempts, seed=job.seed)
+            log.info("job_started", attempt=job.attempts, seed=job.seed, model=job.params.get("model"))
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
             image = None if params.mode == TEXT else load_image(self.inbox / job.input,
@@ -288,6 +288,9 @@ class Runner:
             "variant": job.params.get(VARIANT),
             "adjustments": adjustments,
             "model": facts["model"],
+            "model_name": facts.get("model_name"),
+            # The model before this job's and what loading this one took (None: it was already the one).
+            "model_switch": facts.get("model_switch"),
             "family": facts["family"],
             "device": facts["device"],
             "dtype": facts["dtype"],

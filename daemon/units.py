@@ -43,10 +43,10 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
         raise UnitError("no settings file: pass --config FILE so the service reads the same settings")
     config = loaded.config_file.absolute()
     writable = [settings.inbox, settings.outbox, settings.state_dir]
-    model = Path(settings.pipeline.model)
+    models = [Path(source) for source in settings.pipeline.offered_models().values()]
     # The interpreter behind the virtualenv may live elsewhere (pyenv under /root, say): it must stay visible.
     interpreter = [Path(sys.executable).resolve(), Path(sys.base_prefix).resolve()]
-    readable = [vidrop, config, *interpreter, *([model.absolute()] if model.exists() else [])]
+    readable = [vidrop, config, *interpreter, *(model.absolute() for model in models if model.exists())]
     for path in writable + readable:
         if any(path.is_relative_to(root) for root in PRIVATE_TMP_ROOTS):
             raise UnitError(f"{path} is in a temporary folder, which the service cannot see (PrivateTmp=yes); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal, Protocol
 
@@ -11,7 +12,7 @@ import structlog
 import torch
 from PIL import Image
 
-from config.settings import LimitSettings, MemorySettings
+from config.settings import DEFAULT_MODEL_NAME, LimitSettings, MemorySettings
 from pipeline.admission import (
     MemoryAdmission,
     MemoryEstimator,
@@ -52,6 +53,7 @@ class JobParams:
     adjustments: tuple[dict[str, Any], ...] = ()
     mode: Literal["image", "text"] = IMAGE  # text: no image, the prompt alone
     preset: str | None = None
+    model: str = ""  # which of the models on offer makes it (its name in the settings); "": the default
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the ledger and the manifest."""
@@ -79,7 +81,11 @@ class Generator(Protocol):
 
     def resolve(self, requested: dict[str, Any]) -> JobParams: ...
 
-    def preset(self, name: str) -> dict[str, Any]: ...
+    def preset(self, name: str, model: str | None = None) -> dict[str, Any]: ...
+
+    def modes(self, model: str | None = None) -> tuple[str, ...]: ...
+
+    def resident_models(self) -> list[str]: ...
 
     def admit(self, params: JobParams) -> MemoryAdmission: ...
 
@@ -101,7 +107,9 @@ class VideoGenerator:
 
     def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings,
                  memory: MemorySettings | None = None, probe: MemoryProbe | None = None,
-                 reload: Callable[[], LoadedModel] | None = None) -> None:
+                 reload: Callable[[], LoadedModel] | None = None, name: str = DEFAULT_MODEL_NAME) -> None:
+        """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
+        self.name = name
         self.loaded = loaded
         self.family = loaded.family
         self.fit = fit
@@ -113,7 +121,7 @@ class VideoGenerator:
         self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
                                                     dtype=loaded.dtype, offline=True))
         self.forced_mode = None if self.memory.mode == "auto" else MemoryMode(self.memory.mode)
-        self.estimator = MemoryEstimator(self.family, ModelFootprint.of_pipeline(loaded.pipe),
+        self.estimator = MemoryEstimator(self.family, _footprint(loaded),
                                          offloads_weights=loaded.device.startswith("cuda"),
                                          dtype_bytes=DTYPES[loaded.dtype].itemsize)
         self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
@@ -135,9 +143,24 @@ class VideoGenerator:
         """Whether the model is resident (not unloaded while idle)."""
         return self.loaded.pipe is not None
 
+    def modes(self, model: str | None = None) -> tuple[str, ...]:
+        """What the model makes videos from: image, text or both."""
+        self._check_name(model)
+        return self.loaded.modes
+
+    def resident_models(self) -> list[str]:
+        """This model's name while it is loaded."""
+        return [self.name] if self.is_loaded else []
+
+    @property
+    def weight_bytes(self) -> int:
+        """The model's weights (measured once loaded, guessed from its files before)."""
+        return self.estimator.footprint.total_bytes
+
     def describe(self) -> dict[str, Any]:
         """Model, family, device and dtype, for logs and manifests."""
         return {
+            "model_name": self.name,
             "model": self.loaded.model,
             "family": self.family.name,
             "device": self.loaded.device,
@@ -146,8 +169,9 @@ class VideoGenerator:
             "modes": list(self.loaded.modes),
         }
 
-    def preset(self, name: str) -> dict[str, Any]:
+    def preset(self, name: str, model: str | None = None) -> dict[str, Any]:
         """The generation fields the family's preset sets (fast, standard, high)."""
+        self._check_name(model)
         presets = self.family.presets
         if name not in presets:
             raise InputError(
@@ -159,6 +183,7 @@ class VideoGenerator:
 
     def resolve(self, requested: dict[str, Any]) -> JobParams:
         """Merge the request over the family's defaults, fit it to the family, check the limits."""
+        self._check_name(requested.get("model"))
         defaults = self.family.defaults
         values = {name: requested.get(name) for name in REQUEST_FIELDS}
         mode = requested.get("mode", IMAGE)
@@ -197,7 +222,12 @@ class VideoGenerator:
             adjustments=tuple(adjustments + fitted.adjustments),
             mode=mode,
             preset=requested.get("preset"),
+            model=self.name,
         )
+
+    def _check_name(self, model: str | None) -> None:
+        if model and model != self.name:
+            raise unknown_model(model, [self.name])
 
     def _check_mode(self, mode: str) -> None:
         if mode in self.loaded.modes:
@@ -311,8 +341,13 @@ class VideoGenerator:
         started = time.monotonic()
         self.loaded = self.reload()
         seconds = time.monotonic() - started
-        log.info("model_reloaded", reload_ms=round(seconds * 1000), device=self.loaded.device)
+        self.estimator.footprint = ModelFootprint.of_pipeline(self.loaded.pipe)
+        log.info("model_reloaded", model=self.name, reload_ms=round(seconds * 1000), device=self.loaded.device)
         return seconds
+
+    def load(self) -> float | None:
+        """Load the model now if it is not resident; the seconds it took, or None if it already was."""
+        return self._ensure_loaded()
 
     def _run_with_recovery(self, image: Image.Image | None, params: JobParams, seed: int,
                            on_step: ProgressCallback | None, mode: MemoryMode,
@@ -411,6 +446,23 @@ class _StepReporter:
     def _report(self, step: int) -> None:
         if self.on_step is not None:
             self.on_step(step, self.total)
+
+
+def unknown_model(model: str, offered: list[str]) -> InputError:
+    """A request named a model the operator does not offer."""
+    return InputError(
+        f"The model '{model}' is not one of the models this vidrop offers.",
+        detail=f"model={model!r}; offered: {', '.join(offered)}",
+        fix=f"Set \"model\" to one of: {', '.join(offered)} (or leave it out for the default), "
+            "or ask the operator to add the model.",
+    )
+
+
+def _footprint(loaded: LoadedModel) -> ModelFootprint:
+    if loaded.pipe is not None:
+        return ModelFootprint.of_pipeline(loaded.pipe)
+    folder = Path(loaded.model).expanduser()
+    return ModelFootprint.of_files(folder) if folder.is_dir() else ModelFootprint(0, 0, 0)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -93,14 +93,21 @@ def detect_family(model: str, configured: str, *, offline: bool, class_name: str
     return family_for_pipeline_class(class_name)
 
 
-def load_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
-    """Load the pipeline once with from_pretrained and move it to its device."""
-    started = time.monotonic()
-    # Progress bars are for notebooks; the daemon reports progress through its own events.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
+    """What a model is (family, modes, device, dtype) from its model_index.json, without loading its weights.
+
+    The result is an unloaded LoadedModel (no pipelines); loading it is `load_model` with the same arguments.
+    """
     class_name = read_model_index(model, offline=offline).get("_class_name", "")
     chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
+    classes = _pipeline_classes(chosen_family, class_name)
+    chosen_device = resolve_device(device)
+    return LoadedModel(pipe=None, family=chosen_family, model=model, device=chosen_device,
+                       dtype=resolve_dtype(dtype, chosen_device, chosen_family), load_seconds=0.0,
+                       pipes={mode: None for mode in classes})
+
+
+def _pipeline_classes(chosen_family: Family, class_name: str) -> dict[str, str]:
     classes = chosen_family.pipeline_classes(class_name)
     if not classes:
         raise ModelUnavailable(
@@ -109,6 +116,18 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
                    f"{', '.join(chosen_family.pipeline_class_names)}",
             fix="Set pipeline.family = \"auto\" or to the model's family.",
         )
+    return classes
+
+
+def load_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
+    """Load the pipeline once with from_pretrained and move it to its device."""
+    started = time.monotonic()
+    # Progress bars are for notebooks; the daemon reports progress through its own events.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    class_name = read_model_index(model, offline=offline).get("_class_name", "")
+    chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
+    classes = _pipeline_classes(chosen_family, class_name)
     chosen_device = resolve_device(device)
     chosen_dtype = resolve_dtype(dtype, chosen_device, chosen_family)
     first, *others = classes.items()

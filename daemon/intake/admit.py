@@ -102,14 +102,15 @@ class Admitter:
             return [Admission(job, is_known=True)]
         mode = TEXT if ready.image is None else IMAGE
         try:
-            if ready.image is None and TEXT not in self.generator.describe().get("modes", ()):
+            requests = self._requests(main, sidecar_raw)
+            if ready.image is None and not any(TEXT in self.generator.modes(request.fields.get("model"))
+                                               for request in requests):
                 raise InputError(
                     "This prompt file has no image next to it, so vidrop has nothing to animate.",
                     detail=f"no image named {main.stem}.png/.jpg/... beside {relative}, and the model "
                            "cannot start from a prompt alone",
                     fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
                 )
-            requests = self._requests(main, sidecar_raw)
             if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
                 raise InputError(
                     f"The image file is too large ({ready.image_snapshot.size} bytes).",

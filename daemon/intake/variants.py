@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 from config.sidecar import Sidecar
 
-PresetLookup = Callable[[str], dict[str, Any]]
+# (preset name, model name or None for the default) → the fields that preset sets for that model's family.
+PresetLookup = Callable[[str, "str | None"], dict[str, Any]]
 # The key in Job.params that names a variant's suffix (for the manifest); outputs are `<stem><suffix>.*`.
 VARIANT = "variant"
 
@@ -51,7 +52,7 @@ def layered(defaults: dict[str, Any], explicit: dict[str, Any], preset: PresetLo
     fields = dict(defaults)
     name = explicit.get("preset") or defaults.get("preset")
     if name:
-        fields.update(preset(name))
+        fields.update(preset(name, explicit.get("model") or defaults.get("model")))
         fields["preset"] = name
     fields.update(explicit)
     return fields

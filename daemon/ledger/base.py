@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 
 class JobState(str, Enum):
@@ -89,8 +89,13 @@ class Ledger(Protocol):
     def forget(self, job_id: str) -> None:
         """Remove a job (a refusal whose error file could not be written: intake looks at it again)."""
 
-    def claim_next(self, owner: str, now: float, lease_seconds: float) -> Job | None:
-        """Atomically take the oldest queued job, or one whose lease expired, under a lease for owner."""
+    def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
+                   patience_seconds: float = 0.0) -> Job | None:
+        """Atomically take the next queued job, or one whose lease expired, under a lease for owner.
+
+        The highest priority first; within one priority, jobs for `prefer_models` (the loaded ones) before
+        older jobs for other models, unless those have waited longer than `patience_seconds`.
+        """
 
     def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
         """Extend owner's lease on a running job; False if owner no longer holds it."""

@@ -64,6 +64,10 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             status TEXT NOT NULL DEFAULT ''
         )""",
     ]),
+    (4, [
+        # Several models on one daemon: the queue prefers jobs for a model that is loaded already.
+        AddColumn("jobs", "model", "TEXT NOT NULL DEFAULT ''"),
+    ]),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -14,6 +14,10 @@ COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sh
            "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
            "content_key", "lease_owner", "lease_expires_at")
 SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+# Written, not read back: the model's name (also in params) as a column, for the claim's ORDER BY.
+STORED_COLUMNS = (*COLUMNS, "model")
+INSERT_JOB = (f"INSERT INTO jobs ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))}) "
+              "ON CONFLICT (key) DO NOTHING")
 INSTANCE_COLUMNS = ("id", "host", "pid", "device", "started_at", "seen_at", "status")
 RECENT_FAILURES = 10
 HOUR = 3600.0
@@ -84,11 +88,7 @@ class SqlLedger:
 
     def enqueue(self, job: Job) -> bool:
         with self._lock:
-            cursor = self._execute(
-                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                "ON CONFLICT (key) DO NOTHING",
-                _to_row(job),
-            )
+            cursor = self._execute(INSERT_JOB, _to_row(job))
             return cursor.rowcount == 1
 
     def has_key(self, key: str) -> bool:
@@ -105,13 +105,20 @@ class SqlLedger:
         with self._lock:
             self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def claim_next(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+    def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
+                   patience_seconds: float = 0.0) -> Job | None:
+        # Highest priority first. Within a priority: jobs that waited longer than patience_seconds, oldest
+        # first; then jobs for a preferred (loaded) model; then the rest, oldest first.
+        preferred = ", ".join("?" * len(prefer_models))
+        rank = (f"CASE WHEN created_at <= ? THEN 0 WHEN model IN ({preferred}) THEN 1 ELSE 2 END, "
+                if prefer_models else "")
+        rank_params = (now - patience_seconds, *prefer_models) if prefer_models else ()
         with self._lock:
             with self._transaction():
                 row = self._execute(
                     f"{SELECT_JOBS} WHERE state = ? OR (state = ? AND lease_expires_at < ?) "
-                    f"ORDER BY priority DESC, created_at, id LIMIT 1{self.claim_lock}",
-                    (JobState.QUEUED.value, JobState.RUNNING.value, now),
+                    f"ORDER BY priority DESC, {rank}created_at, id LIMIT 1{self.claim_lock}",
+                    (JobState.QUEUED.value, JobState.RUNNING.value, now, *rank_params),
                 ).fetchone()
                 if row is None:
                     return None
@@ -238,7 +245,7 @@ def _to_row(job: Job) -> tuple[Any, ...]:
     return (job.id, job.key, job.state.value, job.input, job.sidecar, job.input_sha256, job.sidecar_sha256,
             json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
             json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), job.output, job.priority,
-            job.content_key, job.lease_owner, job.lease_expires_at)
+            job.content_key, job.lease_owner, job.lease_expires_at, job.params.get("model", ""))
 
 
 def _from_row(row: Sequence[Any]) -> Job:

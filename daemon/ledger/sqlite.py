@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from daemon.ledger.base import Job, JobState
-from daemon.ledger.sql import COLUMNS, SqlLedger, _from_row, _to_row
+from daemon.ledger.sql import COLUMNS, INSERT_JOB, SqlLedger, _from_row, _to_row
 
 BUSY_TIMEOUT_SECONDS = 60
 
@@ -57,11 +57,7 @@ class SqliteLedger(SqlLedger):
         """Store many jobs in one transaction (imports, benchmarks); how many were new."""
         with self._lock, self._transaction():
             before = self._db.total_changes
-            self._db.executemany(
-                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                "ON CONFLICT (key) DO NOTHING",
-                (_to_row(job) for job in jobs),
-            )
+            self._db.executemany(INSERT_JOB, (_to_row(job) for job in jobs))
             return self._db.total_changes - before
 
     # -- views for the gallery: added methods, the protocol above is unchanged -------------------

@@ -70,6 +70,45 @@ def test_priority_first_then_arrival_and_done_work_found_by_content(open_ledger)
     assert ledger.find_done_by_content("c1").id == first.id
 
 
+def model_job(key: str, created_at: float, model: str, priority: int = 0) -> Job:
+    queued = job(key, created_at)
+    queued.params, queued.priority = {"prompt": "x", "model": model}, priority
+    return queued
+
+
+def claim_order(ledger, now: float, prefer: list[str], patience: float) -> list[str]:
+    order = []
+    while (claimed := ledger.claim_next("a", now=now, lease_seconds=LEASE, prefer_models=prefer,
+                                        patience_seconds=patience)) is not None:
+        order.append(claimed.key)
+        ledger.finish(claimed.id, now, {}, owner="a")
+    return order
+
+
+def test_jobs_for_the_loaded_model_go_first_without_starving_others_or_breaking_priority(open_ledger):
+    ledger = open_ledger()
+    for key, created_at, model, priority in [("svd-old", 10.0, "svd", 0), ("ltx-1", 20.0, "ltx", 0),
+                                             ("svd-new", 30.0, "svd", 0), ("ltx-2", 40.0, "ltx", 0),
+                                             ("svd-urgent", 50.0, "svd", 5)]:
+        ledger.enqueue(model_job(key, created_at, model, priority))
+    # ltx is loaded: its jobs overtake older svd ones, but never a higher priority.
+    assert claim_order(ledger, now=60.0, prefer=["ltx"], patience=300.0) == [
+        "svd-urgent", "ltx-1", "ltx-2", "svd-old", "svd-new"]
+
+
+def test_a_job_that_waited_past_the_patience_runs_before_the_loaded_models_jobs(open_ledger):
+    ledger = open_ledger()
+    for key, created_at, model in [("svd-old", 10.0, "svd"), ("ltx-1", 20.0, "ltx"), ("svd-new", 55.0, "svd"),
+                                   ("ltx-2", 56.0, "ltx")]:
+        ledger.enqueue(model_job(key, created_at, model))
+    # At 60 s with 30 s patience, svd-old (50 s waiting) and ltx-1 (40 s) are overdue: oldest first.
+    assert claim_order(ledger, now=60.0, prefer=["ltx"], patience=30.0) == ["svd-old", "ltx-1", "ltx-2", "svd-new"]
+    # Nothing preferred: arrival order, as with one model.
+    for key, created_at, model in [("b", 2.0, "svd"), ("a", 1.0, "ltx")]:
+        ledger.enqueue(model_job(key, created_at, model))
+    assert claim_order(ledger, now=3.0, prefer=[], patience=30.0) == ["a", "b"]
+
+
 def test_a_living_holder_keeps_its_job_and_a_dead_one_loses_it(open_ledger):
     first, second = open_ledger(), open_ledger()
     first.enqueue(job("k", 1.0))

@@ -7,7 +7,7 @@ from pipeline.families import FAMILIES, family_by_name
 FAST = {"steps": 10, "num_frames": 17, "guidance_scale": 2.0}
 
 
-def preset(name):
+def preset(name, model=None):
     return {"fast": FAST}[name]
 
 
