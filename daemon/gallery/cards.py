@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from config.settings import DEFAULT_MODEL_NAME
 from daemon.ledger.base import Job, JobState
 from daemon.outbox import OutputNames, iso_time
 
@@ -82,6 +83,8 @@ def make_card(job: Job, *, names: OutputNames, estimates: Estimates, progress: P
     """Turn a ledger job into a card; links only name files that exist in the folder now."""
     params = job.params or {}
     parameters = {key: params[key] for key in PARAMETER_KEYS if key in params}
+    if params.get("model") not in (None, "", DEFAULT_MODEL_NAME):  # several models on offer: say which
+        parameters = {"model": params["model"], **parameters}
     if job.seed is not None:
         parameters["seed"] = job.seed
     card = Card(job_id=job.id, input=job.input, name=PurePosixPath(job.input).name, state=job.state.value,

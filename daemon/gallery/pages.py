@@ -38,8 +38,8 @@ def utc(iso: str) -> str:
 
 
 def parameters(values: dict[str, Any]) -> str:
-    """Key parameters in one line: "64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
-    parts = []
+    """Key parameters in one line: "model svd · 64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
+    parts = [f"model {values['model']}"] if "model" in values else []
     if "width" in values and "height" in values:
         parts.append(f"{values['width']}×{values['height']}")
     parts += [label.format(values[key]) for key, label in PARAMETER_LABELS.items() if key in values]

@@ -26,7 +26,7 @@ def test_sidecars_folders_and_variants_pick_a_model_and_an_unknown_name_is_refus
 
     env = vidrop_env(folders, "ltx", VIDROP_PIPELINE__MODELS=json.dumps(
         {"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"])}),
-        VIDROP_MEMORY__MAX_RESIDENT_MODELS="1", VIDROP_GALLERY__ENABLED="false")
+        VIDROP_MEMORY__MAX_RESIDENT_MODELS="1")
     result = run_vidrop(env, "once", timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # two refusals
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
@@ -51,6 +51,9 @@ def test_sidecars_folders_and_variants_pick_a_model_and_an_unknown_name_is_refus
     assert {event["reason"] for event in evictions} == {"too_many_models"} and len(evictions) == len(switches)
     started = [event["model"] for event in events if event["event"] == "job_started"]
     assert sorted(started) == ["i2v", "i2v", "ltx", "ltx"]
+
+    # The folder's page says which model made it (only worth saying when there are several).
+    assert "i2v" in (outbox / "clips" / "index.html").read_text()
 
     # Once more: nothing is done twice.
     again = run_vidrop(env, "once", timeout=300)
