@@ -245,8 +245,9 @@ class Daemon:
         self._admit_ready()
         if self.should_stop:
             return
-        if not self.intake.is_available:
+        if not self.intake.is_available:  # the queued jobs' images are on it too: no job starts
             self.notifier.status(f"inbox unavailable ({self.intake.unavailable_reason}): intake paused")
+            self._unload_if_idle()
         elif not self.pause.is_paused or self._outbox_is_back():
             job = self.ledger.claim_next(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds,
                                          prefer_models=self.generator.resident_models(),
