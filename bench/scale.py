@@ -3,8 +3,8 @@
 The tree is built directly, for speed: real image and sidecar files in the inbox; in the ledger one
 `done` job per image under exactly the key the daemon computes (path + sha256 of image and sidecar),
 with the stat snapshot of the image and its sidecar that the daemon keeps of each input it took; in the
-outbox a real video, thumbnail and manifest per job (hard links to one sample each) and a jobs.jsonl per
-folder. To the daemon this is indistinguishable from a tree it processed itself.
+outbox a real video, thumbnail and manifest per job (hard links to one sample each), a jobs.jsonl and the
+gallery pages per folder. To the daemon this is indistinguishable from a tree it processed itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 from bench.inputs import image_bytes, sidecar_bytes
 from bench.processes import DaemonProcess, vidrop_env
 from bench.report import Figure, LedgerReader
+from daemon.clock import SystemClock
+from daemon.gallery.writer import GalleryWriter
 from daemon.intake.admit import job_key
 from daemon.intake.readiness import FileSnapshot
 from daemon.ledger.base import Job, JobState, TakenInput
@@ -76,6 +78,8 @@ def build_processed_tree(root: Path, *, folders: int, pairs_per_folder: int, rem
         ledger.enqueue_many(jobs)
         if remembered:
             ledger.remember_inputs(taken)
+        # The gallery pages a daemon would have written as the jobs finished.
+        GalleryWriter(ledger=ledger, outbox=outbox, clock=SystemClock()).rebuild()
     finally:
         ledger.close()
     shutil.rmtree(root / "samples")
