@@ -15,6 +15,7 @@ from pipeline.images import IMAGE_SUFFIXES
 
 SIDECAR_SUFFIX = ".json"
 DEFAULTS_NAME = "_defaults.json"
+IMAGE, SIDECAR = "image", "sidecar"  # what is_input_name() says a name is
 FINDER_INFO_ATTRIBUTES = ("com.apple.FinderInfo", "user.com.apple.FinderInfo")
 FINDER_BUSY = b"brokMACS"  # Finder's file type/creator while a copy is in progress
 
@@ -35,6 +36,15 @@ def is_image_name(name: str) -> bool:
     """Whether the name has an image extension (.png, .JPG, ...)."""
     dot = name.rfind(".")  # as Path(name).suffix, without building a Path for every name a scan meets
     return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES
+
+
+def is_input_name(name: str) -> str | None:
+    """IMAGE, SIDECAR or None: `is_image_name` and `is_sidecar_name` in one look (a scan asks of every name)."""
+    lowered = name.lower()
+    if lowered.endswith(SIDECAR_SUFFIX):
+        return SIDECAR if lowered != DEFAULTS_NAME else None
+    dot = lowered.rfind(".")
+    return IMAGE if 0 < dot < len(lowered) - 1 and lowered[dot:] in IMAGE_SUFFIXES else None
 
 
 def is_sidecar_name(name: str) -> bool:

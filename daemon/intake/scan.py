@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon.intake.readiness import StatValues, is_image_name, is_sidecar_name, stat_values
+from daemon.intake.readiness import IMAGE, StatValues, is_input_name, stat_values
 
 
 class InboxUnavailable(OSError):
@@ -100,8 +100,8 @@ class InboxScanner:
                     name = entry.name
                     if is_junk(name):
                         continue
-                    is_image = is_image_name(name)
-                    if not is_image and not is_sidecar_name(name):
+                    kind = is_input_name(name)
+                    if kind is None:
                         if entry.is_dir(follow_symlinks=False):
                             subfolders.append(f"{folder}/{name}")
                         continue
@@ -110,7 +110,7 @@ class InboxScanner:
                         if stat.S_ISDIR(result.st_mode):
                             subfolders.append(f"{folder}/{name}")
                         continue
-                    (images if is_image else sidecars)[name] = stat_values(result)
+                    (images if kind is IMAGE else sidecars)[name] = stat_values(result)
         except OSError:
             return None
         finally:
