@@ -289,6 +289,7 @@ class Daemon:
                     log.info("intake_interrupted", reason="stopping", not_admitted=len(ready_inputs) - index)
                     break
                 self._admit(ready)
+                self.notifier.watchdog()  # a long batch (the first start over a big inbox) is progress too
         finally:
             self.taken.save()
         if ready_inputs:

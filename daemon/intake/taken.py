@@ -36,7 +36,7 @@ def fingerprint(main: StatValues, sidecar: StatValues | None) -> int:
 
 
 class TakenInputs:
-    """Fingerprints of taken inputs, by folder then name (100,000 inputs take about 15 MB)."""
+    """Fingerprints of taken inputs, by folder then name (50,000 inputs take about 12 MB)."""
 
     def __init__(self, inbox: Path, store: TakenStore | None = None) -> None:
         self._root = str(inbox)
