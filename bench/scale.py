@@ -1,9 +1,10 @@
 """Scale of the inbox: a daemon restarted on a tree of already-processed files.
 
 The tree is built directly, for speed: real image and sidecar files in the inbox; in the ledger one
-`done` job per image under exactly the key the daemon computes (path + sha256 of image and sidecar);
-in the outbox a real video, thumbnail and manifest per job (hard links to one sample each) and a
-jobs.jsonl per folder. To the daemon this is indistinguishable from a tree it processed itself.
+`done` job per image under exactly the key the daemon computes (path + sha256 of image and sidecar),
+with the stat snapshot of the image and its sidecar that the daemon keeps of each input it took; in the
+outbox a real video, thumbnail and manifest per job (hard links to one sample each), a jobs.jsonl and the
+gallery pages per folder. To the daemon this is indistinguishable from a tree it processed itself.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import numpy as np
 from bench.inputs import image_bytes, sidecar_bytes
 from bench.processes import DaemonProcess, vidrop_env
 from bench.report import Figure, LedgerReader
+from daemon.clock import SystemClock
+from daemon.gallery.writer import GalleryWriter
 from daemon.intake.admit import job_key
-from daemon.ledger.base import Job, JobState
+from daemon.intake.readiness import FileSnapshot
+from daemon.ledger.base import Job, JobState, TakenInput
 from daemon.ledger.sqlite import SqliteLedger
 from pipeline.encode import write_thumbnail, write_video
 
@@ -31,15 +35,18 @@ MIB = 1024 * 1024
 STOP_TIMEOUT = 15.0  # SIGTERM, then SIGKILL: a daemon deep in its backlog does not get the whole budget
 
 
-def build_processed_tree(root: Path, *, folders: int, pairs_per_folder: int) -> int:
-    """Inbox, ledger and outbox of a tree already processed; the number of files in the inbox."""
+def build_processed_tree(root: Path, *, folders: int, pairs_per_folder: int, remembered: bool = True) -> int:
+    """Inbox, ledger and outbox of a tree already processed; the number of files in the inbox.
+
+    remembered=False leaves out the inputs' snapshots: a ledger from before they were kept (an upgrade).
+    """
     inbox, outbox, state = root / "inbox", root / "outbox", root / "state"
     samples = _sample_outputs(root / "samples")
     sidecar = sidecar_bytes(REQUEST, seed=1)
     sidecar_sha256 = hashlib.sha256(sidecar).hexdigest()
     image = image_bytes(1)
     image_sha256 = hashlib.sha256(image).hexdigest()
-    jobs = []
+    jobs, taken = [], []
     now = time.time()
     for folder_index in range(folders):
         relative_folder = f"client{folder_index // 100:02}/shoot{folder_index:04}"
@@ -63,10 +70,16 @@ def build_processed_tree(root: Path, *, folders: int, pairs_per_folder: int) -> 
                             state=JobState.DONE, created_at=now, started_at=now, finished_at=now, attempts=1,
                             outputs=outputs, output=f"{relative_folder}/{stem}"))
             lines.append(json.dumps({"job_id": key[:16], "input": relative, "state": "done"}) + "\n")
+            taken.append(TakenInput(relative, FileSnapshot.of(source / f"{stem}.png").stamp,
+                                    FileSnapshot.of(source / f"{stem}.json").stamp, key, now))
         (target / "jobs.jsonl").write_text("".join(lines))
     ledger = SqliteLedger(state / "ledger.sqlite3")
     try:
         ledger.enqueue_many(jobs)
+        if remembered:
+            ledger.remember_inputs(taken)
+        # The gallery pages a daemon would have written as the jobs finished.
+        GalleryWriter(ledger=ledger, outbox=outbox, clock=SystemClock()).rebuild()
     finally:
         ledger.close()
     shutil.rmtree(root / "samples")

@@ -17,7 +17,9 @@ from daemon.gallery.writer import GalleryWriter
 from daemon.inputs import InputDisposal
 from daemon.instance import instance_token, this_instance
 from daemon.intake.admit import Admitter, NotReadyYet
+from daemon.intake.pending import ReadyInput
 from daemon.intake.intake import Intake
+from daemon.intake.taken import TakenInputs
 from daemon.intake.watch import STOP
 from daemon.lease import LeaseKeeper, LeaseLost
 from daemon.ledger import open_ledger
@@ -131,6 +133,8 @@ class Daemon:
                              wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
                              lease=self._keeper, lease_seconds=recovery.lease_seconds)
         self._is_watching = watch
+        self.taken = TakenInputs(settings.inbox, store=self.ledger)
+        log.info("taken_inputs_loaded", inputs=self.taken.load())
         self._start_intake()
         self.notifier.ready()  # only now: the model is loaded and the inbox is watched
         self._report_idle()
@@ -228,7 +232,7 @@ class Daemon:
         """Intake (watcher, scans, pending inputs) and the admitter, with the current settings."""
         settings = self.settings
         self._intake_settings = settings.intake
-        self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock)
+        self.intake = Intake(settings.inbox, settings.intake, self.events, self.clock, taken=self.taken)
         self.admitter = Admitter(settings, self.generator, self.intake.is_junk, is_known=self.ledger.has_key)
         self.intake.start(watch=self._is_watching)
 
@@ -237,7 +241,7 @@ class Daemon:
     def run_once(self, timeout: float) -> None:
         """Take what the watcher saw, scan when due, admit what is complete, run at most one job;
         then feed the watchdog (only this loop does, so a hung loop lets it fire)."""
-        has_work = self.ledger.counts()[JobState.QUEUED.value] and not self.pause.is_paused
+        has_work = self.ledger.queued_count() and not self.pause.is_paused
         self._drain_events(timeout=0 if has_work else timeout)
         if self.should_reload:
             self.reload()
@@ -264,7 +268,7 @@ class Daemon:
 
     def is_idle(self) -> bool:
         """Nothing waiting to settle or pair, nothing queued, and the outbox writable."""
-        return (self.intake.is_idle() and self.ledger.counts()[JobState.QUEUED.value] == 0
+        return (self.intake.is_idle() and self.ledger.queued_count() == 0
                 and not self.pause.is_paused)
 
     def _drain_events(self, timeout: float) -> None:
@@ -282,50 +286,66 @@ class Daemon:
 
     def _admit_ready(self) -> None:
         ready_inputs = self.intake.take_ready(self.clock.time())
-        for ready in ready_inputs:
-            path = ready.image or ready.sidecar
-            try:
-                admissions = self.admitter.admit(ready, now=self.clock.time())
-            except NotReadyYet:
-                log.info("input_not_ready", input=str(path), reason="does not decode yet; still arriving?")
-                self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
-                continue
-            except OSError as exc:  # vanished or unreadable between stat and read: look again later
-                log.info("input_unreadable", input=str(path), error=str(exc))
-                self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
-                continue
-            except Exception:  # the one broad catch around one input: no file may stop the queue
-                log.exception("input_crashed_admission", input=str(path))
-                continue
-            for admission in admissions:  # one per variant and seed
-                self._store(admission, path)
+        try:
+            for index, ready in enumerate(ready_inputs):
+                if self.should_stop:  # the rest were not admitted: the next start looks at them again
+                    log.info("intake_interrupted", reason="stopping", not_admitted=len(ready_inputs) - index)
+                    break
+                self._admit(ready)
+                self.notifier.watchdog()  # a long batch (the first start over a big inbox) is progress too
+        finally:
+            self.taken.save()
         if ready_inputs:
             self._report_idle()
 
-    def _store(self, admission, path) -> None:
+    def _admit(self, ready: ReadyInput) -> None:
+        """One input's jobs into the ledger; once that is settled, its snapshot too (unchanged, it is passed over)."""
+        path = ready.image or ready.sidecar
+        try:
+            admissions = self.admitter.admit(ready, now=self.clock.time())
+        except NotReadyYet:
+            log.info("input_not_ready", input=str(path), reason="does not decode yet; still arriving?")
+            self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
+            return
+        except OSError as exc:  # vanished or unreadable between stat and read: look again later
+            log.info("input_unreadable", input=str(path), error=str(exc))
+            self.intake.retry_later(path, delay=NOT_READY_RETRY_SECONDS)
+            return
+        except Exception:  # the one broad catch around one input: no file may stop the queue
+            log.exception("input_crashed_admission", input=str(path))
+            return
+        settled = [self._store(admission, path) for admission in admissions]  # one per variant and seed
+        if admissions and all(settled):
+            self.taken.remember(path, ready.image_snapshot or ready.sidecar_snapshot,
+                                ready.sidecar_snapshot if ready.image is not None else None,
+                                admissions[0].job.key, self.clock.time())
+
+    def _store(self, admission, path) -> bool:
+        """Store one admission; False when the input must be looked at again (its refusal could not be written)."""
         job = admission.job
         if admission.is_known:
             log.debug("input_already_known", input=job.input, job_id=job.id)
-            return
+            return True
         if admission.error is not None:
             if self.ledger.enqueue(job):  # False: another instance admitted the same file a moment ago
                 with structlog.contextvars.bound_contextvars(stage="intake"):
-                    self._refuse(job, admission.error, path)
-            return
+                    return self._refuse(job, admission.error, path)
+            return True
         earlier = self.ledger.find_done_by_content(job.content_key)
         try:
             if earlier is not None and self.runner.reuse_results(job, earlier):
-                return
+                return True
         except OutboxUnavailable as exc:  # the job is queued: it is generated once the outbox is back
             self._pause(exc)
-            return
+            return True
         if not self.ledger.enqueue(job):
-            return
+            return True
         log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
                  priority=job.priority, output=job.output, stage="intake")
         self.runner.notify(job, JobState.QUEUED)
+        return True
 
-    def _refuse(self, job: Job, error, path) -> None:
+    def _refuse(self, job: Job, error, path) -> bool:
         try:
             self.runner.record_failure(job, error)
         except OutboxUnavailable as exc:
@@ -333,8 +353,9 @@ class Daemon:
             self.ledger.forget(job.id)
             self._pause(exc)
             self.intake.retry_later(path, delay=self.pause.wait)
-            return
+            return False
         self.failed_jobs += 1
+        return True
 
     def _run_job(self, job: Job) -> None:
         assert self._keeper is not None
@@ -406,7 +427,7 @@ class Daemon:
         self.debug_hooks.on_step(job, step)
         if self.must_stop_now or (self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline):
             raise JobInterrupted(job.id)
-        queued = self.ledger.counts()[JobState.QUEUED.value]
+        queued = self.ledger.queued_count()
         text = self.status_line.step(job_input=job.input, step=step, total=total, queued=queued,
                                      now=self.clock.monotonic())
         if self.should_stop:
@@ -436,7 +457,7 @@ class Daemon:
         elif not self.intake.is_available:
             self.status_text = f"inbox unavailable ({self.intake.unavailable_reason}): intake paused"
         else:
-            queued = self.ledger.counts()[JobState.QUEUED.value]
+            queued = self.ledger.queued_count()
             unloaded = ", model unloaded" if self._is_model_unloaded else ""
             self.status_text = self.status_line.idle(queued, len(self.intake.pending)) + unloaded
         self.notifier.status(self.status_text)

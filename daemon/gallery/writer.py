@@ -7,6 +7,7 @@ holds block K (1 is the oldest). A folder of ten thousand jobs costs one index a
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -120,11 +121,14 @@ class GalleryWriter:
         return due
 
     def rebuild(self, *, every_page: bool = True) -> list[str]:
-        """Write every folder from the ledger: all its pages (`vidrop gallery`), or its index and missing pages."""
+        """Write every folder from the ledger: all its pages (`vidrop gallery`), or, at a start, the index and
+        missing pages of each folder whose status file does not show what the ledger holds now."""
         self._blocks.clear()
         self._every_page = every_page
-        for folder in [*self.ledger.folder_summaries(), ""]:
-            self._dirty.setdefault(folder, set())
+        summaries = self.ledger.folder_summaries()
+        for folder in [*summaries, ""]:
+            if every_page or not folder or not self._is_current(folder, summaries[folder]):
+                self._dirty.setdefault(folder, set())
         try:
             return self.flush(force=True)
         finally:
@@ -136,6 +140,21 @@ class GalleryWriter:
         return bool(self._dirty)
 
     # -- writing -------------------------------------------------------------------------------
+
+    def _is_current(self, folder: str, summary: dict[str, Any]) -> bool:
+        """Whether the folder's pages were written, by this version, after its last job changed, and nothing in it
+        is pending: then a start need not write them again (at 1,000 folders that was most of the start)."""
+        directory = self._directory(folder)
+        try:
+            written = json.loads((directory / STATUS_JSON).read_bytes())
+        except (OSError, ValueError):
+            return False
+        counts = {state.value: summary.get(state.value, 0) for state in JobState}
+        return (isinstance(written, dict) and written.get("version") == STATUS_VERSION
+                and written.get("page_size") == self.page_size and written.get("counts") == counts
+                and not counts[JobState.QUEUED.value] and not counts[JobState.RUNNING.value]
+                and str(written.get("updated_at", "")) >= iso_time(summary["latest"])
+                and (directory / INDEX).is_file())
 
     def _mark(self, job: Job) -> None:
         self._dirty.setdefault(folder_of(job.input), set()).add(job.id)

@@ -85,8 +85,7 @@ class Admitter:
         else:
             input_sha256 = sha256_of(main)
         sidecar_raw, sidecar_sha256 = _read_sidecar(ready.sidecar, limits.max_sidecar_bytes)
-        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
-        output = str(PurePosixPath(relative).parent / stem)
+        output = ""  # decided below, once the key is known to be new: it lists the folder
 
         def new_job(suffix: str) -> Job:
             key = job_key(relative, input_sha256, sidecar_sha256, suffix)
@@ -100,6 +99,9 @@ class Admitter:
         job = new_job("")
         if self.is_known(job.key):  # seen before: skip validation and decoding (a restart over a big inbox)
             return [Admission(job, is_known=True)]
+        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
+        output = str(PurePosixPath(relative).parent / stem)
+        job.output = output
         mode = TEXT if ready.image is None else IMAGE
         try:
             requests = self._requests(main, sidecar_raw)

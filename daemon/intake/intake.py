@@ -16,6 +16,7 @@ from daemon.intake.mounts import filesystem_type, is_network_filesystem
 from daemon.intake.pending import PendingInputs, ReadyInput
 from daemon.intake.readiness import JunkFilter
 from daemon.intake.scan import InboxScanner, InboxUnavailable
+from daemon.intake.taken import TakenInputs
 from daemon.intake.watch import InboxWatcher
 
 log = structlog.get_logger()
@@ -27,7 +28,8 @@ class Intake:
     """Everything between a file appearing in the inbox and a ready input."""
 
     def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock,
-                 watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher) -> None:
+                 watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher,
+                 taken: TakenInputs | None = None) -> None:
         self.inbox = inbox
         self.events = events
         self.clock = clock
@@ -38,6 +40,7 @@ class Intake:
         self.pending = PendingInputs(
             inbox, is_junk=self.is_junk, pairing_seconds=settings.pairing_seconds, reopen=self.is_network,
             settle_seconds=settings.network_settle_seconds if self.is_network else settings.settle_seconds,
+            taken=taken,
         )
         self.scanner = InboxScanner(inbox, self.is_junk)
         self.settings = settings
@@ -60,7 +63,7 @@ class Intake:
             self._start_watcher()
         self._scan(full=True)
         log.info("intake_started", mode=self.mode if watch else "scan-once", filesystem=self.fs_type or "unknown",
-                 network=self.is_network, pending=len(self.pending))
+                 network=self.is_network, pending=len(self.pending), unchanged=self.pending.passed_over)
 
     def stop(self) -> None:
         """Stop and join the observer."""
@@ -124,8 +127,9 @@ class Intake:
     def _scan(self, *, full: bool) -> None:
         now = self.clock.monotonic()
         self._next_poll = now + self.settings.poll_seconds
+        passed_over = self.pending.passed_over
         try:
-            paths = self.scanner.scan(full=full)
+            result = self.scanner.scan(full=full, visit=self.pending.notice_listing)
         except InboxUnavailable as exc:
             self._mark_unavailable(exc)
             return
@@ -134,8 +138,9 @@ class Intake:
             self._next_reconcile = now + self.settings.reconcile_seconds + jitter
         if not self.is_available:
             self._mark_available()
-        for path in paths:
-            self.pending.notice(path)
+        gone = self.pending.taken.prune_folders(result.listed, result.failed) if full else 0
+        log.debug("inbox_scanned", full=full, folders=len(result.listed), failed=len(result.failed),
+                  unchanged=self.pending.passed_over - passed_over, pending=len(self.pending), gone_folders=gone)
 
     def _mark_unavailable(self, exc: OSError) -> None:
         if self.is_available:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pipeline.images import IMAGE_SUFFIXES
 
 SIDECAR_SUFFIX = ".json"
 DEFAULTS_NAME = "_defaults.json"
+IMAGE, SIDECAR = "image", "sidecar"  # what is_input_name() says a name is
 FINDER_INFO_ATTRIBUTES = ("com.apple.FinderInfo", "user.com.apple.FinderInfo")
 FINDER_BUSY = b"brokMACS"  # Finder's file type/creator while a copy is in progress
 
@@ -23,15 +25,26 @@ class JunkFilter:
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(pattern.lower() for pattern in patterns) + (TEMP_PREFIX.lower() + "*",)
+        # One regular expression for all patterns: a scan asks about every name in the inbox.
+        self._matches = re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in self.patterns)).match
 
     def __call__(self, name: str) -> bool:
-        lowered = name.lower()
-        return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in self.patterns)
+        return self._matches(name.lower()) is not None
 
 
 def is_image_name(name: str) -> bool:
     """Whether the name has an image extension (.png, .JPG, ...)."""
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+    dot = name.rfind(".")  # as Path(name).suffix, without building a Path for every name a scan meets
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES
+
+
+def is_input_name(name: str) -> str | None:
+    """IMAGE, SIDECAR or None: `is_image_name` and `is_sidecar_name` in one look (a scan asks of every name)."""
+    lowered = name.lower()
+    if lowered.endswith(SIDECAR_SUFFIX):
+        return SIDECAR if lowered != DEFAULTS_NAME else None
+    dot = lowered.rfind(".")
+    return IMAGE if 0 < dot < len(lowered) - 1 and lowered[dot:] in IMAGE_SUFFIXES else None
 
 
 def is_sidecar_name(name: str) -> bool:
@@ -48,6 +61,9 @@ def is_finder_busy(path: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+StatValues = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
 
 @dataclass(frozen=True)
@@ -86,9 +102,30 @@ class FileSnapshot:
         return cls(result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino)
 
     @property
+    def values(self) -> StatValues:
+        """size, mtime_ns, ctime_ns, inode."""
+        return self.size, self.mtime_ns, self.ctime_ns, self.inode
+
+    @property
+    def stamp(self) -> str:
+        """The snapshot as one short text: what the ledger keeps of an input that was taken."""
+        return ":".join(str(value) for value in self.values)
+
+    @property
     def last_change(self) -> float:
         """The latest of mtime and ctime (a rename into place changes ctime), in seconds."""
         return max(self.mtime_ns, self.ctime_ns) / 1e9
+
+
+def stat_values(result: os.stat_result) -> StatValues:
+    """What a FileSnapshot keeps, straight from a stat result (a reconcile asks it of every file)."""
+    return result.st_size, result.st_mtime_ns, result.st_ctime_ns, result.st_ino
+
+
+def parse_stamp(stamp: str) -> StatValues:
+    """The values of a `FileSnapshot.stamp`."""
+    size, mtime_ns, ctime_ns, inode = (int(part) for part in stamp.split(":"))
+    return size, mtime_ns, ctime_ns, inode
 
 
 class SettleTracker:

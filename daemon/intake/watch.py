@@ -5,10 +5,16 @@ from __future__ import annotations
 import queue
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+    FileSystemEvent, FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 STOP = object()  # pushed onto the queue to wake the main loop at once
+# The events the handler uses; asked of inotify alone, so that opening and reading files and folders (every
+# reconcile opens each folder; admission reads each file) wakes nobody.
+WANTED_EVENTS = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileModifiedEvent, FileClosedEvent]
 
 
 class _QueueingHandler(FileSystemEventHandler):
@@ -34,7 +40,8 @@ class InboxWatcher:
 
     def start(self) -> None:
         """Start watching; raises OSError when inotify cannot be set up."""
-        self._observer.schedule(_QueueingHandler(self.paths), str(self.inbox), recursive=True)
+        self._observer.schedule(_QueueingHandler(self.paths), str(self.inbox), recursive=True,
+                                event_filter=WANTED_EVENTS)
         self._observer.start()
 
     def is_alive(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 
 class JobState(str, Enum):
@@ -40,6 +40,17 @@ class Job:
     content_key: str = ""  # image bytes + effective request: finds the same work under another name
     lease_owner: str | None = None  # the instance that holds the running job
     lease_expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TakenInput:
+    """An input intake took, as stat saw it then: unchanged since, it needs no second look (not even a hash)."""
+
+    path: str  # the image, or a sidecar alone, relative to the inbox
+    input_stat: str  # FileSnapshot.stamp of that file
+    sidecar_stat: str | None  # and of its sidecar, if it had one
+    job_key: str  # a job it became: the snapshot counts only while that job is in the ledger
+    taken_at: float
 
 
 @dataclass
@@ -88,6 +99,18 @@ class Ledger(Protocol):
 
     def forget(self, job_id: str) -> None:
         """Remove a job (a refusal whose error file could not be written: intake looks at it again)."""
+
+    def remember_inputs(self, inputs: list[TakenInput]) -> None:
+        """Store (or replace, by path) the snapshots of inputs intake took."""
+
+    def taken_inputs(self) -> Iterator[tuple[str, str, str | None]]:
+        """(path, input_stat, sidecar_stat) of each remembered input whose job still exists."""
+
+    def forget_inputs(self, paths: list[str]) -> None:
+        """Drop the snapshots of inputs that left the inbox."""
+
+    def queued_count(self) -> int:
+        """How many jobs are queued (cheap: the loop asks at every turn)."""
 
     def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
                    patience_seconds: float = 0.0) -> Job | None:

@@ -64,6 +64,16 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             status TEXT NOT NULL DEFAULT ''
         )""",
     ]),
+    (3, [
+        # What intake took, as stat saw it: a restart passes over unchanged files without reading them.
+        """CREATE TABLE IF NOT EXISTS inputs (
+            path TEXT PRIMARY KEY,
+            input_stat TEXT NOT NULL,
+            sidecar_stat TEXT,
+            job_key TEXT NOT NULL,
+            taken_at DOUBLE PRECISION NOT NULL
+        )""",
+    ]),
     (4, [
         # Several models on one daemon: the queue prefers jobs for a model that is loaded already.
         AddColumn("jobs", "model", "TEXT NOT NULL DEFAULT ''"),

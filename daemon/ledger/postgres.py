@@ -26,6 +26,10 @@ class PostgresLedger(SqlLedger):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql.replace("?", "%s"), tuple(params))
 
+    def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         with self._db.transaction():

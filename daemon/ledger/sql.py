@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import AbstractContextManager
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob
+from daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
 from daemon.ledger.migrations import MIGRATIONS, AddColumn
 
 COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
@@ -20,6 +20,8 @@ INSERT_JOB = (f"INSERT INTO jobs ({', '.join(STORED_COLUMNS)}) VALUES ({', '.joi
               "ON CONFLICT (key) DO NOTHING")
 INSTANCE_COLUMNS = ("id", "host", "pid", "device", "started_at", "seen_at", "status")
 RECENT_FAILURES = 10
+TAKEN_PAGE = 5000  # remembered inputs read per query at start
+FORGET_CHUNK = 500  # paths per DELETE
 HOUR = 3600.0
 FORGET_INSTANCES_AFTER = 24 * HOUR  # an instance silent this long is gone from `vidrop status`
 
@@ -42,6 +44,11 @@ class SqlLedger:
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement (placeholders written `?`) and return a cursor."""
         raise NotImplementedError
+
+    def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        """Run one statement for each row (inside a transaction)."""
+        for row in rows:
+            self._execute(sql, row)
 
     def _transaction(self) -> AbstractContextManager[None]:
         """One write transaction that excludes other writers' claims."""
@@ -104,6 +111,38 @@ class SqlLedger:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def remember_inputs(self, inputs: list[TakenInput]) -> None:
+        with self._lock, self._transaction():
+            self._execute_many(
+                "INSERT INTO inputs (path, input_stat, sidecar_stat, job_key, taken_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET input_stat = excluded.input_stat, "
+                "sidecar_stat = excluded.sidecar_stat, job_key = excluded.job_key, taken_at = excluded.taken_at",
+                [(i.path, i.input_stat, i.sidecar_stat, i.job_key, i.taken_at) for i in inputs],
+            )
+
+    def taken_inputs(self) -> Iterator[tuple[str, str, str | None]]:
+        # Page by path, the lock held per page only: the heartbeat thread shares the connection.
+        after = ""
+        while True:
+            with self._lock:
+                rows = self._execute(
+                    "SELECT i.path, i.input_stat, i.sidecar_stat FROM inputs i JOIN jobs j ON j.key = i.job_key "
+                    f"WHERE i.path > ? ORDER BY i.path LIMIT {TAKEN_PAGE}", (after,)).fetchall()
+            yield from rows
+            if len(rows) < TAKEN_PAGE:
+                return
+            after = rows[-1][0]
+
+    def forget_inputs(self, paths: list[str]) -> None:
+        with self._lock, self._transaction():
+            for start in range(0, len(paths), FORGET_CHUNK):
+                chunk = paths[start:start + FORGET_CHUNK]
+                self._execute(f"DELETE FROM inputs WHERE path IN ({', '.join('?' * len(chunk))})", chunk)
+
+    def queued_count(self) -> int:
+        with self._lock:
+            return self._execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)).fetchone()[0]
 
     def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
                    patience_seconds: float = 0.0) -> Job | None:

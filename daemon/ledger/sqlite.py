@@ -40,6 +40,9 @@ class SqliteLedger(SqlLedger):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, tuple(params))
 
+    def _execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
     def _has_column(self, table: str, column: str) -> bool:
         return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
 

@@ -183,3 +183,25 @@ def test_the_ledger_views_group_by_folder_and_follow_the_claim_order(tmp_path):
         {"a": 2, "a/b": 1, "a_": 1, "": 1}
     assert ledger.queued_ids()[0] == jobs[2].id == ledger.claim_next("test", 1.0, 30.0).id
     ledger.close()
+
+
+def test_a_start_rewrites_only_folders_whose_pages_are_behind_the_ledger(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock)
+    for folder in ("north", "south", "west"):
+        ledger.enqueue_many([make_job(number, folder, JobState.DONE) for number in range(3)])
+    ledger.enqueue(make_job(9, "east", JobState.QUEUED))
+    clock.advance(60)
+    assert set(writer.rebuild(every_page=False)) == {"north", "south", "west", "east", ""}
+
+    # A restart: the pages of finished folders are current; the pending folder and the root are written again,
+    # and so is a folder whose job changed while the daemon was away (a retried failure, say).
+    ledger.fail(make_job(1, "west", JobState.DONE).id, clock.time() + 5, {"error": "x"})
+    clock.advance(60)
+    second_ledger, restarted = writer_for(tmp_path, clock)
+    assert set(restarted.rebuild(every_page=False)) == {"east", "west", ""}
+    (tmp_path / "outbox" / "north" / "_status.json").unlink()  # pages removed by hand: written again
+    assert set(restarted.rebuild(every_page=False)) == {"north", "east", ""}
+    assert set(restarted.rebuild(every_page=True)) == {"north", "south", "west", "east", ""}  # `vidrop gallery`
+    second_ledger.close()
+    ledger.close()

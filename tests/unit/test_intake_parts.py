@@ -14,6 +14,7 @@ from daemon.intake.mounts import filesystem_type, is_network_filesystem
 from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
 from daemon.intake.readiness import FINDER_BUSY, JunkFilter, SettleTracker
 from daemon.intake.scan import InboxScanner, InboxUnavailable
+from daemon.intake.taken import TakenInputs
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -46,17 +47,23 @@ def test_incremental_scan_lists_only_folders_that_changed(tmp_path):
     (tmp_path / "b" / "two.png").write_bytes(b"x")
     (tmp_path / "b" / ".hidden.png").write_bytes(b"x")
     scanner = InboxScanner(tmp_path, is_junk)
-    assert sorted(p.name for p in scanner.scan(full=False)) == ["one.png", "two.png"]
-    assert scanner.scan(full=False) == []  # nothing changed: no folder is listed again
+
+    def names(*, full):
+        listings = []
+        scanner.scan(full=full, visit=listings.append)
+        return sorted(name for listing in listings for name in listing.images)
+
+    assert names(full=False) == ["one.png", "two.png"]
+    assert names(full=False) == []  # nothing changed: no folder is listed again
     (tmp_path / "b" / "three.png").write_bytes(b"x")
     os.utime(tmp_path / "b", ns=(1, os.stat(tmp_path / "b").st_mtime_ns + 1))
-    assert sorted(p.name for p in scanner.scan(full=False)) == ["three.png", "two.png"]
-    assert len(scanner.scan(full=True)) == 3
+    assert names(full=False) == ["three.png", "two.png"]
+    assert len(names(full=True)) == 3
 
 
 def test_scan_of_a_missing_inbox_says_unavailable(tmp_path):
     with pytest.raises(InboxUnavailable):
-        InboxScanner(tmp_path / "gone", JunkFilter(())).scan(full=True)
+        InboxScanner(tmp_path / "gone", JunkFilter(())).scan(full=True, visit=print)
 
 
 def test_nearest_defaults_win_key_by_key_and_placeholders(tmp_path):
@@ -159,3 +166,64 @@ def test_a_dead_observer_is_restarted_with_a_full_scan(tmp_path):
         intake.tick()
     assert _DyingWatcher.started == 2 and any(e["event"] == "observer_died" for e in logs)
     assert len(intake.pending) == 1
+
+
+class _Store:
+    """The ledger's side of remembered inputs, in memory."""
+
+    def __init__(self, rows=()):
+        self.rows = {row.path: row for row in rows}
+        self.forgotten = []
+
+    def remember_inputs(self, inputs):
+        self.rows.update((row.path, row) for row in inputs)
+
+    def taken_inputs(self):
+        return [(row.path, row.input_stat, row.sidecar_stat) for row in self.rows.values()]
+
+    def forget_inputs(self, paths):
+        self.forgotten += paths
+
+
+def _take_all(intake):
+    ready = intake.take_ready(os.stat(intake.inbox).st_mtime + 3600)  # long after every file settled
+    for item in ready:
+        intake.pending.taken.remember(item.image or item.sidecar, item.image_snapshot or item.sidecar_snapshot,
+                                      item.sidecar_snapshot if item.image else None, "key", 0.0)
+    intake.pending.taken.save()
+    return sorted(str((item.image or item.sidecar).relative_to(intake.inbox)) for item in ready)
+
+
+def test_a_reconcile_passes_over_taken_files_until_they_change_and_forgets_gone_ones(tmp_path):
+    inbox = tmp_path / "inbox"
+    (inbox / "a").mkdir(parents=True)
+    (inbox / "b").mkdir()
+    for name in ("a/one.png", "a/one.json", "a/two.png", "b/text.json", "b/three.png"):
+        (inbox / name).write_bytes(b"x")
+    store, clock = _Store(), _Clock()
+    intake = Intake(inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock,
+                    taken=TakenInputs(inbox, store))
+    intake.start(watch=False)
+    assert _take_all(intake) == ["a/one.png", "a/two.png", "b/text.json", "b/three.png"]
+    assert sorted(store.rows) == ["a/one.png", "a/two.png", "b/text.json", "b/three.png"]
+
+    clock.now += 60
+    intake.tick()  # the next full reconcile: nothing to look at
+    assert intake.pending.passed_over == 4 and len(intake.pending) == 0
+
+    # After a restart (a new intake from what the ledger kept): the same, with no reading of the files.
+    intake = Intake(inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock,
+                    taken=TakenInputs(inbox, store))
+    intake.pending.taken.load()
+    intake.start(watch=False)
+    assert intake.pending.passed_over == 4 and len(intake.pending) == 0
+
+    (inbox / "a" / "one.json").write_bytes(b"yy")  # the sidecar changed in place: its image is looked at again
+    (inbox / "b" / "text.json").unlink()
+    (inbox / "b" / "three.png").unlink()
+    os.rmdir(inbox / "b")
+    clock.now += 60
+    intake.tick()
+    assert _take_all(intake) == ["a/one.png"]
+    assert sorted(store.forgotten) == ["b/text.json", "b/three.png"]
+    assert len(intake.pending.taken) == 2

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from daemon.ledger.base import Instance, Job, JobState
+from daemon.ledger.base import Instance, Job, JobState, TakenInput
 from daemon.ledger.migrations import LATEST_VERSION
 from daemon.ledger.sqlite import SqliteLedger
 
@@ -170,3 +170,19 @@ def test_a_ledger_from_before_versioning_is_migrated(tmp_path):
     assert ledger.claim_next("a", now=2.0, lease_seconds=LEASE).seed == 3
     assert ledger.migrate() == []  # a second start applies nothing
     ledger.close()
+
+
+def test_taken_inputs_are_remembered_replaced_forgotten_and_count_only_while_their_job_exists(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("k1", 1.0))
+    ledger.enqueue(job("k2", 2.0))
+    ledger.remember_inputs([TakenInput("a/one.png", "1:2:3:4", "5:6:7:8", "k1", 1.0),
+                            TakenInput("a/two.json", "9:9:9:9", None, "k2", 1.0),
+                            TakenInput("b/three.png", "1:1:1:1", None, "no-such-job", 1.0)])
+    assert sorted(ledger.taken_inputs()) == [("a/one.png", "1:2:3:4", "5:6:7:8"), ("a/two.json", "9:9:9:9", None)]
+    ledger.remember_inputs([TakenInput("a/one.png", "2:2:3:4", None, "k1", 2.0)])  # changed: replaced
+    ledger.forget(ledger.jobs()[1].id)  # `vidrop retry` of a refusal: the input is looked at again
+    assert list(open_ledger().taken_inputs()) == [("a/one.png", "2:2:3:4", None)]
+    ledger.forget_inputs(["a/one.png", "not/there.png"])
+    assert list(ledger.taken_inputs()) == []
+    assert ledger.queued_count() == 1
