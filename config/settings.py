@@ -133,6 +133,9 @@ class IntakeSettings(_Section):
         "auto", description="auto: inotify events on local disks, polling on network mounts (NFS, SMB, FUSE)")
     poll_seconds: float = Field(5.0, gt=0, description="how often the inbox is scanned when polling")
     reconcile_seconds: float = Field(30.0, gt=0, description="full reconcile scan interval, always on (jittered)")
+    reconcile_cpu_share: float = Field(
+        0.005, gt=0, le=1, description="the most of one core the full reconcile may use: on a large inbox it runs "
+                                       "less often than reconcile_seconds (a 0.8 s scan: every 160 s)")
     settle_seconds: float = Field(2.0, ge=0, description="a file must stay unchanged this long (local disks)")
     network_settle_seconds: float = Field(
         10.0, ge=0, description="the same on network mounts, where attributes are also re-read after open()")

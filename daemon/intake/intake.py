@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import queue
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +30,9 @@ class Intake:
 
     def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock,
                  watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher,
-                 taken: TakenInputs | None = None) -> None:
+                 taken: TakenInputs | None = None, cpu_time: Callable[[], float] = time.thread_time) -> None:
         self.inbox = inbox
+        self.cpu_time = cpu_time  # the scan's own CPU seconds (it runs in the caller's thread)
         self.events = events
         self.clock = clock
         self.watcher_factory = watcher_factory
@@ -128,19 +130,26 @@ class Intake:
         now = self.clock.monotonic()
         self._next_poll = now + self.settings.poll_seconds
         passed_over = self.pending.passed_over
+        cpu_before = self.cpu_time()
         try:
             result = self.scanner.scan(full=full, visit=self.pending.notice_listing)
         except InboxUnavailable as exc:
             self._mark_unavailable(exc)
             return
         if full:
-            jitter = random.uniform(-0.1, 0.1) * self.settings.reconcile_seconds
-            self._next_reconcile = now + self.settings.reconcile_seconds + jitter
+            self._next_reconcile = now + self._reconcile_interval(self.cpu_time() - cpu_before)
         if not self.is_available:
             self._mark_available()
         gone = self.pending.taken.prune_folders(result.listed, result.failed) if full else 0
         log.debug("inbox_scanned", full=full, folders=len(result.listed), failed=len(result.failed),
                   unchanged=self.pending.passed_over - passed_over, pending=len(self.pending), gone_folders=gone)
+
+    def _reconcile_interval(self, scan_cpu_seconds: float) -> float:
+        """reconcile_seconds, or longer where a full scan costs more than reconcile_cpu_share of a core (jittered)."""
+        interval = max(self.settings.reconcile_seconds, scan_cpu_seconds / self.settings.reconcile_cpu_share)
+        if interval > self.settings.reconcile_seconds:
+            log.debug("reconcile_spaced", scan_cpu_seconds=round(scan_cpu_seconds, 3), every_seconds=round(interval, 1))
+        return interval * (1 + random.uniform(-0.1, 0.1))
 
     def _mark_unavailable(self, exc: OSError) -> None:
         if self.is_available:

@@ -227,3 +227,31 @@ def test_a_reconcile_passes_over_taken_files_until_they_change_and_forgets_gone_
     assert _take_all(intake) == ["a/one.png"]
     assert sorted(store.forgotten) == ["b/text.json", "b/three.png"]
     assert len(intake.pending.taken) == 2
+
+
+class _CpuClock:
+    """CPU seconds that advance by `per_call` each time they are read (a scan reads it before and after)."""
+
+    def __init__(self, per_call):
+        self.per_call, self.now = per_call, 0.0
+
+    def __call__(self):
+        self.now += self.per_call
+        return self.now
+
+
+def test_a_costly_reconcile_runs_less_often_so_a_large_idle_inbox_stays_idle(tmp_path):
+    settings = IntakeSettings(watch="events", reconcile_seconds=30, reconcile_cpu_share=0.005)
+    cheap, costly = Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(0.01)), \
+        Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(1.0))
+    for intake in (cheap, costly):
+        intake.start(watch=False)  # no observer: only the reconcile finds files
+    (tmp_path / "missed.png").write_bytes(b"x")
+    for intake in (cheap, costly):
+        intake.clock.now += 40  # past 30 s (+10 % jitter)
+        intake.tick()
+    assert len(cheap.pending) == 1  # a 0.01 s scan: every 30 s, as set
+    assert len(costly.pending) == 0  # a 1 s scan at 0.5 % of a core: every 200 s
+    costly.clock.now += 200  # 240 s after the first scan: past 200 s + 10 %
+    costly.tick()
+    assert len(costly.pending) == 1
