@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,34 +51,80 @@ def even_frames(frames: np.ndarray) -> np.ndarray:
 def write_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str,
                 x264_preset: str = DEFAULT_X264_PRESET) -> None:
     """Write frames (uint8, F×H×W×3) to path in the given format."""
+    start_video(frames, path, fps=fps, fmt=fmt, x264_preset=x264_preset).finish()
+
+
+def start_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str,
+                x264_preset: str = DEFAULT_X264_PRESET) -> VideoWriting:
+    """Begin writing frames to path; `finish()` waits for the file. An MP4 is encoded by ffmpeg meanwhile,
+    so thumbnails and previews can be made while it runs; GIF and WebP are written before this returns."""
     if fmt == "mp4":
-        _write_mp4(frames, path, fps=fps, preset=x264_preset)
-    elif fmt in ("gif", "webp"):
+        return VideoWriting(frames, path, fps=fps, preset=x264_preset)
+    if fmt in ("gif", "webp"):
         _write_animation(frames, path, fps=fps, fmt=fmt)
-    else:
-        raise ValueError(f"unknown video format {fmt!r}")
+        return VideoWriting.done()
+    raise ValueError(f"unknown video format {fmt!r}")
 
 
-def _write_mp4(frames: np.ndarray, path: Path, *, fps: int, preset: str) -> None:
-    """H.264 in yuv420p with the index at the front (+faststart), by one ffmpeg process fed through a pipe."""
-    if preset not in X264_PRESETS:
-        raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, not {preset!r}")
-    frames = np.ascontiguousarray(even_frames(frames))
-    height, width = frames.shape[1:3]
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-        "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(X264_CRF), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart",
-        "-f", "mp4",  # the temporary name has no .mp4 suffix
-        str(path),
-    ]
-    process = subprocess.run(command, input=memoryview(frames).cast("B"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, check=False)
-    if process.returncode != 0:
-        message = process.stderr.decode("utf-8", "replace").strip()[-2000:]
-        raise GenerationError("The video could not be encoded.",
-                              detail=f"ffmpeg exited with {process.returncode}: {message}", fix=_CANNOT_PLAY_FIX)
+class VideoWriting:
+    """One ffmpeg process encoding frames to H.264 in yuv420p with the index at the front (+faststart)."""
+
+    def __init__(self, frames: np.ndarray | None, path: Path | None, *, fps: int = 0,
+                 preset: str = DEFAULT_X264_PRESET) -> None:
+        self._process: subprocess.Popen | None = None
+        self._stderr = b""
+        if frames is None or path is None:
+            return
+        if preset not in X264_PRESETS:
+            raise ValueError(f"x264_preset must be one of {', '.join(X264_PRESETS)}, not {preset!r}")
+        frames = np.ascontiguousarray(even_frames(frames))
+        height, width = frames.shape[1:3]
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+            "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(X264_CRF), "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart",
+            "-f", "mp4",  # the temporary name has no .mp4 suffix
+            str(path),
+        ]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+        # A thread feeds the pipe (and drains stderr) so that the caller can work while ffmpeg encodes.
+        self._feeder = threading.Thread(target=self._feed, args=(memoryview(frames).cast("B"),),
+                                        name="vidrop-encode", daemon=True)
+        self._feeder.start()
+
+    @classmethod
+    def done(cls) -> VideoWriting:
+        """A writing that finished before it was returned (an animation)."""
+        return cls(None, None)
+
+    def _feed(self, data: memoryview) -> None:
+        assert self._process is not None
+        try:
+            _, self._stderr = self._process.communicate(input=data)
+        except (OSError, ValueError) as exc:  # ffmpeg gone early: its exit status says why
+            self._stderr = str(exc).encode()
+
+    def finish(self) -> None:
+        """Wait for ffmpeg; raise GenerationError if it did not exit cleanly."""
+        if self._process is None:
+            return
+        self._feeder.join()
+        returncode = self._process.wait()
+        if returncode != 0:
+            message = self._stderr.decode("utf-8", "replace").strip()[-2000:]
+            raise GenerationError("The video could not be encoded.",
+                                  detail=f"ffmpeg exited with {returncode}: {message}", fix=_CANNOT_PLAY_FIX)
+
+    def abandon(self) -> None:
+        """Stop ffmpeg (something else in the commit failed) and wait for it; the caller removes the file."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.kill()
+        self._feeder.join()
+        self._process.wait()
 
 
 def _write_animation(frames: np.ndarray, path: Path, *, fps: int, fmt: str) -> None:
