@@ -51,10 +51,11 @@ class Sizes:
 
 
 FULL = Sizes(
-    # One generation of the demo model at this size takes about 1.8 s on an idle 2-core CPU (2.1 s at 10
-    # steps), most of it denoising: 8 steps keep it near a real job's share of fixed cost and save a minute.
+    # One generation of the demo model at this size takes about 0.7 s on an idle 2-core CPU and 2 s or more
+    # while others share it, most of it denoising; fewer steps would make the fixed cost per job look larger
+    # than it is next to a real model.
     overhead_images=20, overhead_rounds=3,
-    overhead_request={"width": 64, "height": 64, "num_frames": 17, "steps": 8, "fps": 8},
+    overhead_request={"width": 64, "height": 64, "num_frames": 17, "steps": 10, "fps": 8},
     # Shorter than the shipped 2 s and 5 s so that 2 × 50 drops fit in the run; the goals are relative to them.
     pickup_drops=50, pickup_settle=0.5, pickup_poll=1.0,
     scale_folders=1000, scale_pairs_per_folder=50, scale_idle_seconds=60,
