@@ -169,7 +169,7 @@ class OutputSettings(_Section):
 
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                          "veryslow"] = Field("veryfast", description="libx264 speed against file size for MP4 "
-                                             "(crf 18): veryfast is 2-2.5x faster than medium, files 10-15 % larger")
+                                             "(crf 18): veryfast is 2-2.5x faster than medium, files 8-15 % larger")
 
 
 class ServiceSettings(_Section):

@@ -21,13 +21,11 @@ THUMBNAIL_LONGEST_SIDE = 320
 PREVIEW_LONGEST_SIDE = 160
 PREVIEW_MAX_FRAMES = 24
 PREVIEW_QUALITY = 60
-# libx264's speed/size trade-off. veryfast encodes 2-2.5× faster than medium for files 10-15 % larger at
-# the same crf, so encoding stays under 1 % of a GPU generation.
+# libx264's speed against file size (output.x264_preset). At the same crf, veryfast encodes 2-2.5× faster
+# than medium for files 8-15 % larger; superfast is faster again but makes files about 3× larger.
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEFAULT_X264_PRESET = "veryfast"
 X264_CRF = 18
-# Boxes of an MP4 that hold other boxes, on the way from the top to a video track's sample table.
-_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
 _CANNOT_PLAY_FIX = "Try again; if it keeps happening, send the error file to the operator."
 
 
