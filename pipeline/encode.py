@@ -98,17 +98,26 @@ class VideoWriting:
         return cls(None, None)
 
     def _feed(self, data: memoryview) -> None:
-        assert self._process is not None
+        # Only the pipe is written here (one large write, no buffers of its own); stderr is read in finish().
+        assert self._process is not None and self._process.stdin is not None
         try:
-            _, self._stderr = self._process.communicate(input=data)
-        except (OSError, ValueError) as exc:  # ffmpeg gone early: its exit status says why
-            self._stderr = str(exc).encode()
+            self._process.stdin.write(data)
+        except (OSError, ValueError):  # ffmpeg gone early: its exit status and stderr say why
+            pass
+        finally:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
 
     def finish(self) -> None:
         """Wait for ffmpeg; raise GenerationError if it did not exit cleanly."""
         if self._process is None:
             return
+        assert self._process.stderr is not None
+        self._stderr = self._process.stderr.read()  # a few lines at most: -loglevel error
         self._feeder.join()
+        self._process.stderr.close()
         returncode = self._process.wait()
         if returncode != 0:
             message = self._stderr.decode("utf-8", "replace").strip()[-2000:]
@@ -122,6 +131,8 @@ class VideoWriting:
         if self._process.poll() is None:
             self._process.kill()
         self._feeder.join()
+        if self._process.stderr is not None:
+            self._process.stderr.close()
         self._process.wait()
 
 
