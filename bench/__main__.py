@@ -51,7 +51,9 @@ class Sizes:
 
 
 FULL = Sizes(
-    # One generation of the demo model at this size takes about 1 s on an idle 2-core CPU, most of it denoising.
+    # One generation of the demo model at this size takes about 0.7 s on an idle 2-core CPU and 2 s or more
+    # while others share it, most of it denoising; fewer steps would make the fixed cost per job look larger
+    # than it is next to a real model.
     overhead_images=20, overhead_rounds=3,
     overhead_request={"width": 64, "height": 64, "num_frames": 17, "steps": 10, "fps": 8},
     # Shorter than the shipped 2 s and 5 s so that 2 × 50 drops fit in the run; the goals are relative to them.

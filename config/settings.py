@@ -211,6 +211,14 @@ class GallerySettings(_Section):
     refresh_seconds: int = Field(5, ge=1, le=3600, description="how often a page with pending work reloads itself")
 
 
+class OutputSettings(_Section):
+    """How the videos are encoded."""
+
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                         "veryslow"] = Field("veryfast", description="libx264 speed against file size for MP4 "
+                                             "(crf 18): veryfast is 2-2.5x faster than medium, files 8-15 % larger")
+
+
 class ServiceSettings(_Section):
     """How the daemon stops."""
 
@@ -248,6 +256,7 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     hooks: HookSettings = HookSettings()
     gallery: GallerySettings = GallerySettings()
+    output: OutputSettings = OutputSettings()
     memory: MemorySettings = MemorySettings()
     service: ServiceSettings = ServiceSettings()
     debug: DebugSettings = DebugSettings()

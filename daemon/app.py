@@ -101,7 +101,8 @@ class Daemon:
         log.info("model_loaded", **described)
         self.instance = this_instance(str(described.get("device", "?")), self.clock.time())
         self.ledger.register(self.instance)
-        self.outbox = Outbox(settings.outbox, owner=instance_token(self.instance.id))
+        self.outbox = Outbox(settings.outbox, owner=instance_token(self.instance.id),
+                             x264_preset=settings.output.x264_preset)
         self.pause = OutboxPause(self.outbox, clock=self.clock, first_wait=recovery.outbox_retry_seconds,
                                  longest_wait=recovery.outbox_retry_max_seconds)
         # Temporary files of instances that stopped heartbeating are no one's; a live one's are left alone.
@@ -124,7 +125,8 @@ class Daemon:
         elif settings.gallery.enabled:
             self.gallery = GalleryWriter(ledger=self.ledger, outbox=settings.outbox, clock=self.clock,
                                          page_size=settings.gallery.page_size,
-                                         refresh_seconds=settings.gallery.refresh_seconds)
+                                         refresh_seconds=settings.gallery.refresh_seconds,
+                                         progress_interval=settings.gallery.refresh_seconds / 2)
             self.gallery.rebuild(every_page=False)  # requeued jobs, and pages written by an older version
             listeners.append(self.gallery)
         self.runner = Runner(ledger=self.ledger, outbox=self.outbox, generator=self.generator, inbox=settings.inbox,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -87,6 +88,11 @@ def _serve(args, *, once: bool) -> int:
     daemon = Daemon(settings, generator_factory=_production_generator, notifier=SystemdNotifier(),
                     settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
+    # What the imports made (torch, diffusers: some 300,000 objects) lives as long as the process. Frozen,
+    # it is left out of every later collection, so the one after each job walks only what jobs made; a
+    # full walk took 0.2-0.4 s per job. Frozen before the model loads, so unloading it still frees its cycles.
+    gc.collect()
+    gc.freeze()
     try:
         return daemon.run(once=once)
     except ModelUnavailable as exc:

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from pipeline.encode import check_thumbnail, check_video, write_preview, write_thumbnail, write_video
+from pipeline.encode import (DEFAULT_X264_PRESET, check_thumbnail, check_video, start_video, write_preview,
+                             write_thumbnail)
 from pipeline.errors import GenerationError, VidropError
 from pipeline.generate import GenerationResult, JobParams
 
@@ -75,8 +76,9 @@ class OutputNames:
 class Outbox:
     """Writes results so that nobody on the share ever sees a half-written file."""
 
-    def __init__(self, root: Path, owner: str | None = None) -> None:
+    def __init__(self, root: Path, owner: str | None = None, *, x264_preset: str = DEFAULT_X264_PRESET) -> None:
         self.root = root
+        self.x264_preset = x264_preset
         # Temporary names carry the writer's token, so one instance never removes another's live writes.
         self.owner = owner or secrets.token_hex(4)
 
@@ -245,16 +247,23 @@ class Outbox:
                        manifest: dict[str, Any], video: Path, video_tmp: Path, thumb_tmp: Path,
                        preview_tmp: Path, manifest_tmp: Path) -> dict[str, str]:
         names.folder.mkdir(parents=True, exist_ok=True)
-        write_video(result.frames, video_tmp, fps=params.fps, fmt=params.format)
+        # The thumbnail and the preview are made from the frames in memory while ffmpeg encodes the video.
+        encoding = start_video(result.frames, video_tmp, fps=params.fps, fmt=params.format,
+                               x264_preset=self.x264_preset)
+        try:
+            write_thumbnail(result.frames, thumb_tmp)
+            check_thumbnail(thumb_tmp)
+            write_preview(result.frames, preview_tmp, fps=params.fps)
+            check_thumbnail(preview_tmp)
+        except BaseException:
+            encoding.abandon()
+            raise
+        encoding.finish()
         written = check_video(video_tmp, fmt=params.format)
         if written.frames != result.frames.shape[0]:
             raise GenerationError("The video file is missing frames.",
                                   detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
                                   fix="Try again; if it keeps happening, send the error file to the operator.")
-        write_thumbnail(result.frames, thumb_tmp)
-        check_thumbnail(thumb_tmp)
-        write_preview(result.frames, preview_tmp, fps=params.fps)
-        check_thumbnail(preview_tmp)
         outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "preview": names.preview.name,
                    "manifest": names.manifest.name}
         manifest = {**manifest, "outputs": outputs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -69,7 +69,8 @@ class Card:
     files: dict[str, str] = field(default_factory=dict)  # names in the card's folder that exist now
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # A shallow copy: its values are plain data already, and asdict's deep copy made it 10× slower.
+        return dict(vars(self))
 
 
 def folder_of(relative_input: str) -> str:

@@ -70,13 +70,17 @@ class GalleryWriter:
     """Rewrites `index.html`, `page-K.html` and `_status.json` per folder and `_STATUS.txt`, at most once a second."""
 
     def __init__(self, *, ledger: GalleryLedger, outbox: Path, clock: Clock, page_size: int = 50,
-                 refresh_seconds: int = 5, min_interval: float = MIN_INTERVAL_SECONDS) -> None:
+                 refresh_seconds: int = 5, min_interval: float = MIN_INTERVAL_SECONDS,
+                 progress_interval: float | None = None) -> None:
         self.ledger = ledger
         self.outbox = Outbox(outbox)
         self.clock = clock
         self.page_size = page_size
         self.refresh_seconds = refresh_seconds
         self.min_interval = min_interval
+        # Steps alone rewrite a folder at most this often: the writes run between two denoising steps, on
+        # the job's time, and a page that reloads every refresh_seconds shows few of them anyway.
+        self.progress_interval = min_interval if progress_interval is None else max(min_interval, progress_interval)
         self._dirty: dict[str, set[str]] = {}  # folder → ids of its jobs that changed since its last write
         self._last_written: dict[str, float] = {}
         self._blocks: dict[str, int] = {}  # folder → how many blocks it had at its last write
@@ -101,13 +105,14 @@ class GalleryWriter:
         started = self._progress[job.id].started if job.id in self._progress else now
         self._progress[job.id] = Progress(step=step, total=total, started=started, at=now)
         self._mark(job)
-        self.flush()
+        self.flush(interval=self.progress_interval)
 
-    def flush(self, *, force: bool = False) -> list[str]:
-        """Write every changed folder whose last write is at least min_interval old (all with force)."""
+    def flush(self, *, force: bool = False, interval: float | None = None) -> list[str]:
+        """Write every changed folder whose last write is at least min_interval (or interval) old; all with force."""
         now = self.clock.monotonic()
+        interval = self.min_interval if interval is None else interval
         due = [folder for folder in self._dirty
-               if force or now - self._last_written.get(folder, -math.inf) >= self.min_interval]
+               if force or now - self._last_written.get(folder, -math.inf) >= interval]
         if not due or not self.outbox.root.is_dir():
             return []  # an unmounted share: never make the outbox again on the local disk; retried later
         snapshot = self._snapshot()

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.encode import check_video, write_thumbnail, write_video
+from pipeline.errors import GenerationError
 
 
 def frames(count=9, height=64, width=64):
@@ -23,6 +24,74 @@ def test_mp4_is_h264_yuv420p_with_every_frame(tmp_path):
     # +faststart: the moov atom comes before the media data.
     data = path.read_bytes()
     assert data.index(b"moov") < data.index(b"mdat")
+
+
+def test_the_check_counts_what_a_full_decode_counts(tmp_path):
+    path = tmp_path / "out.tmp"
+    write_video(frames(count=17, height=48, width=80), path, fps=8, fmt="mp4")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    check = check_video(path, fmt="mp4")
+    assert (check.frames, check.width, check.height) == (sum(1 for _ in reader), *meta["size"]) == (17, 80, 48)
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.75, 0.5, 0.1, 0.01])
+def test_a_video_cut_short_is_caught(tmp_path, keep):
+    path = tmp_path / "out.tmp"
+    write_video(frames(), path, fps=8, fmt="mp4")
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(GenerationError, match="cannot be played"):
+        check_video(path, fmt="mp4")
+
+
+def test_a_video_missing_its_last_byte_is_caught(tmp_path):
+    path = tmp_path / "out.tmp"
+    write_video(frames(), path, fps=8, fmt="mp4")
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(GenerationError, match="cannot be played"):
+        check_video(path, fmt="mp4")
+
+
+def test_a_frame_with_a_broken_nal_unit_is_caught(tmp_path):
+    path = tmp_path / "out.tmp"
+    write_video(frames(), path, fps=8, fmt="mp4")
+    data = bytearray(path.read_bytes())
+    first_frame = data.index(b"mdat") + 4  # the first NAL unit's 4-byte length opens the media data
+    data[first_frame:first_frame + 4] = (len(data)).to_bytes(4, "big")  # a length past the frame's end
+    path.write_bytes(bytes(data))
+    with pytest.raises(GenerationError, match="cannot be played") as caught:
+        check_video(path, fmt="mp4")
+    assert "frame 0 is broken" in caught.value.detail
+
+
+@pytest.mark.parametrize("content", [b"not a video at all", b"\x00\x00\x00\x08free"])
+def test_a_file_that_is_no_mp4_is_caught(tmp_path, content):
+    path = tmp_path / "out.tmp"
+    path.write_bytes(content)
+    with pytest.raises(GenerationError, match="cannot be played"):
+        check_video(path, fmt="mp4")
+
+
+def test_an_empty_video_is_caught(tmp_path):
+    path = tmp_path / "out.tmp"
+    path.write_bytes(b"")
+    with pytest.raises(GenerationError, match="empty"):
+        check_video(path, fmt="mp4")
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "medium"])
+def test_the_preset_changes_speed_not_format(tmp_path, preset):
+    path = tmp_path / "out.mp4"
+    write_video(frames(), path, fps=8, fmt="mp4", x264_preset=preset)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    assert meta["codec"] == "h264" and "yuv420p" in meta["pix_fmt"] and sum(1 for _ in reader) == 9
+
+
+def test_an_unknown_preset_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="x264_preset.*'quick'"):
+        write_video(frames(), tmp_path / "out.mp4", fps=8, fmt="mp4", x264_preset="quick")
 
 
 def test_odd_sizes_are_padded_to_even_instead_of_an_empty_file(tmp_path):

@@ -105,6 +105,29 @@ def test_a_folder_is_written_at_most_once_a_second_and_the_last_change_is_never_
     ledger.close()
 
 
+def test_steps_alone_rewrite_a_folder_less_often_than_state_changes(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock, progress_interval=2.5)
+    first, second = make_job(1), make_job(2)
+    ledger.enqueue(first)
+    ledger.enqueue(second)
+    running = ledger.claim_next("test", clock.time(), 30.0)
+    writer.job_changed(running, JobState.RUNNING, {})
+    status = tmp_path / "outbox" / "acme" / "_status.json"
+    clock.advance(1.5)
+    writer.job_progress(running, 1, 4)  # past min_interval, not past progress_interval: held back
+    assert json.loads(status.read_text())["running"]["step"] == 0 and writer.is_dirty
+    clock.advance(1.0)
+    writer.job_progress(running, 2, 4)
+    assert json.loads(status.read_text())["running"]["step"] == 2
+    clock.advance(1.0)
+    writer.job_progress(running, 3, 4)
+    ledger.finish(running.id, clock.time(), {})
+    writer.job_changed(running, JobState.DONE, {})  # a state change keeps the once-a-second rule
+    assert json.loads(status.read_text())["counts"]["done"] == 1 and not writer.is_dirty
+    ledger.close()
+
+
 def test_hostile_names_and_prompts_are_shown_as_text(tmp_path):
     clock = FakeClock()
     ledger, writer = writer_for(tmp_path, clock)

@@ -38,6 +38,12 @@ def test_environment_overrides_the_file_key_by_key(clean_env, tmp_path):
     assert loaded.sources["log_level"] == "default"
 
 
+def test_the_encoder_preset_ships_as_veryfast_and_can_be_changed(clean_env, tmp_path):
+    assert load_settings().settings.output.x264_preset == "veryfast"
+    clean_env.setenv("VIDROP_OUTPUT__X264_PRESET", "medium")
+    assert load_settings(write_config(tmp_path, "")).settings.output.x264_preset == "medium"
+
+
 def test_config_file_from_environment_variable(clean_env, tmp_path):
     config = write_config(tmp_path, 'log_level = "debug"\n')
     clean_env.setenv("VIDROP_CONFIG", str(config))
@@ -50,6 +56,7 @@ def test_config_file_from_environment_variable(clean_env, tmp_path):
     ('[intake]\nsettle_seconds = -1\n', "intake.settle_seconds"),
     ('colour = "red"\n', "colour"),
     ("inbox = [", "cannot be read"),
+    ('[output]\nx264_preset = "quick"\n', "output.x264_preset"),
 ])
 def test_invalid_settings_give_one_clear_message(clean_env, tmp_path, text, needle):
     with pytest.raises(ConfigError) as caught:
