@@ -85,7 +85,8 @@ def test_bad_inputs_get_error_files_and_the_daemon_goes_on(folders, demo_models,
     assert "no prompt file" in documents["lonely"]["error"]
     for document in documents.values():
         assert document["state"] == "failed" and document["what_to_do"] and document["detail"]
-    failures = [e for e in vidrop.events_named("job_finished") if e["state"] == "failed"]
+    # Each error file is in place just before its job_finished event is logged: wait for the events too.
+    failures = [e for e in vidrop.wait_event("job_finished", count=4) if e["state"] == "failed"]
     assert {e["input"] for e in failures} == {"broken.png", "fake.png", "extra.png", "lonely.png"}
     assert all(e["level"] == "warning" and e["detail"] for e in failures)
 
