@@ -16,6 +16,7 @@ import structlog
 
 from config.settings import Settings
 from daemon.intake.admit import sha256_of
+from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState
 
 log = structlog.get_logger()
@@ -62,9 +63,12 @@ class MovedInput:
 
     input: str
     sidecar: str | None
+    output: str | None = None  # the output stem intake chose for the new path, when it has a job there
 
     def output_for(self, job: Job) -> str:
         """The job's output stem moved along: same folder as the input now, the name following a renamed file."""
+        if self.output is not None:
+            return self.output
         old_stem, name = PurePosixPath(job.input).stem, PurePosixPath(job.output).name
         new_stem = PurePosixPath(self.input).stem
         if name.startswith(old_stem):
@@ -93,6 +97,20 @@ def find_moved(inbox: Path, job: Job) -> MovedInput | None:
                 return MovedInput(relative, sidecar.relative_to(inbox).as_posix())
         except OSError:
             continue
+    return None
+
+
+def find_moved_by_ledger(inbox: Path, job: Job, same_content: list[Job]) -> MovedInput | None:
+    """The job's input at the path of another job with the same content (intake queued it there), if the
+    image and its sidecar there are still the same bytes: moved to any folder, not only a renamed one."""
+    variant = job.params.get(VARIANT, "")
+    for other in same_content:
+        if (other.id == job.id or other.created_at < job.created_at or other.params.get(VARIANT, "") != variant
+                or (other.input_sha256, other.sidecar_sha256) != (job.input_sha256, job.sidecar_sha256)):
+            continue
+        found = read_input(inbox, other)
+        if found.data is not None and found.belongs_to(other):
+            return MovedInput(other.input, other.sidecar, other.output)
     return None
 
 

@@ -14,7 +14,7 @@ import structlog
 
 from config.settings import MemorySettings
 from daemon.clock import Clock
-from daemon.inputs import InputBytes, MovedInput, find_moved, read_input
+from daemon.inputs import InputBytes, MovedInput, find_moved, find_moved_by_ledger, read_input
 from daemon.intake.admit import job_key
 from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState, Ledger
@@ -165,7 +165,10 @@ class Runner:
         if found.data is None:
             if not self.inbox.is_dir():
                 raise InboxUnavailable(str(self.inbox))
-            moved = find_moved(self.inbox, job) if may_follow else None
+            moved = None
+            if may_follow:
+                moved = (find_moved(self.inbox, job)
+                         or find_moved_by_ledger(self.inbox, job, self.ledger.jobs_by_content(job.content_key)))
             if moved is None:
                 return found
             if not self._follow(job, moved):

@@ -97,6 +97,9 @@ class Ledger(Protocol):
     def done_by_content(self, content_key: str, limit: int = 5) -> list[Job]:
         """Finished jobs that made the same video from the same image and request, the latest first."""
 
+    def jobs_by_content(self, content_key: str, limit: int = 20) -> list[Job]:
+        """Jobs in any state with this content key (image bytes and effective request), the newest first."""
+
     def move_job(self, job_id: str, *, key: str, input: str, sidecar: str | None, output: str) -> bool:
         """A queued job's input moved: point the job at the new path (a queued job there gives way).
         False, and the job removed, when a job for the new path has started or ended already."""

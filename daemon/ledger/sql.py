@@ -108,6 +108,14 @@ class SqlLedger:
                                  f"LIMIT {int(limit)}", (content_key, JobState.DONE.value)).fetchall()
         return [_from_row(row) for row in rows]
 
+    def jobs_by_content(self, content_key: str, limit: int = 20) -> list[Job]:
+        if not content_key:  # refusals have none
+            return []
+        with self._lock:
+            rows = self._execute(f"{SELECT_JOBS} WHERE content_key = ? ORDER BY created_at DESC, id LIMIT {int(limit)}",
+                                 (content_key,)).fetchall()
+        return [_from_row(row) for row in rows]
+
     def move_job(self, job_id: str, *, key: str, input: str, sidecar: str | None, output: str) -> bool:
         # One transaction: intake may have queued the new path as a job of its own; that one gives way
         # (this one keeps its place), unless it has started or ended, in which case this one goes.

@@ -142,15 +142,20 @@ def test_queued_jobs_follow_a_renamed_folder_and_a_deleted_input_ends_removed(
         put(inbox / "batch", name, image_bytes(tmp_path, name, color))
     gone = image_bytes(tmp_path, "c", (0, 0, 200))
     put(inbox / "gone", "c", gone)
+    put(inbox / "loose", "d", image_bytes(tmp_path, "d", (90, 0, 90)))
+    (inbox / "archive").mkdir()
     vidrop = start_busy(start_vidrop, folders, tmp_path, demo_models)
     queued = {job.input for job in ledger_jobs(folders["state"]) if job.state.value == "queued"}
-    assert queued == {"batch/a.png", "batch/b.png", "gone/c.png"}
+    assert queued == {"batch/a.png", "batch/b.png", "gone/c.png", "loose/d.png"}
 
     os.rename(inbox / "batch", inbox / "batch-final")
     (inbox / "gone" / "c.png").unlink()
     (inbox / "gone" / "c.json").unlink()
+    for name in ("d.json", "d.png"):  # moved into another folder: intake queues it there, the old job follows
+        os.rename(inbox / "loose" / name, inbox / "archive" / name)
     wait_for(lambda: settled(folders) and (outbox / "gone" / "c.error.json").exists()
-             and len(job_lines(outbox / "batch-final")) == 2, 180, what="every job ended")
+             and len(job_lines(outbox / "batch-final")) == 2 and job_lines(outbox / "archive"), 180,
+             what="every job ended")
     assert sorted(line["input"] for line in job_lines(outbox / "batch-final")) == ["batch-final/a.png",
                                                                                  "batch-final/b.png"]
     assert {line["state"] for line in job_lines(outbox / "batch-final")} == {"done"}
@@ -159,7 +164,9 @@ def test_queued_jobs_follow_a_renamed_folder_and_a_deleted_input_ends_removed(
     error = json.loads(error_text)
     assert "removed" in error["error"] and "before its turn" in error["error"]
     assert "FileNotFoundError" not in error_text and "Traceback" not in error_text
-    assert len(vidrop.events_named("job_followed")) == 2
+    assert [line["input"] for line in job_lines(outbox / "archive")] == ["archive/d.png"]
+    assert not (outbox / "loose").exists() or not list((outbox / "loose").glob("*.error.json"))
+    assert len(vidrop.events_named("job_followed")) == 3
 
     put(inbox / "gone", "c", gone)  # put back: taken again
     wait_for(lambda: (outbox / "gone" / "c.mp4").exists() and settled(folders), 120, what="c.png made after all")
