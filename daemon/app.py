@@ -139,7 +139,7 @@ class Daemon:
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
                              wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
                              lease=self._keeper, lease_seconds=recovery.lease_seconds,
-                             on_input_changed=self._look_again)
+                             on_input_changed=self._notice_input)
         self._is_watching = watch
         self.taken = TakenInputs(settings.inbox, store=self.ledger)
         log.info("taken_inputs_loaded", inputs=self.taken.load())
@@ -329,6 +329,8 @@ class Daemon:
             self.intake.tick()
             self._read_retried_refusals()
             self._admit_ready(until=now + INTAKE_BUDGET_SECONDS)
+        except Exception:  # the one broad catch around this pass: intake's trouble must not fail the job
+            log.exception("intake_failed_while_running")
         finally:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(**job_context)
@@ -341,8 +343,12 @@ class Daemon:
             self._look_again(job.input)
 
     def _look_again(self, relative_input: str) -> None:
-        """Intake looks at an input again soon (retried, or re-exported while its job waited)."""
+        """Intake reads an input again soon, even unchanged (`vidrop retry`)."""
         self.intake.retry_later(self.settings.inbox.joinpath(*PurePosixPath(relative_input).parts), delay=0)
+
+    def _notice_input(self, relative_input: str) -> None:
+        """An input changed under its queued job: intake takes its new bytes, unless it already has."""
+        self.intake.notice(self.settings.inbox.joinpath(*PurePosixPath(relative_input).parts))
 
     def _admit(self, ready: ReadyInput) -> None:
         """One input's jobs into the ledger; once that is settled, its snapshot too (unchanged, it is passed over)."""
