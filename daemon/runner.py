@@ -161,7 +161,11 @@ class Runner:
 
     def _input_of(self, job: Job, *, may_follow: bool = True) -> InputBytes | None:
         """The job's input as it is now (a moved one followed); None when the job ended here."""
-        found = read_input(self.inbox, job)
+        try:
+            found = read_input(self.inbox, job)
+        except OSError as exc:  # there, but not readable (permissions, a damaged share)
+            raise InputError("vidrop could not read this file.", detail=f"{type(exc).__name__}: {exc}",
+                             fix="Check that the file can be read on the share, then `vidrop retry` it.") from None
         if found.data is None:
             if not self.inbox.is_dir():
                 raise InboxUnavailable(str(self.inbox))
