@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+from pathlib import PurePosixPath
 from typing import Callable, Sequence
 
 import structlog
@@ -27,7 +28,7 @@ from daemon.ledger.base import Job, JobState
 from daemon.logs import set_level
 from daemon.outbox import Outbox, OutboxUnavailable
 from daemon.outbox_pause import OutboxPause
-from daemon.runner import JobInterrupted, JobListener, Runner
+from daemon.runner import InboxUnavailable, JobInterrupted, JobListener, Runner
 from daemon.status import StatusLine
 from daemon.systemd import Notifier, NullNotifier
 from pipeline.generate import Generator
@@ -37,6 +38,8 @@ log = structlog.get_logger()
 GeneratorFactory = Callable[[Settings], Generator]
 SettingsLoader = Callable[[], Settings]
 NOT_READY_RETRY_SECONDS = 2.0
+# How long one intake pass between two steps of a running job may admit inputs (hashing, decoding).
+INTAKE_BUDGET_SECONDS = 0.5
 
 
 class Daemon:
@@ -70,6 +73,7 @@ class Daemon:
         self._hooks: HookDispatcher | None = None
         self.gallery: GalleryWriter | None = None
         self._keeper: LeaseKeeper | None = None
+        self._next_intake_pass = 0.0
         self.status_text = "starting"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -114,7 +118,8 @@ class Daemon:
         self._keeper.start()
         log.info("instance_registered", instance=self.instance.id, host=self.instance.host, pid=self.instance.pid,
                  device=self.instance.device, stale_temporaries_removed=len(removed))
-        listeners = [*self.listeners, InputDisposal(settings)]
+        self.disposal = InputDisposal(settings, self.ledger)
+        listeners = [*self.listeners, self.disposal]
         if settings.hooks.is_configured:
             self._hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
             self._hooks.start()
@@ -133,7 +138,8 @@ class Daemon:
                              clock=self.clock, max_image_pixels=settings.limits.max_image_pixels,
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
                              wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
-                             lease=self._keeper, lease_seconds=recovery.lease_seconds)
+                             lease=self._keeper, lease_seconds=recovery.lease_seconds,
+                             on_input_changed=self._notice_input)
         self._is_watching = watch
         self.taken = TakenInputs(settings.inbox, store=self.ledger)
         log.info("taken_inputs_loaded", inputs=self.taken.load())
@@ -221,7 +227,8 @@ class Daemon:
         set_level(settings.log_level)
         self.generator.set_limits(settings.limits)
         self.runner.max_image_pixels = settings.limits.max_image_pixels
-        self.runner.listeners = [InputDisposal(settings) if isinstance(listener, InputDisposal) else listener
+        self.disposal = InputDisposal(settings, self.ledger)
+        self.runner.listeners = [self.disposal if isinstance(listener, InputDisposal) else listener
                                  for listener in self.runner.listeners]
         self.debug_hooks = DebugHooks(settings.debug)
         if fresh.intake != self._intake_settings:
@@ -248,6 +255,7 @@ class Daemon:
         if self.should_reload:
             self.reload()
         self.intake.tick()
+        self._read_retried_refusals()
         self._admit_ready()
         if self.should_stop:
             return
@@ -286,19 +294,61 @@ class Daemon:
             except queue.Empty:
                 return
 
-    def _admit_ready(self) -> None:
+    def _admit_ready(self, *, until: float | None = None) -> None:
+        """Admit what is complete; with until (a monotonic time), what is left then waits for a later pass."""
         ready_inputs = self.intake.take_ready(self.clock.time())
         try:
             for index, ready in enumerate(ready_inputs):
                 if self.should_stop:  # the rest were not admitted: the next start looks at them again
                     log.info("intake_interrupted", reason="stopping", not_admitted=len(ready_inputs) - index)
                     break
+                if until is not None and self.clock.monotonic() >= until:
+                    for later in ready_inputs[index:]:
+                        self.intake.retry_later(later.image or later.sidecar, delay=0)
+                    log.debug("intake_deferred", reason="a job is running", not_admitted=len(ready_inputs) - index)
+                    break
                 self._admit(ready)
                 self.notifier.watchdog()  # a long batch (the first start over a big inbox) is progress too
         finally:
             self.taken.save()
-        if ready_inputs:
+        if ready_inputs and until is None:
             self._report_idle()
+
+    def _intake_while_running(self) -> None:
+        """Between two steps of a job (or while it waits for memory): files dropped meanwhile are queued now,
+        not when the job ends. On the loop's own thread and ledger connection, so SQLite and PostgreSQL see
+        one writer as between jobs; at most every tick and for INTAKE_BUDGET_SECONDS, so the job goes on."""
+        now = self.clock.monotonic()
+        if now < self._next_intake_pass or self.intake is None:
+            return
+        self._next_intake_pass = now + self.settings.intake.tick_seconds
+        job_context = structlog.contextvars.get_contextvars()
+        structlog.contextvars.clear_contextvars()  # these events are not the running job's
+        try:
+            self._drain_events(timeout=0)  # a STOP item only wakes the loop; its flags stay set
+            self.intake.tick()
+            self._read_retried_refusals()
+            self._admit_ready(until=now + INTAKE_BUDGET_SECONDS)
+        except Exception:  # the one broad catch around this pass: intake's trouble must not fail the job
+            log.exception("intake_failed_while_running")
+        finally:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(**job_context)
+
+    def _read_retried_refusals(self) -> None:
+        """`vidrop retry` queued refusals again (they have no request to run): intake reads their files again."""
+        for job in self.ledger.requeued_refusals():
+            self.ledger.forget(job.id)
+            log.info("input_retried", job_id=job.id, input=job.input, action="read again")
+            self._look_again(job.input)
+
+    def _look_again(self, relative_input: str) -> None:
+        """Intake reads an input again soon, even unchanged (`vidrop retry`)."""
+        self.intake.retry_later(self.settings.inbox.joinpath(*PurePosixPath(relative_input).parts), delay=0)
+
+    def _notice_input(self, relative_input: str) -> None:
+        """An input changed under its queued job: intake takes its new bytes, unless it already has."""
+        self.intake.notice(self.settings.inbox.joinpath(*PurePosixPath(relative_input).parts))
 
     def _admit(self, ready: ReadyInput) -> None:
         """One input's jobs into the ledger; once that is settled, its snapshot too (unchanged, it is passed over)."""
@@ -316,7 +366,8 @@ class Daemon:
         except Exception:  # the one broad catch around one input: no file may stop the queue
             log.exception("input_crashed_admission", input=str(path))
             return
-        settled = [self._store(admission, path) for admission in admissions]  # one per variant and seed
+        with self.disposal.held():  # decided once every job of the input is stored
+            settled = [self._store(admission, path) for admission in admissions]  # one per variant and seed
         if admissions and all(settled):
             self.taken.remember(path, ready.image_snapshot or ready.sidecar_snapshot,
                                 ready.sidecar_snapshot if ready.image is not None else None,
@@ -333,9 +384,9 @@ class Daemon:
                 with structlog.contextvars.bound_contextvars(stage="intake"):
                     return self._refuse(job, admission.error, path)
             return True
-        earlier = self.ledger.find_done_by_content(job.content_key)
         try:
-            if earlier is not None and self.runner.reuse_results(job, earlier):
+            earlier_jobs = self.ledger.done_by_content(job.content_key)  # the first whose results are intact
+            if any(self.runner.reuse_results(job, earlier) for earlier in earlier_jobs):
                 return True
         except OutboxUnavailable as exc:  # the job is queued: it is generated once the outbox is back
             self._pause(exc)
@@ -364,6 +415,11 @@ class Daemon:
         self._keeper.hold(job.id)
         self.status_line.job_started()
         self.status_text = f"running {job.id}: {job.input}"
+        if not job.params:  # a refusal `vidrop retry` queued again, claimed before intake read it again
+            self._keeper.drop()
+            self.ledger.forget(job.id)
+            self._look_again(job.input)
+            return
         try:
             state = self.runner.run(job)
         except JobInterrupted:
@@ -376,6 +432,12 @@ class Daemon:
         except LeaseLost:
             log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
             return
+        except InboxUnavailable:
+            self.ledger.release(job.id, self.instance.id)
+            log.warning("job_postponed", job_id=job.id, input=job.input, reason="the inbox is unavailable")
+            self.runner.notify(job, JobState.QUEUED)
+            self.intake.scan_now()  # it finds the inbox gone and pauses intake and jobs until it is back
+            return
         except OutboxUnavailable as exc:
             self.ledger.release(job.id, self.instance.id)
             log.warning("job_postponed", job_id=job.id, input=job.input, reason=exc.reason)
@@ -387,6 +449,8 @@ class Daemon:
             self._last_job_ended = self.clock.monotonic()
             self._is_model_unloaded = False
             self._report_idle()
+        if state is None:  # superseded by its input's new bytes, or its moved input has a job of its own
+            return
         self.finished_jobs += 1
         if state is JobState.FAILED:
             self.failed_jobs += 1
@@ -438,11 +502,13 @@ class Daemon:
         self.notifier.status(text)
         if self.gallery is not None:
             self.gallery.job_progress(job, step, total)
+        self._intake_while_running()
         self.notifier.watchdog()
 
     def _on_memory_wait(self, text: str) -> None:
         """A job waits for device memory: the loop is alive (it polls), so the watchdog is fed too."""
         self.notifier.status(text)
+        self._intake_while_running()
         self.notifier.watchdog()
 
     def _announce_stopping(self) -> None:

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the queue, each instance and its job, recent failures, throughput")
     status.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     status.set_defaults(handler=_status)
-    retry = commands.add_parser("retry", help="queue failed jobs again")
+    retry = commands.add_parser("retry", help="queue failed jobs again; read refused inputs again")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("paths", nargs="*", default=[], metavar="PATH", help="input image (in the inbox)")
     which.add_argument("--failed", action="store_true", help="every failed job")
@@ -198,7 +198,6 @@ def _status(args) -> int:
 
 def _retry(args) -> int:
     from daemon.ledger import open_ledger
-    from daemon.ledger.base import JobState
     from daemon.report import describe_requeued, relative_inputs
 
     settings = _load(args).settings
@@ -208,14 +207,13 @@ def _retry(args) -> int:
     inputs = None if args.failed else relative_inputs(args.paths, settings.inbox)
     ledger = open_ledger(settings.ledger_url, settings.state_dir)
     try:
-        failed = [job for job in ledger.jobs() if job.state is JobState.FAILED
-                  and (inputs is None or job.input in inputs)]
-        for job in failed:
-            if not job.params:  # refused at intake: intake must read the files again, not the runner
-                ledger.forget(job.id)
-                print(f"forgotten: {job.input} ({job.id}); it is read again at the next start or change")
-        print(describe_requeued(ledger.requeue(inputs=[job.input for job in failed if job.params])))
-        if inputs is not None and not failed:
+        # Refusals are queued again too: a daemon (running now, or at its next start) reads their files again.
+        requeued = ledger.requeue(inputs=inputs, failed=args.failed)
+        refused = sorted({job.input for job in requeued if not job.params})
+        if refused:  # and a start reads them again, not passing them over as unchanged
+            ledger.forget_inputs(refused)
+        print(describe_requeued(requeued))
+        if inputs is not None and not requeued:
             print(f"no failed job for {', '.join(inputs)}", file=sys.stderr)
             return 1
     finally:

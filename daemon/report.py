@@ -47,5 +47,7 @@ def relative_inputs(paths: list[str], inbox: Path) -> list[str]:
 
 
 def describe_requeued(jobs: list[Job]) -> str:
-    """One line per re-queued job."""
-    return "\n".join(f"queued again: {job.input} ({job.id})" for job in jobs) or "nothing to re-queue"
+    """One line per re-queued job; a refusal (it has no request yet) is read again from its files."""
+    return "\n".join(f"queued again: {job.input} ({job.id})" if job.params else
+                     f"read again: {job.input} ({job.id}); a running vidrop takes it in a moment, else the next start"
+                     for job in jobs) or "nothing to re-queue"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import threading
 import time
@@ -12,6 +14,8 @@ import structlog
 
 from config.settings import MemorySettings
 from daemon.clock import Clock
+from daemon.inputs import InputBytes, MovedInput, find_moved, find_moved_by_ledger, read_input
+from daemon.intake.admit import job_key
 from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState, Ledger
 from daemon.lease import LeaseLost
@@ -39,6 +43,10 @@ class JobInterrupted(Exception):
     """Raised from the step callback when the daemon must stop now; the job goes back to the queue."""
 
 
+class InboxUnavailable(Exception):
+    """The inbox itself is not there (a share unmounted): the job waits; its input was not removed."""
+
+
 class LeaseGuard(Protocol):
     """Confirms, right before outputs are written, that this instance still holds the job."""
 
@@ -52,7 +60,8 @@ class Runner:
                  max_image_pixels: int, on_progress: ProgressListener | None = None,
                  listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
                  wait: Waiter | None = None, on_status: Callable[[str], None] | None = None,
-                 owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0) -> None:
+                 owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0,
+                 on_input_changed: Callable[[str], None] | None = None) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -67,6 +76,7 @@ class Runner:
         self.owner = owner
         self.lease = lease
         self.lease_seconds = lease_seconds
+        self.on_input_changed = on_input_changed  # told the inbox path of an input re-exported under its job
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -76,8 +86,9 @@ class Runner:
             except Exception:
                 log.exception("job_listener_failed", listener=type(listener).__name__)
 
-    def run(self, job: Job) -> JobState:
-        """Run one claimed job to done or failed.
+    def run(self, job: Job) -> JobState | None:
+        """Run one claimed job to done or failed; None when it ended without an outcome of its own (its input
+        was re-exported since, or its moved input has a job there already).
 
         JobInterrupted (the caller requeues), LeaseLost (another instance has it) and OutboxUnavailable
         (the caller requeues and pauses) propagate: none of them is the job's fault.
@@ -92,10 +103,17 @@ class Runner:
                 committed = self.outbox.find_committed(names, job.id)
                 if committed is not None:
                     return self._reconcile(job, names, committed)
+            found = self._input_of(job)
+            if found is None:
+                return None
+            if found.data is None:
+                return self._removed(job, started)
+            names = self._names(job)  # the input may have moved, and its outputs with it
             log.info("job_started", attempt=job.attempts, seed=job.seed, model=job.params.get("model"))
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
-            image = None if params.mode == TEXT else load_image(self.inbox / job.input,
+            # Decoded from the bytes just hashed: the video is made from what the manifest names.
+            image = None if params.mode == TEXT else load_image(io.BytesIO(found.data),
                                                                  max_pixels=self.max_image_pixels)
             admission = self.wait_for_memory(job, params)
             structlog.contextvars.bind_contextvars(stage="generate")
@@ -125,7 +143,7 @@ class Runner:
                      recovery_steps=len(memory["recovery"]), **memory["after_job"], output=outputs["video"])
             self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
-        except (JobInterrupted, LeaseLost, OutboxUnavailable):
+        except (JobInterrupted, LeaseLost, OutboxUnavailable, InboxUnavailable):
             raise
         except (InputError, GenerationError) as exc:
             self.record_failure(job, exc, duration=self.clock.monotonic() - started)
@@ -140,6 +158,66 @@ class Runner:
         finally:
             self.generator.after_job()
             structlog.contextvars.unbind_contextvars("job_id", "input", "stage")
+
+    def _input_of(self, job: Job, *, may_follow: bool = True) -> InputBytes | None:
+        """The job's input as it is now (a moved one followed); None when the job ended here."""
+        try:
+            found = read_input(self.inbox, job)
+        except OSError as exc:  # there, but not readable (permissions, a damaged share)
+            raise InputError("vidrop could not read this file.", detail=f"{type(exc).__name__}: {exc}",
+                             fix="Check that the file can be read on the share, then `vidrop retry` it.") from None
+        if found.data is None:
+            if not self.inbox.is_dir():
+                raise InboxUnavailable(str(self.inbox))
+            moved = None
+            if may_follow:
+                moved = (find_moved(self.inbox, job)
+                         or find_moved_by_ledger(self.inbox, job, self.ledger.jobs_by_content(job.content_key)))
+            if moved is None:
+                return found
+            if not self._follow(job, moved):
+                return None
+            return self._input_of(job, may_follow=False)
+        if not found.belongs_to(job):
+            # Re-exported while the job waited: the job is of bytes no longer there. Intake admits the new
+            # ones as their own job; this one ends quietly (no error file: nothing is wrong with the input).
+            self.ledger.forget(job.id)
+            log.info("job_superseded", input_sha256=job.input_sha256, found_sha256=found.sha256,
+                     sidecar_sha256=job.sidecar_sha256, found_sidecar_sha256=found.sidecar_sha256,
+                     reason="the input changed while its job waited; its new bytes are a job of their own")
+            self.notify(job, JobState.QUEUED, {"superseded": True})  # pages: the job is gone
+            if self.on_input_changed is not None:
+                self.on_input_changed(job.input)
+            return None
+        return found
+
+    def _follow(self, job: Job, moved: MovedInput) -> bool:
+        """Point the job at its input's new path (it keeps its place in the queue); False when a job for the
+        new path exists already and has started or ended (then that one is the input's job, this one ends)."""
+        key = job_key(moved.input, job.input_sha256, job.sidecar_sha256, job.params.get(VARIANT, ""))
+        output = moved.output_for(job)
+        followed = self.ledger.move_job(job.id, key=key, input=moved.input, sidecar=moved.sidecar, output=output)
+        log.info("job_followed", from_input=job.input, to_input=moved.input, output=output,
+                 has_job_there=not followed)
+        self.notify(dataclasses.replace(job), JobState.QUEUED, {"moved_to": moved.input})  # the old folder's page
+        if followed:
+            job.key, job.input, job.sidecar, job.output = key, moved.input, moved.sidecar, output
+            structlog.contextvars.bind_contextvars(input=job.input)
+        return followed
+
+    def _removed(self, job: Job, started: float) -> JobState:
+        """The input vanished before its turn: an error file where its video would have been, and the job
+        forgotten, so that the same file put back is taken again."""
+        error = InputError(
+            "This file was removed from the inbox before its turn, so no video was made from it.",
+            detail=f"{job.input} was not in the inbox when its job started, nor under another name in its folder "
+                   "or in a renamed folder",
+            fix="Put the file back into the inbox to have it made (it is taken again); "
+                "if it was removed on purpose, there is nothing to do.",
+        )
+        self.record_failure(job, error, duration=self.clock.monotonic() - started)
+        self.ledger.forget(job.id)
+        return JobState.FAILED
 
     def wait_for_memory(self, job: Job, params: JobParams) -> MemoryAdmission:
         """The admission for this job; while nothing fits, wait with back-off, saying for what and why.
@@ -211,11 +289,16 @@ class Runner:
         return path
 
     def reuse_results(self, job: Job, earlier: Job) -> bool:
-        """The same image and request were done before under another name: copy, don't generate again."""
+        """The same image and request were done before under another name: copy, don't generate again.
+
+        Only while the earlier results are still that job's (a re-export under the earlier name replaces
+        them); False when they are not, and the job is made the ordinary way.
+        """
         params = JobParams.from_dict(job.params)
-        manifest = json.loads(Path(earlier.outputs.get("manifest", "/nonexistent")).read_text()) \
-            if Path(earlier.outputs.get("manifest", "/nonexistent")).is_file() else None
+        manifest = _intact_manifest(earlier)
         if manifest is None:
+            log.info("duplicate_not_reused", job_id=job.id, input=job.input, earlier_job_id=earlier.id,
+                     earlier_input=earlier.input, reason="the earlier results are gone or belong to another job now")
             return False
         manifest.update({"job_id": job.id, "duplicate_of": {"job_id": earlier.id, "input": earlier.input},
                          "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
@@ -304,3 +387,22 @@ class Runner:
             "memory": facts["memory"],
             "attempts": job.attempts,
         }
+
+
+def _intact_manifest(earlier: Job) -> dict[str, Any] | None:
+    """The earlier job's manifest, if the manifest on disk and the video it lists are still that job's."""
+    manifest_path, video = Path(earlier.outputs.get("manifest", "")), Path(earlier.outputs.get("video", ""))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        # The manifest is renamed into place after its video: a video newer than it was written by another job.
+        is_video_older = video.stat().st_mtime_ns <= manifest_path.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    recorded = manifest.get("input") or {}
+    belongs = (manifest.get("job_id") == earlier.id and manifest.get("state") == JobState.DONE.value
+               and recorded.get("sha256") == earlier.input_sha256
+               and recorded.get("sidecar_sha256") == earlier.sidecar_sha256
+               and (manifest.get("outputs") or {}).get("video") == video.name and is_video_older)
+    return manifest if belongs else None

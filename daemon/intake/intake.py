@@ -100,6 +100,10 @@ class Intake:
             self._scan_soon = False
             self._scan(full=False)
 
+    def scan_now(self) -> None:
+        """A full scan at the next tick (a job found the inbox gone)."""
+        self._next_reconcile = 0.0
+
     def take_ready(self, now_wall: float) -> list[ReadyInput]:
         """Inputs complete now (none while the inbox is unavailable)."""
         return self.pending.take_ready(now_wall) if self.is_available else []

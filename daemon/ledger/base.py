@@ -94,8 +94,21 @@ class Ledger(Protocol):
     def has_key(self, key: str) -> bool:
         """Whether a job with this key exists in any state."""
 
-    def find_done_by_content(self, content_key: str) -> Job | None:
-        """A finished job that made the same video from the same image and request, if any."""
+    def done_by_content(self, content_key: str, limit: int = 5) -> list[Job]:
+        """Finished jobs that made the same video from the same image and request, the latest first."""
+
+    def jobs_by_content(self, content_key: str, limit: int = 20) -> list[Job]:
+        """Jobs in any state with this content key (image bytes and effective request), the newest first."""
+
+    def move_job(self, job_id: str, *, key: str, input: str, sidecar: str | None, output: str) -> bool:
+        """A queued job's input moved: point the job at the new path (a queued job there gives way).
+        False, and the job removed, when a job for the new path has started or ended already."""
+
+    def requeued_refusals(self) -> list[Job]:
+        """Refusals `vidrop retry` queued again: intake reads their inputs again (they have no params to run)."""
+
+    def jobs_for_input(self, relative_input: str) -> list[Job]:
+        """Every job of one input path, oldest first (its seeds and variants, and earlier versions)."""
 
     def forget(self, job_id: str) -> None:
         """Remove a job (a refusal whose error file could not be written: intake looks at it again)."""

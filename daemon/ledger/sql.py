@@ -102,11 +102,38 @@ class SqlLedger:
         with self._lock:
             return self._execute("SELECT 1 FROM jobs WHERE key = ?", (key,)).fetchone() is not None
 
-    def find_done_by_content(self, content_key: str) -> Job | None:
+    def done_by_content(self, content_key: str, limit: int = 5) -> list[Job]:
         with self._lock:
-            row = self._execute(f"{SELECT_JOBS} WHERE content_key = ? AND state = ? ORDER BY finished_at LIMIT 1",
-                                (content_key, JobState.DONE.value)).fetchone()
-        return None if row is None else _from_row(row)
+            rows = self._execute(f"{SELECT_JOBS} WHERE content_key = ? AND state = ? ORDER BY finished_at DESC, id "
+                                 f"LIMIT {int(limit)}", (content_key, JobState.DONE.value)).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def jobs_by_content(self, content_key: str, limit: int = 20) -> list[Job]:
+        if not content_key:  # refusals have none
+            return []
+        with self._lock:
+            rows = self._execute(f"{SELECT_JOBS} WHERE content_key = ? ORDER BY created_at DESC, id LIMIT {int(limit)}",
+                                 (content_key,)).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def move_job(self, job_id: str, *, key: str, input: str, sidecar: str | None, output: str) -> bool:
+        # One transaction: intake may have queued the new path as a job of its own; that one gives way
+        # (this one keeps its place), unless it has started or ended, in which case this one goes.
+        with self._lock, self._transaction():
+            self._execute("DELETE FROM jobs WHERE key = ? AND state = ? AND id <> ?",
+                          (key, JobState.QUEUED.value, job_id))
+            if self._execute("SELECT 1 FROM jobs WHERE key = ? AND id <> ?", (key, job_id)).fetchone() is not None:
+                self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                return False
+            self._execute("UPDATE jobs SET key = ?, input = ?, sidecar = ?, output = ? WHERE id = ?",
+                          (key, input, sidecar, output, job_id))
+            return True
+
+    def requeued_refusals(self) -> list[Job]:
+        with self._lock:
+            rows = self._execute(f"{SELECT_JOBS} WHERE state = ? AND params = ? ORDER BY created_at, id",
+                                 (JobState.QUEUED.value, "{}")).fetchall()
+        return [_from_row(row) for row in rows]
 
     def forget(self, job_id: str) -> None:
         with self._lock:

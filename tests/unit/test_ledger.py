@@ -65,9 +65,9 @@ def test_priority_first_then_arrival_and_done_work_found_by_content(open_ledger)
     urgent.priority, urgent.content_key = 5, "c1"
     ledger.enqueue(urgent)
     first = ledger.claim_next("a", now=3.0, lease_seconds=LEASE)
-    assert first.key == "urgent" and ledger.find_done_by_content("c1") is None
+    assert first.key == "urgent" and ledger.done_by_content("c1") == []
     ledger.finish(first.id, 4.0, {"video": "v"}, owner="a")
-    assert ledger.find_done_by_content("c1").id == first.id
+    assert [job.id for job in ledger.done_by_content("c1")] == [first.id]
 
 
 def model_job(key: str, created_at: float, model: str, priority: int = 0) -> Job:
@@ -186,3 +186,29 @@ def test_taken_inputs_are_remembered_replaced_forgotten_and_count_only_while_the
     ledger.forget_inputs(["a/one.png", "not/there.png"])
     assert list(ledger.taken_inputs()) == []
     assert ledger.queued_count() == 1
+
+
+def test_a_moved_job_takes_the_new_path_and_a_queued_job_there_gives_way(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("old-path", 1.0))
+    ledger.enqueue(job("new-path", 2.0))  # intake queued the moved file as a job of its own meanwhile
+    assert ledger.move_job("old-path"[:16], key="new-path", input="b/x.png", sidecar="b/x.json", output="b/x")
+    [moved] = ledger.jobs()
+    assert (moved.id, moved.key, moved.input, moved.sidecar, moved.output) == ("old-path", "new-path", "b/x.png",
+                                                                               "b/x.json", "b/x")
+    ledger.enqueue(job("other-old", 3.0))
+    ledger.claim_next("a", now=4.0, lease_seconds=LEASE)  # the new-path job runs already: the old one goes
+    assert not ledger.move_job("other-old", key="new-path", input="b/x.png", sidecar=None, output="b/x")
+    assert [j.key for j in ledger.jobs()] == ["new-path"]
+
+
+def test_a_retried_refusal_is_found_for_intake_to_read_again(open_ledger):
+    ledger = open_ledger()
+    refused = job("refused", 1.0)
+    refused.params, refused.state = {}, JobState.FAILED
+    ledger.enqueue(refused)
+    ledger.enqueue(job("ordinary", 2.0))
+    assert ledger.requeued_refusals() == []
+    assert [j.key for j in ledger.requeue(inputs=["refused.png"])] == ["refused"]
+    assert [j.key for j in ledger.requeued_refusals()] == ["refused"]
+    assert [j.key for j in ledger.jobs_for_input("refused.png")] == ["refused"]
