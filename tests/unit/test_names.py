@@ -184,3 +184,24 @@ def test_output_names_construct_the_same_shortened_stem_everywhere(tmp_path):
     stem = "q" * 240
     assert OutputNames(folder=tmp_path, stem=stem) == Outbox(tmp_path).names_for_output(stem)
     assert Outbox(tmp_path).names_for(f"{stem}.png").manifest.name.endswith(".json")
+
+
+def test_a_hook_command_gets_a_failed_undecodable_job_as_json_and_its_name_in_the_environment(tmp_path):
+    import sys
+
+    from config.settings import HookSettings
+    from daemon.hooks import HookDispatcher
+
+    received = tmp_path / "received"
+    script = ("import os, sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read() + b'\\n' + "
+              "os.environb[b'VIDROP_JOB_INPUT'])")
+    settings = HookSettings(command=[sys.executable, "-c", script, str(received)], retries=0, timeout_seconds=30)
+    hooks = HookDispatcher(settings, dead_letter=tmp_path / "dead.jsonl")
+    hooks.start()
+    job = a_job("k" * 20, f"{LATIN1}.png", LATIN1)
+    hooks.job_changed(job, JobState.FAILED, {"error_file": str(tmp_path / f"{LATIN1}.error.json"),
+                                             "error": {"input": job.input, "error": "no prompt"}})
+    hooks.close()
+    payload, environment = received.read_bytes().split(b"\n")
+    assert json.loads(payload)["input_hex"] == b"caf\xe9.png".hex() and environment == b"caf\xe9.png"
+    assert not (tmp_path / "dead.jsonl").exists()
