@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -11,6 +12,7 @@ import structlog
 
 from config.settings import Settings
 from daemon.ledger.base import Job, JobState
+from daemon.names import NAME_MAX, fit_stem, name_bytes
 
 log = structlog.get_logger()
 
@@ -40,8 +42,9 @@ class InputDisposal:
                 continue
             target = target_root.joinpath(*PurePosixPath(relative).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target = target.with_name(f"{target.stem}.{job.id}{target.suffix}")
+            if target.exists():  # keep both; the job id makes the name unique, shortened to fit if need be
+                tail = f".{job.id}{target.suffix}"
+                target = target.with_name(f"{fit_stem(target.stem, NAME_MAX - len(name_bytes(tail)))}{tail}")
             try:
                 os.replace(source, target)
             except OSError:  # another filesystem: copy, then remove
@@ -52,5 +55,5 @@ class InputDisposal:
     def _is_shared(self, job: Job) -> bool:
         """Whether another image still in the folder uses the same sidecar (a.png and a.jpg share a.json)."""
         image = self.inbox.joinpath(*PurePosixPath(job.input).parts)
-        return any(p.stem == image.stem and p != image for p in image.parent.glob(f"{image.stem}.*")
+        return any(p.stem == image.stem and p != image for p in image.parent.glob(f"{glob.escape(image.stem)}.*")
                    if p.suffix.lower() != ".json")

@@ -26,9 +26,11 @@ def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str
     orphans = [running.job for running in status.running if running.instance is None]
     for job in orphans:
         left = (job.lease_expires_at or now) - now
-        lines.append(f"  (gone) {job.lease_owner}: held {job.id} {shown(job.input)}; lease ends in {max(left, 0):.0f} s")
+        lines.append(f"  (gone) {job.lease_owner}: held {job.id} {shown(job.input)}; "
+                     f"lease ends in {max(left, 0):.0f} s")
     lines += ["", "recent failures:"]
-    lines += [f"  {shown(job.input)} ({job.id}): {(job.error or {}).get('error', '?')}" for job in status.recent_failures]
+    lines += [f"  {shown(job.input)} ({job.id}): {(job.error or {}).get('error', '?')}"
+              for job in status.recent_failures]
     if not status.recent_failures:
         lines.append("  (none)")
     return "\n".join(lines)

@@ -164,7 +164,8 @@ class Admitter:
             )
         folder = main.parent.name if main.parent != self.settings.inbox else ""
         # A prompt is text for the model and the manifest: a name's undecodable bytes go in as \xHH.
-        return [Request(request.suffix, expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
+        return [Request(request.suffix,
+                        expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
                 for request in expand(defaults, sidecar, self.generator.preset)]
 
     def _check_decodes(self, ready: ReadyInput, now: float) -> None:

@@ -19,6 +19,7 @@ from daemon.logs import JournalLogger, configure_logging
 from daemon.names import (fit_stem, from_ledger_text, json_text, ledger_text, name_bytes, printable, restored,
                           shown)
 from daemon.outbox import STEM_MAX_BYTES, Outbox, OutputNames, _temporary
+from tests.unit.test_ledger import open_ledger  # noqa: F401 (a fixture: SQLite and PostgreSQL)
 
 LATIN1 = os.fsdecode(b"caf\xe9")
 
@@ -119,25 +120,34 @@ def a_job(key: str, path: str, output: str) -> Job:
                output=output)
 
 
-def test_the_ledger_keeps_undecodable_and_backslashed_paths_exactly(tmp_path):
+PATHS = [f"{LATIN1}/{LATIN1}.png", f"{LATIN1}/plain.png", "back\\slash/a\\xe9.png", "plain.png"]
+
+
+def test_the_ledger_keeps_undecodable_and_backslashed_paths_exactly(open_ledger):
+    ledger = open_ledger()
+    for index, path in enumerate(PATHS):
+        assert ledger.enqueue(a_job(f"k{index:0<19}", path, path.rsplit(".", 1)[0]))
+    assert [job.input for job in ledger.jobs()] == PATHS
+    assert ledger.jobs()[0].output == f"{LATIN1}/{LATIN1}" and ledger.jobs()[0].sidecar == f"{LATIN1}/{LATIN1}.json"
+    assert ledger.jobs()[0].params["prompt"].startswith(LATIN1)
+    assert [job.input for job in ledger.jobs_for_input(PATHS[0])] == [PATHS[0]]
+    ledger.fail(ledger.jobs()[0].id, 5.0, {"error": "x", "detail": f"{LATIN1}.png"})
+    assert ledger.get(ledger.jobs()[0].id).error["detail"] == f"{LATIN1}.png"
+    assert [job.input for job in ledger.requeue(inputs=[PATHS[0]])] == [PATHS[0]]
+    ledger.remember_inputs([TakenInput(path, "1:2", None, f"k{index:0<19}", 1.0) for index, path in enumerate(PATHS)])
+    assert sorted(path for path, *_ in ledger.taken_inputs()) == sorted(PATHS)
+    ledger.forget_inputs(PATHS[:1])
+    assert sorted(path for path, *_ in ledger.taken_inputs()) == sorted(PATHS[1:])
+
+
+def test_the_gallerys_folder_views_group_undecodable_folders(tmp_path):
     ledger = SqliteLedger(tmp_path / "l.sqlite3")
     try:
-        paths = [f"{LATIN1}/{LATIN1}.png", f"{LATIN1}/plain.png", "back\\slash/a\\xe9.png", "plain.png"]
-        for index, path in enumerate(paths):
-            assert ledger.enqueue(a_job(f"k{index:0<19}", path, path.rsplit(".", 1)[0]))
-        assert [job.input for job in ledger.jobs()] == paths
-        assert ledger.jobs()[0].output == f"{LATIN1}/{LATIN1}" and ledger.jobs()[0].params["prompt"].startswith(LATIN1)
-        assert [job.input for job in ledger.jobs_for_input(paths[0])] == [paths[0]]
-        assert {job.input for job in ledger.folder_jobs(LATIN1, offset=0, limit=10)} == set(paths[:2])
+        for index, path in enumerate(PATHS):
+            ledger.enqueue(a_job(f"k{index:0<19}", path, path.rsplit(".", 1)[0]))
+        assert {job.input for job in ledger.folder_jobs(LATIN1, offset=0, limit=10)} == set(PATHS[:2])
         assert ledger.folder_position(LATIN1, ledger.jobs()[1].id) == 1
         assert set(ledger.folder_summaries()) == {LATIN1, "back\\slash", ""}
-        ledger.fail(ledger.jobs()[0].id, 5.0, {"error": "x", "detail": f"{LATIN1}.png"})
-        assert [job.input for job in ledger.requeue(inputs=[paths[0]])] == [paths[0]]
-        ledger.remember_inputs([TakenInput(path, "1:2", None, f"k{index:0<19}", 1.0) for index, path in enumerate(paths)])
-        assert sorted(path for path, *_ in ledger.taken_inputs()) == sorted(paths)
-        ledger.forget_inputs(paths[:1])
-        assert sorted(path for path, *_ in ledger.taken_inputs()) == sorted(paths[1:])
-        assert ledger.get(ledger.jobs()[0].id).state is JobState.QUEUED
     finally:
         ledger.close()
 
@@ -205,3 +215,27 @@ def test_a_hook_command_gets_a_failed_undecodable_job_as_json_and_its_name_in_th
     payload, environment = received.read_bytes().split(b"\n")
     assert json.loads(payload)["input_hex"] == b"caf\xe9.png".hex() and environment == b"caf\xe9.png"
     assert not (tmp_path / "dead.jsonl").exists()
+
+
+def test_an_input_moved_beside_one_of_the_same_long_name_gets_a_name_that_fits(tmp_path):
+    from types import SimpleNamespace
+
+    from daemon.inputs import InputDisposal
+
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    name = "d" * 247 + ".png"
+    for folder in (inbox, done):
+        folder.mkdir()
+        (folder / name).write_bytes(b"image")
+    (inbox / "p[1].png").write_bytes(b"image")  # glob characters in a stem: the sidecar p[1].json is shared
+    (inbox / "p[1].jpg").write_bytes(b"image")
+    (inbox / "p[1].json").write_bytes(b"{}")
+    intake = SimpleNamespace(on_success="move", on_failure="keep", done_dir=done, failed_dir=tmp_path / "failed")
+    disposal = InputDisposal(SimpleNamespace(inbox=inbox, intake=intake))
+    job = a_job("m" * 20, name, name[:-4])
+    job.sidecar = None
+    disposal.job_changed(job, JobState.DONE, {})
+    moved = [path.name for path in done.iterdir() if path.name != name]
+    assert len(moved) == 1 and len(name_bytes(moved[0])) <= 255 and job.id in moved[0]
+    disposal.job_changed(a_job("n" * 20, "p[1].png", "p[1]_png"), JobState.DONE, {})
+    assert (inbox / "p[1].json").exists() and not (inbox / "p[1].png").exists()
