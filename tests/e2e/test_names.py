@@ -71,8 +71,8 @@ def test_a_name_that_is_not_utf8_is_processed_and_logged_escaped(folders, demo_m
     assert {event["input"] for event in finished} == {"caf\\xe9/caf\\xe9.png", "caf\\xe9-lonely.png"}
     assert {bytes.fromhex(event["input_hex"]) for event in finished} == {b"caf\xe9/caf\xe9.png",
                                                                          b"caf\xe9-lonely.png"}
-    alive_until(vidrop, lambda: (outbox / LATIN1 / "_status.json").exists() and (outbox / "index.html").exists(), 30,
-             what="the gallery")
+    alive_until(vidrop, lambda: (outbox / LATIN1 / "_status.json").exists() and (outbox / "index.html").exists(),
+                30, what="the gallery")
     status = read_json(outbox / LATIN1 / "_status.json")
     assert status["folder"] == "caf\\xe9" and status["jobs"][0]["name"].startswith("caf\\xe9")
     assert vidrop.process.poll() is None
@@ -159,8 +159,8 @@ def test_inputs_named_like_outputs_get_their_own_names(folders, demo_models, sta
     assert read_json(outbox / "x.json")["outputs"]["preview"] == "x.preview.webp"
     videos = [line["outputs"]["video"] for line in lines.values() if line["state"] == "done"]
     assert len(set(videos)) == len(videos) == 10
-    alive_until(vidrop, lambda: read_json(outbox / "_status.json").get("counts", {}).get("done") == 10, 30,
-             what="the gallery's status file")
+    alive_until(vidrop, lambda: (outbox / "_status.json").exists()
+                and read_json(outbox / "_status.json")["counts"]["done"] == 10, 30, what="the gallery's status file")
     assert read_json(outbox / "_status.json")["version"] == 1
     assert vidrop.process.poll() is None
     assert vidrop.stop() == 0
@@ -274,6 +274,9 @@ def test_generated_names_and_contents_each_get_exactly_one_outcome(folders, demo
             written.add(folder / os.fsdecode(name))
     for path in outbox.rglob("*"):
         assert len(os.fsencode(path.name)) <= 255
+    # Each outcome is told in the log too (just after its jobs.jsonl line).
+    alive_until(vidrop, lambda: {as_bytes(event, "input") for event in vidrop.events_named("job_finished")}
+                == inputs.keys(), 30, what="a job_finished event for each input")
     # Every event is JSON that any reader takes; names in it are escaped.
     assert all(not any("\udc80" <= char <= "\udcff" for char in json.dumps(event, ensure_ascii=False))
                for event in vidrop.events)
