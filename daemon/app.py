@@ -26,6 +26,7 @@ from daemon.lease import LeaseKeeper, LeaseLost
 from daemon.ledger import open_ledger
 from daemon.ledger.base import Job, JobState
 from daemon.logs import set_level
+from daemon.names import shown
 from daemon.outbox import Outbox, OutboxUnavailable
 from daemon.outbox_pause import OutboxPause
 from daemon.runner import InboxUnavailable, JobInterrupted, JobListener, Runner
@@ -414,7 +415,7 @@ class Daemon:
         assert self._keeper is not None
         self._keeper.hold(job.id)
         self.status_line.job_started()
-        self.status_text = f"running {job.id}: {job.input}"
+        self.status_text = f"running {job.id}: {shown(job.input)}"  # for the ledger and sd_notify: valid text
         if not job.params:  # a refusal `vidrop retry` queued again, claimed before intake read it again
             self._keeper.drop()
             self.ledger.forget(job.id)

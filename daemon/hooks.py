@@ -16,6 +16,7 @@ import structlog
 
 from config.settings import HookSettings, child_environment
 from daemon.ledger.base import Job, JobState
+from daemon.names import json_text
 
 log = structlog.get_logger()
 
@@ -100,7 +101,7 @@ class HookDispatcher:
         self._give_up(delivery, attempts=attempt, error=error)
 
     def _send(self, delivery: Delivery) -> None:
-        body = json.dumps(delivery.payload, ensure_ascii=False).encode("utf-8")
+        body = json_text(delivery.payload).encode("utf-8")
         timeout = self.settings.timeout_seconds
         if delivery.kind == "command":
             _run_command(self.settings.command, body, delivery.environment, timeout)
@@ -112,7 +113,7 @@ class HookDispatcher:
                 "state": delivery.state, "attempts": attempts, "error": error, "payload": delivery.payload}
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         with open(self.dead_letter, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.write(json_text(line) + "\n")
         log.error("hook_dead_lettered", hook=delivery.kind, target=delivery.target, job_id=delivery.job_id,
                   attempts=attempts, error=error, dead_letter=str(self.dead_letter))
 

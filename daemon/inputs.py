@@ -4,6 +4,7 @@ it to a done/failed folder, or delete it."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ from config.settings import Settings
 from daemon.intake.admit import sha256_of
 from daemon.intake.variants import VARIANT
 from daemon.ledger.base import Job, JobState
+from daemon.names import NAME_MAX, fit_stem, name_bytes
 
 log = structlog.get_logger()
 
@@ -211,8 +213,9 @@ class InputDisposal:
                 continue
             target = target_root.joinpath(*PurePosixPath(relative).parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target = target.with_name(f"{target.stem}.{job.id}{target.suffix}")
+            if target.exists():  # keep both; the job id makes the name unique, shortened to fit if need be
+                tail = f".{job.id}{target.suffix}"
+                target = target.with_name(f"{fit_stem(target.stem, NAME_MAX - len(name_bytes(tail)))}{tail}")
             try:
                 os.replace(source, target)
             except OSError:  # another filesystem: copy, then remove
@@ -223,7 +226,7 @@ class InputDisposal:
     def _is_shared(self, job: Job) -> bool:
         """Whether another image still in the folder uses the same sidecar (a.png and a.jpg share a.json)."""
         image = _inbox_path(self.inbox, job.input)
-        return any(p.stem == image.stem and p != image for p in image.parent.glob(f"{image.stem}.*")
+        return any(p.stem == image.stem and p != image for p in image.parent.glob(f"{glob.escape(image.stem)}.*")
                    if p.suffix.lower() != ".json")
 
 

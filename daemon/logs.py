@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal, TextIO
 import structlog
 
 from config.settings import ServiceManager
+from daemon.names import printable
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # syslog priorities, as journald wants them in PRIORITY (journalctl -p err = 3 and below).
@@ -56,13 +57,21 @@ def is_stderr_journal(manager: ServiceManager, stream: TextIO) -> bool:
     return manager.is_under_systemd and not stream.isatty()
 
 
+def escape_names(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Names whose bytes are not UTF-8 as `\\xHH` text, with `KEY_hex` beside: no sink can refuse an event."""
+    return printable(event_dict)
+
+
 def _configure(level: str, sink: Any, tail: list) -> None:
+    *formatting, render = tail
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *tail,
+            *formatting,
+            escape_names,
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=lambda *args: sink,
@@ -75,7 +84,7 @@ def _configure(level: str, sink: Any, tail: list) -> None:
 def _as_event(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     if "exc_info" in event_dict:
         event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
-    return {"event_dict": event_dict}
+    return {"event_dict": escape_names(logger, method, event_dict)}
 
 
 def _journal_send() -> JournalSend | None:

@@ -13,14 +13,28 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
 from pipeline.encode import (DEFAULT_X264_PRESET, check_thumbnail, check_video, start_video, write_preview,
                              write_thumbnail)
 from pipeline.errors import GenerationError, VidropError
 from pipeline.generate import GenerationResult, JobParams
+from pipeline.images import IMAGE_SUFFIXES
 
 TEMP_PREFIX = ".vidrop-tmp-"
 JOBS_LOG = "jobs.jsonl"
 ERROR_SUFFIX = ".error.json"
+PREVIEW_SUFFIX = ".preview.webp"
+VIDEO_FORMATS = ("mp4", "gif", "webp")
+GALLERY_STATUS = "_status.json"  # the gallery's, in every outbox folder
+_TOKEN_CHARS = 8  # an owner token and a temporary's random part: 4 bytes as hex
+# The longest name an output stem gets: its longest ending inside its longest temporary name. A stem
+# beyond this is shortened (`fit_stem`), so no name vidrop writes exceeds the filesystem's 255 bytes.
+STEM_MAX_BYTES = NAME_MAX - len(TEMP_PREFIX) - 2 * (_TOKEN_CHARS + 1) - len(PREVIEW_SUFFIX)
+# Input stems that would name one of vidrop's own files (`x.error` → x.error.json, x's error file;
+# `x.preview` → x.preview.webp; `_status` → _status.json), or end like a name vidrop derives itself
+# (`look_png`, for look.png beside look.jpg): such a stem gets its extension too (`field.error_png`).
+OUTPUT_LIKE_ENDINGS = (".error", ".preview")
+OUTPUT_LIKE_STEMS = (GALLERY_STATUS.removesuffix(".json"),)
 # Errors that say the outbox's disk or share is full or gone, not that the job is bad: wait, then go on.
 UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.EIO, errno.EACCES, errno.EPERM,
                       errno.ESTALE, errno.EROFS, errno.ENOTCONN, errno.EHOSTDOWN}
@@ -44,10 +58,16 @@ class OutboxUnavailable(VidropError):
 
 @dataclass(frozen=True)
 class OutputNames:
-    """Where one input's results go: `inbox/a/b/photo.png` → `outbox/a/b/photo.*`."""
+    """Where one input's results go: `inbox/a/b/photo.png` → `outbox/a/b/photo.*`.
+
+    A stem longer than STEM_MAX_BYTES is shortened here, so every way of naming outputs gets names that fit.
+    """
 
     folder: Path
     stem: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stem", fit_stem(self.stem, STEM_MAX_BYTES))
 
     def video(self, fmt: str) -> Path:
         return self.folder / f"{self.stem}.{fmt}"
@@ -58,7 +78,7 @@ class OutputNames:
 
     @property
     def preview(self) -> Path:
-        return self.folder / f"{self.stem}.preview.webp"
+        return self.folder / f"{self.stem}{PREVIEW_SUFFIX}"
 
     @property
     def manifest(self) -> Path:
@@ -71,6 +91,19 @@ class OutputNames:
     @property
     def jobs_log(self) -> Path:
         return self.folder / JOBS_LOG
+
+    @property
+    def file_names(self) -> frozenset[str]:
+        """Every name these outputs may have in their folder (any video format)."""
+        return frozenset({*(self.video(fmt).name for fmt in VIDEO_FORMATS), self.thumbnail.name, self.preview.name,
+                          self.manifest.name, self.error.name})
+
+
+def is_output_like(stem: str) -> bool:
+    """Whether an input's own stem would name another input's or the gallery's file (see OUTPUT_LIKE_ENDINGS)."""
+    lowered = stem.lower()
+    derived = tuple(f"_{suffix.lstrip('.')}" for suffix in (*IMAGE_SUFFIXES, ".json"))
+    return lowered in OUTPUT_LIKE_STEMS or lowered.endswith(OUTPUT_LIKE_ENDINGS + derived)
 
 
 class Outbox:
@@ -170,7 +203,7 @@ class Outbox:
     def find_committed(self, names: OutputNames, job_id: str) -> dict[str, str] | None:
         """The outputs a killed run of this job already renamed into place, if they are all there and sound."""
         try:
-            manifest = json.loads(names.manifest.read_text(encoding="utf-8"))
+            manifest = restored(json.loads(names.manifest.read_bytes()))
         except (OSError, ValueError):
             return None
         if manifest.get("job_id") != job_id or manifest.get("state") != "done":
@@ -208,8 +241,8 @@ class Outbox:
 
     def remove_job_temporaries(self, names: OutputNames) -> list[Path]:
         """Delete any writer's temporary files for these outputs: whoever wrote them lost the job's lease."""
-        stem = f"{names.stem}."
-        return self._remove_temporaries(names.folder, lambda owner, final: final.startswith(stem), recursive=False)
+        finals = names.file_names  # exactly these: another job's stem may start with this one's (`x`, `x.y`)
+        return self._remove_temporaries(names.folder, lambda owner, final: final in finals, recursive=False)
 
     def _remove_temporaries(self, top: Path, is_stale, *, recursive: bool) -> list[Path]:
         removed = []
@@ -299,7 +332,7 @@ class Outbox:
 
     def append_job_line(self, names: OutputNames, line: dict[str, Any]) -> None:
         """Append one line to the folder's jobs.jsonl in a single write."""
-        data = (json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        data = (json_text(line, sort_keys=True) + "\n").encode("utf-8")
         with self._writing():
             names.folder.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(names.jobs_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -322,8 +355,16 @@ def replace_text(path: Path, text: str) -> None:
 
 
 def _temporary(folder: Path, final_name: str, owner: str = "page") -> Path:
-    """A temporary name in the final file's folder: the prefix marks it as ours, owner as whose."""
-    return folder / f"{TEMP_PREFIX}{owner}-{secrets.token_hex(4)}-{final_name}"
+    """A temporary name in the final file's folder: the prefix marks it as ours, owner as whose.
+
+    Output stems are kept short enough for this to fit (STEM_MAX_BYTES); an owner token longer than usual
+    shortens the final name's part instead of making a name the filesystem refuses.
+    """
+    head = f"{TEMP_PREFIX}{owner}-{secrets.token_hex(_TOKEN_CHARS // 2)}-"
+    room = NAME_MAX - len(name_bytes(head))
+    if len(name_bytes(final_name)) > room:
+        final_name = fit_stem(final_name, room)
+    return folder / f"{head}{final_name}"
 
 
 def iso_time(timestamp: float) -> str:
@@ -335,8 +376,7 @@ def iso_time(timestamp: float) -> str:
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+        handle.write(json_text(document, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 

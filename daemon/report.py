@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.ledger.base import Job, LedgerStatus
+from daemon.names import shown
 
 
 def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str:
@@ -18,16 +19,18 @@ def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str
         silent = now - instance.seen_at
         health = "alive" if silent <= lease_seconds else f"silent for {silent:.0f} s (presumed dead)"
         job = running_by_owner.get(instance.id)
-        doing = f"running {job.id} {job.input} (attempt {job.attempts})" if job else instance.status
+        doing = f"running {job.id} {shown(job.input)} (attempt {job.attempts})" if job else instance.status
         lines.append(f"  {instance.host} pid {instance.pid} {instance.device}: {health}; {doing}")
     if not status.instances:
         lines.append("  (none)")
     orphans = [running.job for running in status.running if running.instance is None]
     for job in orphans:
         left = (job.lease_expires_at or now) - now
-        lines.append(f"  (gone) {job.lease_owner}: held {job.id} {job.input}; lease ends in {max(left, 0):.0f} s")
+        lines.append(f"  (gone) {job.lease_owner}: held {job.id} {shown(job.input)}; "
+                     f"lease ends in {max(left, 0):.0f} s")
     lines += ["", "recent failures:"]
-    lines += [f"  {job.input} ({job.id}): {(job.error or {}).get('error', '?')}" for job in status.recent_failures]
+    lines += [f"  {shown(job.input)} ({job.id}): {(job.error or {}).get('error', '?')}"
+              for job in status.recent_failures]
     if not status.recent_failures:
         lines.append("  (none)")
     return "\n".join(lines)
@@ -48,6 +51,6 @@ def relative_inputs(paths: list[str], inbox: Path) -> list[str]:
 
 def describe_requeued(jobs: list[Job]) -> str:
     """One line per re-queued job; a refusal (it has no request yet) is read again from its files."""
-    return "\n".join(f"queued again: {job.input} ({job.id})" if job.params else
-                     f"read again: {job.input} ({job.id}); a running vidrop takes it in a moment, else the next start"
+    return "\n".join(f"queued again: {shown(job.input)} ({job.id})" if job.params else
+                     f"read again: {shown(job.input)} ({job.id}); a running vidrop takes it in a moment, else the next start"
                      for job in jobs) or "nothing to re-queue"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daemon.gallery.pages import duration
+from daemon.names import shown
 
 
 @dataclass
@@ -39,7 +40,7 @@ class StatusLine:
         """"job 3 of 12: a/b/photo.png, step 17/50, ETA 40 s"."""
         if self._progress is None:
             self._progress = _Progress(step, now)
-        text = f"job {self.position} of {self.position + queued}: {job_input}, step {step}/{total}"
+        text = f"job {self.position} of {self.position + queued}: {shown(job_input)}, step {step}/{total}"
         done = step - self._progress.first_step
         if done > 0 and total > step:
             remaining = (now - self._progress.first_step_at) / done * (total - step)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
 
 from daemon.gallery.cards import Card
+from daemon.names import json_text, name_bytes, shown
 
 PARAMETER_LABELS = {"num_frames": "{} frames", "fps": "{} fps", "steps": "{} steps", "guidance_scale": "guidance {}",
                     "seed": "seed {}", "format": "{}"}
@@ -29,7 +29,7 @@ def duration(seconds: float | None) -> str:
 
 def href(name: str) -> str:
     """A relative link to a file in the same folder: percent-encoded, so no name can become a scheme or a query."""
-    return "./" + quote(name, safe="/")
+    return "./" + quote(name_bytes(name), safe="/")  # the name's own bytes: a link to it opens it
 
 
 def utc(iso: str) -> str:
@@ -53,12 +53,12 @@ _environment.filters.update(duration=duration, href=href, utc=utc, parameters=pa
 
 def render_page(**context: Any) -> str:
     """One gallery page; every value shown is escaped by the template engine."""
-    return _environment.get_template("folder.html").render(**context)
+    return shown(_environment.get_template("folder.html").render(**context))
 
 
 def status_json(document: dict[str, Any]) -> str:
     """_status.json: the same facts as the page, for tools."""
-    return json.dumps(document, ensure_ascii=False, default=_card_json) + "\n"  # no indent: the C encoder is 5× faster
+    return json_text(document, default=_card_json) + "\n"  # no indent: the C encoder is 5× faster
 
 
 def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | None, running: Card | None,
@@ -80,7 +80,7 @@ def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | No
             lines.append(f"  {card.input} ({utc(card.finished_at or card.created_at)}): {card.error}")
             if card.what_to_do:
                 lines.append(f"    what to do: {card.what_to_do}")
-    return "\n".join(lines) + "\n"
+    return shown("\n".join(lines) + "\n")
 
 
 def _card_json(value: Any) -> Any:

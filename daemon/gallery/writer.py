@@ -19,12 +19,12 @@ from daemon.clock import Clock
 from daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
 from daemon.gallery.pages import href, render_page, status_json, status_text, utc
 from daemon.ledger.base import Job, JobState
-from daemon.outbox import Outbox, OutputNames, iso_time, replace_text
+from daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
 log = structlog.get_logger()
 
 INDEX = "index.html"
-STATUS_JSON = "_status.json"  # not _status.json: that is the manifest of an input named status.png
+STATUS_JSON = GALLERY_STATUS  # an input named _status.png has its outputs under _status_png
 STATUS_TEXT = "_STATUS.txt"
 MIN_INTERVAL_SECONDS = 1.0
 RECENT_FOR_AVERAGE = 20

@@ -11,11 +11,12 @@ from typing import Any, Callable
 
 from config.settings import Settings
 from config.sidecar import SEED_MAX, SidecarError, parse_sidecar
-from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
+from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem, text_output_stem
 from daemon.intake.pending import ReadyInput
 from daemon.intake.readiness import JunkFilter
 from daemon.intake.variants import VARIANT, Request, expand
 from daemon.ledger.base import Job, JobState
+from daemon.names import shown
 from pipeline.errors import InputError, VidropError
 from pipeline.generate import IMAGE, TEXT, Generator, JobParams
 from pipeline.images import load_image
@@ -99,7 +100,7 @@ class Admitter:
         job = new_job("")
         if self.is_known(job.key):  # seen before: skip validation and decoding (a restart over a big inbox)
             return [Admission(job, is_known=True)]
-        stem = output_stem(main, self.is_junk) if ready.image is not None else main.stem
+        stem = output_stem(main, self.is_junk) if ready.image is not None else text_output_stem(main)
         output = str(PurePosixPath(relative).parent / stem)
         job.output = output
         mode = TEXT if ready.image is None else IMAGE
@@ -162,7 +163,9 @@ class Admitter:
                     'containing {"prompt": "slow camera push-in"}, or a _defaults.json in the folder.',
             )
         folder = main.parent.name if main.parent != self.settings.inbox else ""
-        return [Request(request.suffix, expand_placeholders(request.fields, stem=main.stem, folder=folder))
+        # A prompt is text for the model and the manifest: a name's undecodable bytes go in as \xHH.
+        return [Request(request.suffix,
+                        expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
                 for request in expand(defaults, sidecar, self.generator.preset)]
 
     def _check_decodes(self, ready: ReadyInput, now: float) -> None:

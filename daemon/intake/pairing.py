@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from config.sidecar import SidecarError, parse_sidecar
 from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name
+from daemon.outbox import is_output_like
 
 PLACEHOLDER_FIELDS = ("prompt", "negative_prompt")
 
@@ -27,13 +28,25 @@ def images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Path]:
 
 
 def output_stem(image: Path, is_junk: Callable[[str], bool]) -> str:
-    """`photo` for photo.png; `photo_jpg` when another image in the folder is also called `photo`."""
+    """`photo` for photo.png; `photo_jpg` when another image in the folder is also called `photo`, or when
+    the stem looks like vidrop's own names (`field.error_png`, `look_png_png`: `is_output_like`)."""
     try:
         siblings = [p for p in image.parent.iterdir()
                     if p.stem == image.stem and p.name != image.name and is_image_name(p.name) and not is_junk(p.name)]
     except OSError:
         siblings = []
-    return f"{image.stem}_{image.suffix.lstrip('.').lower()}" if siblings else image.stem
+    if not siblings and not is_output_like(image.stem):
+        return image.stem
+    extension = image.suffix.lstrip(".")
+    if not any(p.suffix.lower() == image.suffix.lower() for p in siblings):  # photo.PNG beside photo.png: as is
+        extension = extension.lower()
+    return f"{image.stem}_{extension}"
+
+
+def text_output_stem(sidecar: Path) -> str:
+    """The output stem of a prompt alone: its stem, or `NAME_json` when that looks like vidrop's own names."""
+    stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
+    return f"{stem}_json" if is_output_like(stem) else stem
 
 
 def folder_defaults(folder: Path, inbox: Path, *, max_bytes: int) -> dict[str, Any]:

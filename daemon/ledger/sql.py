@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
 from daemon.ledger.migrations import MIGRATIONS, AddColumn
+from daemon.names import from_ledger_text, ledger_text
 
 COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
            "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
@@ -145,7 +146,7 @@ class SqlLedger:
                 "INSERT INTO inputs (path, input_stat, sidecar_stat, job_key, taken_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET input_stat = excluded.input_stat, "
                 "sidecar_stat = excluded.sidecar_stat, job_key = excluded.job_key, taken_at = excluded.taken_at",
-                [(i.path, i.input_stat, i.sidecar_stat, i.job_key, i.taken_at) for i in inputs],
+                [(ledger_text(i.path), i.input_stat, i.sidecar_stat, i.job_key, i.taken_at) for i in inputs],
             )
 
     def taken_inputs(self) -> Iterator[tuple[str, str, str | None]]:
@@ -156,7 +157,7 @@ class SqlLedger:
                 rows = self._execute(
                     "SELECT i.path, i.input_stat, i.sidecar_stat FROM inputs i JOIN jobs j ON j.key = i.job_key "
                     f"WHERE i.path > ? ORDER BY i.path LIMIT {TAKEN_PAGE}", (after,)).fetchall()
-            yield from rows
+            yield from ((from_ledger_text(path), *stats) for path, *stats in rows)
             if len(rows) < TAKEN_PAGE:
                 return
             after = rows[-1][0]
@@ -164,7 +165,7 @@ class SqlLedger:
     def forget_inputs(self, paths: list[str]) -> None:
         with self._lock, self._transaction():
             for start in range(0, len(paths), FORGET_CHUNK):
-                chunk = paths[start:start + FORGET_CHUNK]
+                chunk = [ledger_text(path) for path in paths[start:start + FORGET_CHUNK]]
                 self._execute(f"DELETE FROM inputs WHERE path IN ({', '.join('?' * len(chunk))})", chunk)
 
     def queued_count(self) -> int:
@@ -238,7 +239,7 @@ class SqlLedger:
         where, params = "state = ?", [JobState.FAILED.value]
         if inputs is not None:
             where += f" AND input IN ({', '.join('?' * len(inputs))})"
-            params += inputs
+            params += [ledger_text(path) for path in inputs]
         with self._lock:
             with self._transaction():
                 rows = self._execute(f"{SELECT_JOBS} WHERE {where} ORDER BY created_at, id", params).fetchall()
@@ -261,7 +262,7 @@ class SqlLedger:
     def jobs_for_input(self, relative_input: str) -> list[Job]:
         with self._lock:
             rows = self._execute(f"{SELECT_JOBS} WHERE input = ? ORDER BY created_at, id",
-                                 (relative_input,)).fetchall()
+                                 (ledger_text(relative_input),)).fetchall()
         return [_from_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -308,20 +309,23 @@ class SqlLedger:
 
 
 def _to_row(job: Job) -> tuple[Any, ...]:
-    return (job.id, job.key, job.state.value, job.input, job.sidecar, job.input_sha256, job.sidecar_sha256,
+    # Paths go in as ledger_text: a name's undecodable bytes are no valid text for SQLite or PostgreSQL.
+    return (job.id, job.key, job.state.value, ledger_text(job.input),
+            None if job.sidecar is None else ledger_text(job.sidecar), job.input_sha256, job.sidecar_sha256,
             json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
-            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), job.output, job.priority,
+            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), ledger_text(job.output),
+            job.priority,
             job.content_key, job.lease_owner, job.lease_expires_at, job.params.get("model", ""))
 
 
 def _from_row(row: Sequence[Any]) -> Job:
     values = dict(zip(COLUMNS, row))
     return Job(
-        id=values["id"], key=values["key"], state=JobState(values["state"]), input=values["input"],
-        sidecar=values["sidecar"], input_sha256=values["input_sha256"], sidecar_sha256=values["sidecar_sha256"],
+        id=values["id"], key=values["key"], state=JobState(values["state"]), input=from_ledger_text(values["input"]),
+        sidecar=None if values["sidecar"] is None else from_ledger_text(values["sidecar"]), input_sha256=values["input_sha256"], sidecar_sha256=values["sidecar_sha256"],
         params=json.loads(values["params"]), seed=values["seed"], created_at=values["created_at"],
         started_at=values["started_at"], finished_at=values["finished_at"], attempts=values["attempts"],
         outputs=json.loads(values["outputs"]), error=None if values["error"] is None else json.loads(values["error"]),
-        output=values["output"], priority=values["priority"], content_key=values["content_key"],
+        output=from_ledger_text(values["output"]), priority=values["priority"], content_key=values["content_key"],
         lease_owner=values["lease_owner"], lease_expires_at=values["lease_expires_at"],
     )

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from daemon.ledger.base import Job, JobState
 from daemon.ledger.sql import COLUMNS, INSERT_JOB, SqlLedger, _from_row, _to_row
+from daemon.names import from_ledger_text, ledger_text
 
 BUSY_TIMEOUT_SECONDS = 60
 
@@ -91,7 +92,7 @@ class SqliteLedger(SqlLedger):
             f"SELECT {FOLDER_SQL} AS folder, state, COUNT(*), "
             "MAX(MAX(created_at, COALESCE(started_at, 0), COALESCE(finished_at, 0))) FROM jobs GROUP BY folder, state"
         ):
-            summary = summaries.setdefault(prefix.rstrip("/"), {**{s.value: 0 for s in JobState}, "latest": 0.0})
+            summary = summaries.setdefault(from_ledger_text(prefix.rstrip("/")), {**{s.value: 0 for s in JobState}, "latest": 0.0})
             summary[state] = count
             summary["latest"] = max(summary["latest"], latest)
         return summaries
@@ -119,4 +120,4 @@ class SqliteLedger(SqlLedger):
 
 
 def _folder_prefix(folder: str) -> str:
-    return f"{folder.strip('/')}/" if folder.strip("/") else ""
+    return f"{ledger_text(folder.strip('/'))}/" if folder.strip("/") else ""
