@@ -1,6 +1,7 @@
 """Names: escaping for people and for the ledger, output names that fit and never collide, sinks that never
 refuse an undecodable name."""
 
+import hashlib
 import io
 import json
 import os
@@ -231,11 +232,19 @@ def test_an_input_moved_beside_one_of_the_same_long_name_gets_a_name_that_fits(t
     (inbox / "p[1].jpg").write_bytes(b"image")
     (inbox / "p[1].json").write_bytes(b"{}")
     intake = SimpleNamespace(on_success="move", on_failure="keep", done_dir=done, failed_dir=tmp_path / "failed")
-    disposal = InputDisposal(SimpleNamespace(inbox=inbox, intake=intake))
+    ended: dict[str, Job] = {}
+    ledger = SimpleNamespace(jobs_for_input=lambda relative: [ended[relative]])  # each input's one job, ended
+    disposal = InputDisposal(SimpleNamespace(inbox=inbox, intake=intake), ledger)
+
+    def finish(job: Job) -> None:
+        job.input_sha256, job.state = hashlib.sha256(b"image").hexdigest(), JobState.DONE
+        ended[job.input] = job
+        disposal.job_changed(job, JobState.DONE, {})
+
     job = a_job("m" * 20, name, name[:-4])
     job.sidecar = None
-    disposal.job_changed(job, JobState.DONE, {})
+    finish(job)
     moved = [path.name for path in done.iterdir() if path.name != name]
     assert len(moved) == 1 and len(name_bytes(moved[0])) <= 255 and job.id in moved[0]
-    disposal.job_changed(a_job("n" * 20, "p[1].png", "p[1]_png"), JobState.DONE, {})
+    finish(a_job("n" * 20, "p[1].png", "p[1]_png"))
     assert (inbox / "p[1].json").exists() and not (inbox / "p[1].png").exists()
