@@ -384,8 +384,11 @@ def _with_derived_values(settings: Settings) -> Settings:
     offline = settings.pipeline.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     return settings.model_copy(
         update={
-            "inbox": settings.inbox.expanduser().absolute(),
-            "outbox": settings.outbox.expanduser().absolute(),
+            # Resolved once, here: an inbox that is itself a link (/srv/vidrop/inbox → /mnt/share/inbox) is
+            # the operator's choice, and events, scans and pairing then all speak of one real path.
+            # Links inside the inbox are still never followed.
+            "inbox": settings.inbox.expanduser().resolve(),
+            "outbox": settings.outbox.expanduser().resolve(),
             "state_dir": settings.state_dir.expanduser().absolute(),
             "intake": settings.intake.model_copy(update={
                 "done_dir": settings.intake.done_dir.expanduser().absolute(),

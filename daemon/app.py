@@ -287,7 +287,7 @@ class Daemon:
                 return
 
     def _admit_ready(self) -> None:
-        ready_inputs = self.intake.take_ready(self.clock.time())
+        ready_inputs = self.intake.take_ready()
         try:
             for index, ready in enumerate(ready_inputs):
                 if self.should_stop:  # the rest were not admitted: the next start looks at them again
