@@ -70,6 +70,17 @@ def test_outbox_inside_inbox_is_refused(clean_env, tmp_path):
         load_settings(config)
 
 
+def test_an_inbox_and_outbox_that_are_links_are_resolved_once_at_start(clean_env, tmp_path):
+    (tmp_path / "share" / "in").mkdir(parents=True)
+    (tmp_path / "share" / "out").mkdir()
+    (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in")
+    (tmp_path / "outbox").symlink_to(tmp_path / "share" / "out")
+    config = write_config(tmp_path, f'inbox = "{tmp_path}/inbox"\noutbox = "{tmp_path}/outbox"\n')
+    settings = load_settings(config).settings
+    assert settings.inbox == (tmp_path / "share" / "in").resolve()
+    assert settings.outbox == (tmp_path / "share" / "out").resolve()
+
+
 def test_hf_hub_offline_turns_offline_on(clean_env):
     clean_env.setenv("HF_HUB_OFFLINE", "1")
     assert load_settings().settings.pipeline.offline is True
