@@ -247,7 +247,7 @@ def open_image(path: Path, *, max_pixels: int) -> tuple[Image.Image, ImageFacts]
             found = None
         raise InputError(
             "The file is not an image vidrop can read." if found is None
-            else f"The file is a {found} image that vidrop cannot read.",
+            else f"The file is not an image vidrop can read: it starts like a {found} but does not decode.",
             detail=f"format {found or 'unknown'}; {type(exc).__name__}: {exc}",
             fix="Export it again as PNG or JPEG; check that the copy finished and the file is not damaged.",
         ) from None
