@@ -81,6 +81,15 @@ def test_an_inbox_and_outbox_that_are_links_are_resolved_once_at_start(clean_env
     assert settings.outbox == (tmp_path / "share" / "out").resolve()
 
 
+def test_paths_given_through_the_inbox_link_name_inputs_in_the_resolved_inbox(tmp_path):
+    from daemon.report import relative_inputs
+
+    (tmp_path / "share" / "in" / "spring").mkdir(parents=True)
+    (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in")
+    inbox = (tmp_path / "inbox").resolve()
+    assert relative_inputs([f"{tmp_path}/inbox/spring/hero.png"], inbox) == ["spring/hero.png"]
+
+
 def test_hf_hub_offline_turns_offline_on(clean_env):
     clean_env.setenv("HF_HUB_OFFLINE", "1")
     assert load_settings().settings.pipeline.offline is True
