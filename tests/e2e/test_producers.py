@@ -131,8 +131,8 @@ def test_a_preallocated_file_is_taken_once_it_is_complete(daemon, tmp_path, fmt,
 def samba(daemon, tmp_path):
     """A private smbd on a high port sharing the daemon's inbox folder `smb` as //127.0.0.1/inbox."""
     smbd = shutil.which("smbd") or "/usr/sbin/smbd"
-    if not os.path.exists(smbd) or shutil.which("smbpasswd") is None:
-        pytest.skip("Samba (smbd, smbpasswd) is not installed: make system-packages installs it")
+    if not os.path.exists(smbd) or shutil.which("smbpasswd") is None or shutil.which("smbclient") is None:
+        pytest.skip("Samba (smbd, smbpasswd, smbclient) is not installed: make system-packages installs it")
     if os.geteuid() != 0:
         pytest.skip("smbd needs root to serve files as the logged-in user")
     share = daemon.inbox / "smb"
@@ -174,7 +174,8 @@ def samba(daemon, tmp_path):
     try:
         def listening():
             if server.poll() is not None:
-                pytest.skip(f"smbd cannot run here (exit {server.returncode}): {(root / 'log').glob('*')}")
+                logs = " ".join(path.read_text(errors="replace")[-300:] for path in (root / "log").glob("*"))
+                pytest.skip(f"smbd cannot run here (exit {server.returncode}): {logs}")
             return subprocess.run(["smbclient", f"//127.0.0.1/inbox", "-p", str(port), "-U", "root%pw", "-c", "ls"],
                                   capture_output=True).returncode == 0
         wait_for(listening, 30, interval=0.2, what="smbd to listen")
@@ -214,15 +215,36 @@ def test_a_finder_style_copy_through_samba_becomes_one_job(daemon, samba, tmp_pa
                if event["input"].endswith(relative)), "smbd holding the file open was not seen"
 
 
-def test_smbclient_put_of_an_image_and_its_prompt_is_one_job(daemon, samba, tmp_path):
+def test_a_slow_smbclient_upload_is_one_job_whatever_the_decode_grace(daemon, samba, tmp_path):
+    """smbclient reads its source to the end before it writes: on the share the file stays empty, held open by
+    smbd, for as long as the upload takes. Here that is longer than the decode grace (5 s): a file that some
+    process still holds open for writing is waited for however long it takes, never refused as broken."""
     data = noisy_image("PNG", size=(256, 192), seed=8)
-    (tmp_path / "put.png").write_bytes(data)
     (tmp_path / "put.json").write_text(sidecar())
-    subprocess.run(["smbclient", "//127.0.0.1/inbox", "-p", str(samba["port"]), "-U", "root%pw", "-c",
-                    f"lcd {tmp_path}; put put.json; put put.png"], check=True, capture_output=True)
+    source = tmp_path / "upload"
+    os.mkfifo(source)  # the slow side of the upload, fed below
     relative = f"{samba['folder']}/put.png"
+    command = f"lcd {tmp_path}; put put.json; put upload put.png"
+    client = subprocess.Popen(["smbclient", "//127.0.0.1/inbox", "-p", str(samba["port"]), "-U", "root%pw", "-c",
+                               command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(source, "wb") as upload:
+            upload.write(data[: len(data) // 2])
+            upload.flush()
+            wait_for(lambda: (daemon.inbox / relative).exists(), 30, what="smbd to create the file")
+            time.sleep(7)  # the producer is slow: longer than the daemon's decode grace
+            upload.write(data[len(data) // 2:])
+        assert client.wait(timeout=60) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
     wait_for(lambda: daemon.done_lines(relative), 90, what="the video of the file put with smbclient")
     assert [job.input_sha256 for job in daemon.jobs_for(relative)] == [sha(data)]
+    assert [line["state"] for line in job_lines(daemon.outbox / samba["folder"])
+            if line["input"] == relative] == ["done"]
+    assert any("smbd" in event.get("writer", "") for event in daemon.vidrop.events_named("input_still_arriving")
+               if event["input"].endswith(relative)), "smbd holding the file open was not seen"
 
 
 def test_file_times_in_the_future_do_not_delay_anything(daemon, tmp_path):
