@@ -37,6 +37,10 @@ UNREADABLE_FORMATS = {
         ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".rwl")},
 }
 IMAGE_SUFFIXES = READABLE_SUFFIXES | frozenset(UNREADABLE_FORMATS)
+# Content refused whatever the name says (Pillow would open some of them, with a wrong picture).
+REFUSED_CONTENT = frozenset({"Photoshop (PSD)", "camera RAW (CR2)", "camera RAW (CR3)", "camera RAW (RAF)",
+                             "camera RAW (ORF)", "camera RAW (RW2)", "SVG (vector)", "EPS (vector)", "GIMP (XCF)",
+                             "OpenEXR", "JPEG XL", "QOI"})
 EXPORT_FIX = "Export it as PNG or JPEG (File > Export) and drop that file with the same name instead."
 
 # Leading bytes of image formats, to name what a file really is (whatever it is called).
@@ -197,16 +201,18 @@ class ImageFacts:
 
 
 def check_readable_name(path: Path) -> None:
-    """Refuse names of formats vidrop does not take, naming the format and what to export instead."""
+    """Refuse files of formats vidrop does not take, by name or by content (a PSD renamed .png), naming the
+    format and what to export instead."""
     suffix = path.suffix.lower()
-    if suffix in READABLE_SUFFIXES:
-        return
     try:
         with open(path, "rb") as handle:
             found = sniff_format(handle.read(64))
     except OSError:
         found = None
-    named = UNREADABLE_FORMATS.get(suffix) or found or (f"{suffix[1:].upper()} file" if suffix else "unknown")
+    if suffix in READABLE_SUFFIXES and found not in REFUSED_CONTENT:
+        return
+    named = found if found in REFUSED_CONTENT else (
+        UNREADABLE_FORMATS.get(suffix) or found or (f"{suffix[1:].upper()} file" if suffix else "unknown"))
     raise InputError(
         f"vidrop cannot use {named} images.",
         detail=f"format {named} (extension {suffix or 'none'}, content {found or 'unknown'}); vidrop reads "

@@ -225,7 +225,8 @@ def test_formats_are_named_by_their_first_bytes(head, name):
 
 @pytest.mark.parametrize("filename,data,named", [
     ("layers.psd", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)"), ("raw.NEF", b"MM\x00*" + bytes(40), "RAW"),
-    ("logo.svg", b"<svg/>", "SVG"), ("scan", b"\xff\xd8\xff\xe0" + bytes(40), "JPEG")])
+    ("logo.svg", b"<svg/>", "SVG"), ("scan", b"\xff\xd8\xff\xe0" + bytes(40), "JPEG"),
+    ("renamed.png", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)")])
 def test_other_image_files_are_refused_naming_their_format_and_the_export(tmp_path, filename, data, named):
     path = tmp_path / filename
     path.write_bytes(data)
