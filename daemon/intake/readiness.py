@@ -194,11 +194,13 @@ class OpenWriters:
 
     Only processes this one may inspect are seen (all of them as root); elsewhere nothing is known and
     the settle window and the file's own structure decide. One /proc walk serves every candidate of a tick.
+    Descriptors are matched by the path their link names (readlink never touches the file: a stat
+    through it could hang on another process's dead NFS mount); the inbox is resolved, so is that path.
     """
 
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self.proc = proc
-        self._open: dict[tuple[int, int], list[tuple[str, str]]] | None = None
+        self._open: dict[str, list[tuple[str, str]]] | None = None
 
     def refresh(self) -> None:
         """Forget the last walk: the next question walks /proc again."""
@@ -206,35 +208,30 @@ class OpenWriters:
 
     def writer_of(self, path: Path) -> str | None:
         """`name (pid N)` of a process that has the file open for writing, or None."""
-        try:
-            result = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return None
         if self._open is None:
             self._open = self._walk()
-        for pid, fd in self._open.get((result.st_dev, result.st_ino), ()):
+        for pid, fd in self._open.get(str(path), ()):
             if self._is_writable(pid, fd):
                 return f"{self._command(pid)} (pid {pid})"
         return None
 
-    def _walk(self) -> dict[tuple[int, int], list[tuple[str, str]]]:
-        found: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    def _walk(self) -> dict[str, list[tuple[str, str]]]:
+        found: dict[str, list[tuple[str, str]]] = {}
         me = str(os.getpid())
         try:
             processes = [name for name in os.listdir(self.proc) if name.isdigit() and name != me]
         except OSError:
             return found
         for pid in processes:
-            folder = f"{self.proc}/{pid}/fd"
             try:
-                with os.scandir(folder) as entries:
+                with os.scandir(f"{self.proc}/{pid}/fd") as entries:
                     for entry in entries:
                         try:
-                            target = os.stat(entry.path)
+                            target = os.readlink(entry.path)
                         except OSError:
                             continue
-                        if stat.S_ISREG(target.st_mode):
-                            found.setdefault((target.st_dev, target.st_ino), []).append((pid, entry.name))
+                        if target.startswith("/"):  # not a socket:[…], pipe:[…] or anon_inode
+                            found.setdefault(target, []).append((pid, entry.name))
             except OSError:  # gone, or not ours to look at
                 continue
         return found
