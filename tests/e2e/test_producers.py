@@ -348,13 +348,12 @@ def test_phone_and_animated_formats_are_taken_and_others_refused_by_name(daemon,
 
 @pytest.fixture(params=["events", "polling"])
 def linked_inbox(request, tmp_path, demo_models):
-    """The inbox configured as a symbolic link to the real folder (/srv/vidrop/inbox → /mnt/share/inbox),
-    with a reconcile far away so that only events or polling can find new files."""
-    real = tmp_path / "share" / "inbox"
-    real.mkdir(parents=True)
+    """The inbox and outbox configured as symbolic links to the real folders (/srv/vidrop/inbox →
+    /mnt/share/inbox), with a reconcile far away so that only events or polling can find new files."""
     folders = {"inbox": tmp_path / "inbox", "outbox": tmp_path / "outbox", "state": tmp_path / "state"}
-    folders["inbox"].symlink_to(real)
-    folders["outbox"].mkdir()
+    for name in ("inbox", "outbox"):
+        (tmp_path / "share" / name).mkdir(parents=True)
+        folders[name].symlink_to(tmp_path / "share" / name)
     folders["state"].mkdir()
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__WATCH=request.param,
                      VIDROP_INTAKE__RECONCILE_SECONDS="3600")
