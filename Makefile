@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 # Debian packages: systemd-python compiles against libsystemd; the tests use real rsync, a throw-away
 # PostgreSQL, and open the gallery pages in a headless chromium.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient
 PYTEST_ARGS ?=
 
 .PHONY: run test demo check bench gallery-screenshot system-packages clean

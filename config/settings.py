@@ -140,7 +140,7 @@ class IntakeSettings(_Section):
     network_settle_seconds: float = Field(
         10.0, ge=0, description="the same on network mounts, where attributes are also re-read after open()")
     decode_grace_seconds: float = Field(
-        60.0, ge=0, description="an image that does not decode yet and changed more recently than this waits")
+        60.0, ge=0, description="a file that does not decode or looks unfinished waits until seen unchanged this long")
     pairing_seconds: float = Field(30.0, ge=0, description="how long an image waits for its sidecar")
     tick_seconds: float = Field(0.5, gt=0, le=10, description="main loop tick")
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
@@ -384,8 +384,11 @@ def _with_derived_values(settings: Settings) -> Settings:
     offline = settings.pipeline.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     return settings.model_copy(
         update={
-            "inbox": settings.inbox.expanduser().absolute(),
-            "outbox": settings.outbox.expanduser().absolute(),
+            # Resolved once, here: an inbox that is itself a link (/srv/vidrop/inbox → /mnt/share/inbox) is
+            # the operator's choice, and events, scans and pairing then all speak of one real path.
+            # Links inside the inbox are still never followed.
+            "inbox": settings.inbox.expanduser().resolve(),
+            "outbox": settings.outbox.expanduser().resolve(),
             "state_dir": settings.state_dir.expanduser().absolute(),
             "intake": settings.intake.model_copy(update={
                 "done_dir": settings.intake.done_dir.expanduser().absolute(),

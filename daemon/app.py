@@ -297,7 +297,7 @@ class Daemon:
 
     def _admit_ready(self, *, until: float | None = None) -> None:
         """Admit what is complete; with until (a monotonic time), what is left then waits for a later pass."""
-        ready_inputs = self.intake.take_ready(self.clock.time())
+        ready_inputs = self.intake.take_ready()
         try:
             for index, ready in enumerate(ready_inputs):
                 if self.should_stop:  # the rest were not admitted: the next start looks at them again

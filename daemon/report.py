@@ -42,7 +42,8 @@ def relative_inputs(paths: list[str], inbox: Path) -> list[str]:
     for raw in paths:
         path = Path(raw)
         if path.is_absolute() or path.exists():
-            path = path.absolute()
+            # The inbox is resolved at start (it may be a link): so is the folder named here.
+            path = path.absolute().parent.resolve() / path.name
             names.append(path.relative_to(inbox).as_posix() if path.is_relative_to(inbox) else raw)
         else:
             names.append(path.as_posix())

@@ -19,7 +19,7 @@ from daemon.ledger.base import Job, JobState
 from daemon.names import shown
 from pipeline.errors import InputError, VidropError
 from pipeline.generate import IMAGE, TEXT, Generator, JobParams
-from pipeline.images import load_image
+from pipeline.images import ImageFacts, check_readable_name, open_image
 
 HASH_CHUNK = 1 << 20
 
@@ -104,7 +104,17 @@ class Admitter:
         output = str(PurePosixPath(relative).parent / stem)
         job.output = output
         mode = TEXT if ready.image is None else IMAGE
+        facts = None
         try:
+            if ready.image is not None:
+                check_readable_name(ready.image)  # before the prompt: a PSD is refused for what it is
+            if ready.sidecar_conflict:
+                names = " and ".join(path.name for path in ready.sidecar_conflict)
+                raise InputError(
+                    "This image has more than one prompt file, so vidrop does not know which one to use.",
+                    detail=f"sidecars {names} beside {relative} differ only in the case of their extension",
+                    fix=f"Keep one of {names} and delete the other.",
+                )
             requests = self._requests(main, sidecar_raw)
             if ready.image is None and not any(TEXT in self.generator.modes(request.fields.get("model"))
                                                for request in requests):
@@ -124,14 +134,14 @@ class Admitter:
             if all(self.is_known(job.key) for _, job in jobs):
                 return [Admission(job, is_known=True) for _, job in jobs]
             if ready.image is not None:
-                self._check_decodes(ready, now)
+                facts = self._check_decodes(ready)
         except SidecarError as exc:
             return [_refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)]
         except VidropError as exc:
             return [_refused(job, exc, now)]
-        return [self._build(job, request, mode, now) for request, job in jobs]
+        return [self._build(job, request, mode, now, facts) for request, job in jobs]
 
-    def _build(self, job: Job, request: Request, mode: str, now: float) -> Admission:
+    def _build(self, job: Job, request: Request, mode: str, now: float, facts: ImageFacts | None = None) -> Admission:
         """One job of a sidecar, resolved against the family (a variant may be refused alone)."""
         if self.is_known(job.key):
             return Admission(job, is_known=True)
@@ -142,6 +152,11 @@ class Admitter:
         except VidropError as exc:
             return _refused(job, exc, now)
         job.params = {**params.to_dict(), **({VARIANT: request.suffix} if request.suffix else {})}
+        if facts is not None and facts.is_animated:  # said in the manifest's adjustments
+            job.params["adjustments"] = [*job.params.get("adjustments", ()), {
+                "field": "image", "requested": f"animated {facts.format}, {facts.frames} frames",
+                "used": "first frame", "frames_in_file": facts.frames,
+                "rule": "a video is made from one still image: an animated file's first frame"}]
         job.content_key = content_key(job.input_sha256, params)
         job.seed = params.seed if params.seed is not None else secrets.randbelow(SEED_MAX + 1)
         return Admission(job)
@@ -168,13 +183,24 @@ class Admitter:
                         expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
                 for request in expand(defaults, sidecar, self.generator.preset)]
 
-    def _check_decodes(self, ready: ReadyInput, now: float) -> None:
+    def _check_decodes(self, ready: ReadyInput) -> ImageFacts:
+        """Decode the whole image; one that fails while it may still be arriving (seen unchanged for less
+        than the decode grace, by our own clock) is not ready yet, and one whose end is still missing after
+        the grace is refused."""
         try:
-            load_image(ready.image, max_pixels=self.settings.limits.max_image_pixels)
+            _, facts = open_image(ready.image, max_pixels=self.settings.limits.max_image_pixels)
         except InputError:
-            if now - ready.image_snapshot.last_change < self.settings.intake.decode_grace_seconds:
+            if ready.stable_seconds < self.settings.intake.decode_grace_seconds:
                 raise NotReadyYet(str(ready.image)) from None
             raise
+        if ready.unfinished is not None and ready.unfinished.is_certain:
+            raise InputError(
+                "The image file is incomplete: the copy seems to have stopped before the end.",
+                detail=f"{ready.unfinished.reason}; unchanged for {ready.stable_seconds:.0f} s "
+                       f"(intake.decode_grace_seconds={self.settings.intake.decode_grace_seconds:g})",
+                fix="Copy the file into the folder again and let the copy finish.",
+            )
+        return facts
 
 
 def _read_sidecar(path: Path | None, max_bytes: int) -> tuple[bytes | None, str | None]:

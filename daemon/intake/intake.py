@@ -42,7 +42,7 @@ class Intake:
         self.pending = PendingInputs(
             inbox, is_junk=self.is_junk, pairing_seconds=settings.pairing_seconds, reopen=self.is_network,
             settle_seconds=settings.network_settle_seconds if self.is_network else settings.settle_seconds,
-            taken=taken,
+            taken=taken, grace_seconds=settings.decode_grace_seconds,
         )
         self.scanner = InboxScanner(inbox, self.is_junk)
         self.settings = settings
@@ -104,13 +104,13 @@ class Intake:
         """A full scan at the next tick (a job found the inbox gone)."""
         self._next_reconcile = 0.0
 
-    def take_ready(self, now_wall: float) -> list[ReadyInput]:
-        """Inputs complete now (none while the inbox is unavailable)."""
-        return self.pending.take_ready(now_wall) if self.is_available else []
+    def take_ready(self) -> list[ReadyInput]:
+        """Inputs complete now (none while the inbox is unavailable); judged on the monotonic clock."""
+        return self.pending.take_ready(self.clock.monotonic()) if self.is_available else []
 
     def retry_later(self, path: Path, *, delay: float) -> None:
         """Look at a path again after delay seconds."""
-        self.pending.release(path, not_before=self.clock.time() + delay)
+        self.pending.release(path, not_before=self.clock.monotonic() + delay)
 
     def is_idle(self) -> bool:
         """Nothing waiting to settle or pair."""

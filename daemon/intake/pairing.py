@@ -2,19 +2,56 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from config.sidecar import SidecarError, parse_sidecar
-from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name
+from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name, is_input_name
 from daemon.outbox import is_output_like
+from pipeline.images import sniff_format
 
 PLACEHOLDER_FIELDS = ("prompt", "negative_prompt")
 
 
+class FolderNames:
+    """Folder listings shared by the pairing questions of one tick (each image in a folder asks about it).
+
+    Cleared every tick, not kept by folder mtime: a name added within the mtime's granularity would be missed.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[Path, list[str]] = {}
+
+    def __call__(self, folder: Path) -> list[str]:
+        names = self._names.get(folder)
+        if names is None:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            self._names[folder] = names
+        return names
+
+    def clear(self) -> None:
+        self._names.clear()
+
+
 def sidecar_for(image: Path) -> Path:
-    """Where the image's sidecar is (or would be)."""
+    """Where the image's sidecar would be by default (photo.png → photo.json)."""
     return image.with_name(image.stem + SIDECAR_SUFFIX)
+
+
+def sidecars_for(image: Path, names: Callable[[Path], list[str]] | None = None) -> list[Path]:
+    """The image's sidecars: its stem with `.json` in any case (Windows tools write SHOT.JSON, Banner.Json).
+
+    More than one (a.json and a.JSON on a case-sensitive share) is a conflict the admission refuses.
+    """
+    wanted = image.stem + SIDECAR_SUFFIX
+    listed = names(image.parent) if names is not None else FolderNames()(image.parent)
+    found = [name for name in listed
+             if len(name) == len(wanted) and name.startswith(image.stem) and name.lower().endswith(SIDECAR_SUFFIX)]
+    return [image.with_name(name) for name in sorted(found)]
 
 
 def images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Path]:
@@ -25,6 +62,30 @@ def images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Path]:
     except OSError:
         return []
     return sorted(p for p in entries if p.stem == stem and is_image_name(p.name) and not is_junk(p.name))
+
+
+def unknown_images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Path]:
+    """Files beside a lone sidecar with its stem, no image extension and an image format's first bytes
+    (`photo` or `photo.jpg_large` from a browser): a prompt for them must not become a text-only job."""
+    stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
+    try:
+        entries = [p for p in sidecar.parent.iterdir()
+                   if p != sidecar and (p.name == stem or p.name.startswith(stem + "."))
+                   and not is_input_name(p.name) and not is_junk(p.name)]
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        if FileSnapshot.of(path) is None:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(64)
+        except OSError:
+            continue
+        if sniff_format(head) is not None:
+            found.append(path)
+    return sorted(found)
 
 
 def output_stem(image: Path, is_junk: Callable[[str], bool]) -> str:

@@ -1,8 +1,9 @@
-"""When is a dropped file a real, complete input: junk names, the settle window, busy markers."""
+"""When is a dropped file a real, complete input: junk names, the settle window, busy markers, open writers."""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from daemon.outbox import TEMP_PREFIX
-from pipeline.images import IMAGE_SUFFIXES
+from pipeline.images import IMAGE_SUFFIXES, Unfinished, find_unfinished
 
 SIDECAR_SUFFIX = ".json"
 DEFAULTS_NAME = "_defaults.json"
@@ -129,37 +130,150 @@ def parse_stamp(stamp: str) -> StatValues:
 
 
 class SettleTracker:
-    """A file is settled once its snapshot stayed the same over the settle window."""
+    """A file is settled once its snapshot stayed the same over the settle window, by our own observation.
+
+    File times are never compared with the local clock: they come from the producer's or the file
+    server's clock (a camera hours ahead, `rsync -a` keeping a source's times, a server running behind),
+    so a window is measured in monotonic time from the moment we first saw the file as it is now. A file
+    that sat in the inbox while the daemon was down waits one window after the start, and no more.
+    """
 
     def __init__(self, settle_seconds: float, *, reopen: bool = False) -> None:
         self.settle_seconds = settle_seconds
         self.reopen = reopen
         self._seen: dict[Path, tuple[FileSnapshot, float]] = {}
+        self._parked: dict[Path, tuple[FileSnapshot, float]] = {}
 
-    def is_settled(self, path: Path, now_wall: float) -> bool:
-        """Stat the file; True when it has not changed for settle_seconds (wall clock, like file times).
-
-        ctime moves on every write, rename and utime, and nobody can set it back, so a file whose
-        mtime and ctime are both older than the window was not touched during it: one stat is enough
-        for files that sat in the inbox while the daemon was down.
-        """
+    def is_settled(self, path: Path, now: float) -> bool:
+        """Stat the file; True when we have seen it unchanged for settle_seconds (now: monotonic)."""
         snapshot = FileSnapshot.of(path)
         if snapshot is None:
             self._seen.pop(path, None)
             return False
-        previous = self._seen.get(path)
-        if previous is None or previous[0] != snapshot:
-            stable_since = min(snapshot.last_change, now_wall)
-            self._seen[path] = (snapshot, stable_since)
-        else:
-            stable_since = previous[1]
-        if now_wall - stable_since < self.settle_seconds:
+        if self.stable_for(path, snapshot, now) < self.settle_seconds:
             return False
         if self.reopen and FileSnapshot.after_open(path) != snapshot:
             self._seen.pop(path, None)
             return False
         return not is_finder_busy(path)
 
+    def stable_for(self, path: Path, snapshot: FileSnapshot, now: float) -> float:
+        """Seconds we have seen the file with this snapshot (0 the first time, or when it changed)."""
+        previous = self._seen.get(path)
+        if previous is None or previous[0] != snapshot:
+            self._seen[path] = (snapshot, now)
+            return 0.0
+        self._seen[path] = previous
+        return now - previous[1]
+
+    def park(self, path: Path) -> None:
+        """Stop tracking a path handed out, but keep what was seen until `drop_parked`: a file handed back
+        with `unpark` (it did not decode yet) keeps the time it has been stable."""
+        entry = self._seen.pop(path, None)
+        if entry is not None:
+            self._parked[path] = entry
+
+    def unpark(self, path: Path) -> None:
+        """Track a parked path again, from what was seen of it before."""
+        entry = self._parked.pop(path, None)
+        if entry is not None:
+            self._seen.setdefault(path, entry)
+
+    def drop_parked(self) -> None:
+        """Forget what `park` kept and nobody handed back (those inputs were admitted)."""
+        self._parked.clear()
+
     def forget(self, path: Path) -> None:
         """Stop tracking a path (taken, or gone)."""
         self._seen.pop(path, None)
+
+
+class OpenWriters:
+    """Which files some process holds open for writing, from /proc (Linux): smbd holds a file open while
+    an SMB client writes it, as do cp, rsync --inplace and most copy tools.
+
+    Only processes this one may inspect are seen (all of them as root); elsewhere nothing is known and
+    the settle window and the file's own structure decide. One /proc walk serves every candidate of a tick.
+    Descriptors are matched by the path their link names (readlink never touches the file: a stat
+    through it could hang on another process's dead NFS mount); the inbox is resolved, so is that path.
+    """
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self._open: dict[str, list[tuple[str, str]]] | None = None
+
+    def refresh(self) -> None:
+        """Forget the last walk: the next question walks /proc again."""
+        self._open = None
+
+    def writer_of(self, path: Path) -> str | None:
+        """`name (pid N)` of a process that has the file open for writing, or None."""
+        if self._open is None:
+            self._open = self._walk()
+        for pid, fd in self._open.get(str(path), ()):
+            if self._is_writable(pid, fd):
+                return f"{self._command(pid)} (pid {pid})"
+        return None
+
+    def _walk(self) -> dict[str, list[tuple[str, str]]]:
+        found: dict[str, list[tuple[str, str]]] = {}
+        me = str(os.getpid())
+        try:
+            processes = [name for name in os.listdir(self.proc) if name.isdigit() and name != me]
+        except OSError:
+            return found
+        for pid in processes:
+            try:
+                with os.scandir(f"{self.proc}/{pid}/fd") as entries:
+                    for entry in entries:
+                        try:
+                            target = os.readlink(entry.path)
+                        except OSError:
+                            continue
+                        if target.startswith("/"):  # not a socket:[…], pipe:[…] or anon_inode
+                            found.setdefault(target, []).append((pid, entry.name))
+            except OSError:  # gone, or not ours to look at
+                continue
+        return found
+
+    def _is_writable(self, pid: str, fd: str) -> bool:
+        try:
+            with open(f"{self.proc}/{pid}/fdinfo/{fd}", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("flags:"):
+                        return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def _command(self, pid: str) -> str:
+        try:
+            return Path(f"{self.proc}/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return "a process"
+
+
+def find_unfinished_file(path: Path, *, max_bytes: int) -> Unfinished | None:
+    """Signs in the file's own bytes that it is still being filled in (see `find_unfinished`).
+
+    A file over max_bytes is not read: admission refuses it for its size anyway.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError:
+        return None
+    if len(data) > max_bytes:
+        return None
+    if is_sidecar_name(path.name):
+        return _unfinished_json(data)
+    return find_unfinished(data)
+
+
+def _unfinished_json(data: bytes) -> Unfinished | None:
+    try:
+        json.loads(data)
+    except ValueError as exc:  # also UnicodeDecodeError: a half-written UTF-8 sequence
+        # Not certain: after the grace the admission refuses it for what it is, invalid JSON.
+        return Unfinished(f"the prompt file is not complete JSON yet ({exc})", is_certain=False)
+    return None

@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 
@@ -28,20 +29,25 @@ def test_a_growing_file_is_not_settled_until_it_stops(tmp_path):
     path = tmp_path / "big.png"
     path.write_bytes(b"x" * 10)
     tracker = SettleTracker(settle_seconds=2.0)
-    now = os.stat(path).st_ctime
-    assert not tracker.is_settled(path, now)
+    assert not tracker.is_settled(path, 100.0)
     with open(path, "ab") as handle:
         handle.write(b"more")
-    now = os.stat(path).st_ctime
-    assert not tracker.is_settled(path, now + 1.9)  # changed: the window starts again
-    assert tracker.is_settled(path, now + 2.1)
+    assert not tracker.is_settled(path, 101.9)  # changed: the window starts again
+    assert not tracker.is_settled(path, 103.8)
+    assert tracker.is_settled(path, 104.0)
 
 
-def test_a_file_untouched_for_the_window_is_settled_at_once(tmp_path):
-    path = tmp_path / "old.png"
+@pytest.mark.parametrize("offset", [3 * 3600, -3 * 3600, -30 * 86400])
+def test_file_times_are_never_compared_with_the_local_clock(tmp_path, offset):
+    """A camera or server clock hours ahead (or behind): the window is measured by our own observations."""
+    path = tmp_path / "shot.png"
     path.write_bytes(b"x")
+    stamp = time.time() + offset
+    os.utime(path, (stamp, stamp))
     tracker = SettleTracker(settle_seconds=2.0)
-    assert tracker.is_settled(path, os.stat(path).st_ctime + 5)
+    assert not tracker.is_settled(path, 50.0)  # however old or new its times say it is: first sight
+    assert not tracker.is_settled(path, 51.0)
+    assert tracker.is_settled(path, 52.0)
 
 
 def test_links_and_missing_files_never_settle(tmp_path):

@@ -70,6 +70,26 @@ def test_outbox_inside_inbox_is_refused(clean_env, tmp_path):
         load_settings(config)
 
 
+def test_an_inbox_and_outbox_that_are_links_are_resolved_once_at_start(clean_env, tmp_path):
+    (tmp_path / "share" / "in").mkdir(parents=True)
+    (tmp_path / "share" / "out").mkdir()
+    (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in")
+    (tmp_path / "outbox").symlink_to(tmp_path / "share" / "out")
+    config = write_config(tmp_path, f'inbox = "{tmp_path}/inbox"\noutbox = "{tmp_path}/outbox"\n')
+    settings = load_settings(config).settings
+    assert settings.inbox == (tmp_path / "share" / "in").resolve()
+    assert settings.outbox == (tmp_path / "share" / "out").resolve()
+
+
+def test_paths_given_through_the_inbox_link_name_inputs_in_the_resolved_inbox(tmp_path):
+    from daemon.report import relative_inputs
+
+    (tmp_path / "share" / "in" / "spring").mkdir(parents=True)
+    (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in")
+    inbox = (tmp_path / "inbox").resolve()
+    assert relative_inputs([f"{tmp_path}/inbox/spring/hero.png"], inbox) == ["spring/hero.png"]
+
+
 def test_hf_hub_offline_turns_offline_on(clean_env):
     clean_env.setenv("HF_HUB_OFFLINE", "1")
     assert load_settings().settings.pipeline.offline is True
