@@ -197,7 +197,7 @@ class Daemon:
         try:
             fresh = self.settings_loader()
         except ConfigError as exc:
-            log.error("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
+            log.warning("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
             self.notifier.ready()
             return
         before, after = flat_settings(self.settings), flat_settings(fresh)
