@@ -182,6 +182,9 @@ class RecoverySettings(_Section):
     outbox_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable "
                                                                "outbox again; doubles each time")
     outbox_retry_max_seconds: float = Field(120.0, gt=0, description="longest wait between two tries")
+    max_attempts: int = Field(3, ge=1, description="a job whose process died or lost its lease this many times "
+                                                   "is failed (set aside) instead of run again; `vidrop retry` "
+                                                   "queues it once more")
 
 
 class MemorySettings(_Section):
