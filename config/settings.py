@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     InitSettingsSource,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 

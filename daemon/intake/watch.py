@@ -62,6 +62,10 @@ class _ReportingObserver(InotifyObserver):
         self._inotify_fd.start()
         BaseObserver.__init__(self, InotifyEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd)
 
+    @property
+    def limit_reached(self) -> WatchLimitReached | None:
+        return self._inotify_fd.limit_reached
+
 
 class _QueueingHandler(FileSystemEventHandler):
     def __init__(self, paths: queue.Queue) -> None:
@@ -104,7 +108,7 @@ class InboxWatcher:
     @property
     def limit_reached(self) -> WatchLimitReached | None:
         """The first folder that could not be watched for a kernel limit (also put on the queue), if any."""
-        return None if self._observer is None else self._observer._inotify_fd.limit_reached
+        return None if self._observer is None else self._observer.limit_reached
 
     def stop(self) -> None:
         """Stop and join the observer thread."""

@@ -182,46 +182,52 @@ def _with_inotify_limits(*, watches: int | None = None, instances: int | None = 
     return ("unshare", "--user", "--map-root-user", "sh", "-c", " && ".join([*limits, 'exec "$0" "$@"']))
 
 
-def _start_limited(folders, demo_models, prefix):
-    # A reconcile that never comes within the test: only events or polls can bring the files.
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__RECONCILE_SECONDS="3600",
-                     VIDROP_INTAKE__WATCH="events")
-    return VidropProcess(env, ("run",), prefix=prefix)
+@pytest.fixture
+def start_limited(folders, demo_models):
+    """Start `vidrop run` under lowered inotify limits; each one must stop cleanly (exit 0) at the end."""
+    started = []
 
+    def start(**limits) -> VidropProcess:
+        # A reconcile that never comes within the test: only events or polls can bring the files.
+        env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__RECONCILE_SECONDS="3600",
+                         VIDROP_INTAKE__WATCH="events")
+        started.append(VidropProcess(env, ("run",), prefix=_with_inotify_limits(**limits)))
+        return started[-1]
 
-def test_at_the_inotify_instance_limit_vidrop_starts_polling_and_says_why(folders, demo_models):
-    daemon = _start_limited(folders, demo_models, _with_inotify_limits(instances=0))
-    try:
-        [started] = daemon.wait_event("intake_started")
-        [exhausted] = daemon.events_named("inotify_exhausted")
-        assert exhausted["sysctl"] == "fs.inotify.max_user_instances" and exhausted["errno"] == "EMFILE"
-        assert started["mode"] == "polling" and "max_user_instances" in started["polling_reason"]
-        drop_job(folders["inbox"] / "new" / "folder", "shot")
-        wait_for((folders["outbox"] / "new" / "folder" / "shot.mp4").exists, 120, what="the video of a polled file")
-    finally:
+    yield start
+    for daemon in started:
         assert daemon.stop() == 0, daemon.log_text()
 
 
+def _a_new_folder_is_polled(folders, folder: str) -> None:
+    drop_job(folders["inbox"] / folder, "shot")
+    wait_for((folders["outbox"] / folder / "shot.mp4").exists, 120, what=f"the video of a file in {folder}")
+
+
+def test_at_the_inotify_instance_limit_vidrop_starts_polling_and_says_why(folders, start_limited):
+    daemon = start_limited(instances=0)
+    [started] = daemon.wait_event("intake_started")
+    [exhausted] = daemon.events_named("inotify_exhausted")
+    assert exhausted["sysctl"] == "fs.inotify.max_user_instances" and exhausted["errno"] == "EMFILE"
+    assert started["mode"] == "polling" and "max_user_instances" in started["polling_reason"]
+    _a_new_folder_is_polled(folders, "new/folder")
+
+
 @pytest.mark.parametrize("reached", ["at_start", "as_folders_come"])
-def test_past_the_inotify_watch_limit_new_folders_are_polled_and_the_log_says_why(folders, demo_models, reached):
+def test_past_the_inotify_watch_limit_new_folders_are_polled_and_the_log_says_why(folders, start_limited, reached):
     (folders["inbox"] / "old").mkdir()
     if reached == "at_start":
         for name in ("a", "b", "c"):
             (folders["inbox"] / name).mkdir()
-    # Two watches: the inbox and old/; every other folder is beyond the limit.
-    daemon = _start_limited(folders, demo_models, _with_inotify_limits(watches=2))
-    try:
-        [started] = daemon.wait_event("intake_started")
-        if reached == "at_start":
-            assert started["mode"] == "polling" and "max_user_watches" in started["polling_reason"]
-        else:
-            assert started["mode"] == "events" and not daemon.events_named("inotify_exhausted")
-            for name in ("a", "b", "c"):
-                (folders["inbox"] / name).mkdir()
-        [exhausted] = daemon.wait_event("inotify_exhausted", timeout=30)
-        assert exhausted["sysctl"] == "fs.inotify.max_user_watches" and exhausted["errno"] == "ENOSPC"
-        assert exhausted["mode"] == "polling" and "sysctl -w fs.inotify.max_user_watches" in exhausted["fix"]
-        drop_job(folders["inbox"] / "c" / "deeper", "shot")
-        wait_for((folders["outbox"] / "c" / "deeper" / "shot.mp4").exists, 120, what="the video of a polled file")
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
+    daemon = start_limited(watches=2)  # the inbox and old/; every other folder is beyond the limit
+    [started] = daemon.wait_event("intake_started")
+    if reached == "at_start":
+        assert started["mode"] == "polling" and "max_user_watches" in started["polling_reason"]
+    else:
+        assert started["mode"] == "events" and not daemon.events_named("inotify_exhausted")
+        for name in ("a", "b", "c"):
+            (folders["inbox"] / name).mkdir()
+    [exhausted] = daemon.wait_event("inotify_exhausted", timeout=30)
+    assert exhausted["sysctl"] == "fs.inotify.max_user_watches" and exhausted["errno"] == "ENOSPC"
+    assert exhausted["mode"] == "polling" and "sysctl -w fs.inotify.max_user_watches" in exhausted["fix"]
+    _a_new_folder_is_polled(folders, "c/deeper")

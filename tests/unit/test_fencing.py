@@ -12,19 +12,9 @@ from daemon.ledger.base import Job
 from daemon.ledger.sqlite import SqliteLedger
 from daemon.outbox import TEMP_PREFIX, Outbox
 from pipeline.generate import GenerationResult, JobParams
+from tests.fakes import FakeClock
 
 LEASE = 10.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def ledger(tmp_path):
 
 
 def test_a_holder_whose_claim_was_taken_over_cannot_confirm(ledger):
-    clock = _Clock()
+    clock = FakeClock()
     stalled = ledger.claim_next("a", clock.time(), LEASE)
     keeper = LeaseKeeper(ledger, instance_id="a", clock=clock, lease_seconds=LEASE, describe=lambda: "")
     keeper.hold(stalled.id, stalled.claims)
