@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -123,24 +125,53 @@ def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_go
 # -- a holder that stalls past its lease -----------------------------------------------------------
 
 
+RENAME_SYSCALLS = {"82", "264", "316"}  # rename, renameat, renameat2 on x86_64
+
+
 def _temporary_video(outbox: Path) -> bool:
     return any(path.name.startswith(TEMP_PREFIX) and path.name.endswith("-shot.mp4") for path in outbox.iterdir())
 
 
-@pytest.mark.parametrize("stalled_at", ["generating", "encoding"])
+def _hold_first_rename(pid: int) -> subprocess.Popen:
+    """strace holds the process's first rename for 30 s: the holder is caught right where its outputs go
+    into place, after its last lease check (the process must not rename anything else meanwhile)."""
+    if shutil.which("strace") is None or platform.machine() != "x86_64":
+        pytest.skip("needs strace on x86_64 to catch the holder at its rename")
+    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-o", "/dev/null",
+                               "-e", "trace=rename,renameat,renameat2",
+                               "-e", "inject=rename,renameat,renameat2:delay_enter=30s:when=1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    attached = tracer.stderr.readline()
+    if "attached" not in attached:
+        tracer.wait()
+        pytest.skip(f"strace cannot attach here: {attached.strip()}")
+    return tracer
+
+
+def _is_renaming(pid: int) -> bool:
+    return Path(f"/proc/{pid}/syscall").read_text().split()[0] in RENAME_SYSCALLS
+
+
+@pytest.mark.parametrize("stalled_at", ["generating", "encoding", "renaming"])
 def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_outputs(folders, demo_models,
                                                                                      start_vidrop, stalled_at):
-    # veryslow and 256x256 make the encoding last seconds, so the test can stop the holder inside it.
+    # veryslow and 256x256 make the encoding last seconds, so the test can stop the holder inside it; no
+    # gallery, so that the outputs are the holder's first renames.
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2",
                      VIDROP_OUTPUT__X264_PRESET="veryslow", VIDROP_DEBUG__SLOW_INPUTS='["shot.png"]',
-                     VIDROP_DEBUG__SLOW_STEP_SECONDS="1")
+                     VIDROP_DEBUG__SLOW_STEP_SECONDS="1", VIDROP_GALLERY__ENABLED="false")
     first = start_vidrop(env)
     first.wait_event("daemon_ready")
     drop_job(folders["inbox"], "shot", width=256, height=256, num_frames=17)
+    tracer = None
     if stalled_at == "generating":
         first.wait_event("pipeline_invoked")
-    else:
+    elif stalled_at == "encoding":
         wait_for(lambda: _temporary_video(folders["outbox"]), 120, interval=0.005, what="the holder encoding")
+    else:
+        first.wait_event("pipeline_invoked")
+        tracer = _hold_first_rename(first.process.pid)
+        wait_for(lambda: _is_renaming(first.process.pid), 120, interval=0.005, what="the holder renaming")
     os.kill(first.process.pid, signal.SIGSTOP)
     try:
         second = start_vidrop(env)
@@ -151,7 +182,12 @@ def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_out
         written = manifest.read_text()
     finally:
         os.kill(first.process.pid, signal.SIGCONT)
-    [abandoned] = first.wait_event("job_abandoned", timeout=120)
+    try:
+        [abandoned] = first.wait_event("job_abandoned", timeout=120)
+    finally:
+        if tracer is not None:
+            tracer.terminate()
+            tracer.communicate(timeout=30)
     assert abandoned["reason"] == "lease lost to another instance"
     assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in before} == before
     assert manifest.read_text() == written and json.loads(written)["attempts"] == 2
