@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "vidrop.toml"
@@ -182,6 +182,9 @@ class RecoverySettings(_Section):
     outbox_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable "
                                                                "outbox again; doubles each time")
     outbox_retry_max_seconds: float = Field(120.0, gt=0, description="longest wait between two tries")
+    max_attempts: int = Field(3, ge=1, description="a job whose process died or lost its lease this many times "
+                                                   "is failed (set aside) instead of run again; `vidrop retry` "
+                                                   "queues it once more")
 
 
 class MemorySettings(_Section):
@@ -279,8 +282,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls))
+        # The file as load_settings read and parsed it once: a second read could meet other bytes.
+        if settings_cls.model_config.get("toml_data"):
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=settings_cls.model_config["toml_data"]))
         return tuple(sources)
 
     @property
@@ -362,10 +366,13 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             toml_data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}); save it as UTF-8") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc}") from None
 
-    bound = type("BoundSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    bound = type("BoundSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_data": toml_data}})
     try:
         settings = Settings.model_validate(bound(**overrides).model_dump())
     except ValidationError as exc:

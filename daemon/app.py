@@ -140,7 +140,7 @@ class Daemon:
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
                              wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
                              lease=self._keeper, lease_seconds=recovery.lease_seconds,
-                             on_input_changed=self._notice_input)
+                             on_input_changed=self._notice_input, max_lost_attempts=recovery.max_attempts)
         self._is_watching = watch
         self.taken = TakenInputs(settings.inbox, store=self.ledger)
         log.info("taken_inputs_loaded", inputs=self.taken.load())
@@ -204,7 +204,7 @@ class Daemon:
         try:
             fresh = self.settings_loader()
         except ConfigError as exc:
-            log.error("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
+            log.warning("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
             self.notifier.ready()
             return
         before, after = flat_settings(self.settings), flat_settings(fresh)
@@ -413,7 +413,7 @@ class Daemon:
 
     def _run_job(self, job: Job) -> None:
         assert self._keeper is not None
-        self._keeper.hold(job.id)
+        self._keeper.hold(job.id, job.claims)
         self.status_line.job_started()
         self.status_text = f"running {job.id}: {shown(job.input)}"  # for the ledger and sd_notify: valid text
         if not job.params:  # a refusal `vidrop retry` queued again, claimed before intake read it again
@@ -424,7 +424,7 @@ class Daemon:
         try:
             state = self.runner.run(job)
         except JobInterrupted:
-            self.ledger.release(job.id, self.instance.id)
+            self.ledger.release(job.id, self.instance.id, token=job.claims)
             log.warning("job_abandoned", job_id=job.id, input=job.input, state=JobState.QUEUED.value,
                         reason="stopping", stop_timeout_seconds=self.settings.service.stop_timeout_seconds)
             self.notifier.status(f"stopping; {job.input} queued again")
@@ -434,13 +434,13 @@ class Daemon:
             log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
             return
         except InboxUnavailable:
-            self.ledger.release(job.id, self.instance.id)
+            self.ledger.release(job.id, self.instance.id, token=job.claims)
             log.warning("job_postponed", job_id=job.id, input=job.input, reason="the inbox is unavailable")
             self.runner.notify(job, JobState.QUEUED)
             self.intake.scan_now()  # it finds the inbox gone and pauses intake and jobs until it is back
             return
         except OutboxUnavailable as exc:
-            self.ledger.release(job.id, self.instance.id)
+            self.ledger.release(job.id, self.instance.id, token=job.claims)
             log.warning("job_postponed", job_id=job.id, input=job.input, reason=exc.reason)
             self.runner.notify(job, JobState.QUEUED)
             self._pause(exc)
@@ -528,5 +528,6 @@ class Daemon:
         else:
             queued = self.ledger.queued_count()
             unloaded = ", model unloaded" if self._is_model_unloaded else ""
-            self.status_text = self.status_line.idle(queued, len(self.intake.pending)) + unloaded
+            polling = f", polling: {self.intake.polling_reason}" if self.intake.polling_reason else ""
+            self.status_text = self.status_line.idle(queued, len(self.intake.pending)) + unloaded + polling
         self.notifier.status(self.status_text)

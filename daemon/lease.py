@@ -31,6 +31,7 @@ class LeaseKeeper:
         self.describe = describe
         self._lock = threading.Lock()
         self._job_id: str | None = None
+        self._token: int | None = None
         self._is_lost = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vidrop-heartbeat", daemon=True)
@@ -43,15 +44,15 @@ class LeaseKeeper:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
-    def hold(self, job_id: str) -> None:
-        """This instance now runs job_id (it was just claimed with a fresh lease)."""
+    def hold(self, job_id: str, token: int | None = None) -> None:
+        """This instance now runs job_id under the claim numbered token (it was just claimed with a fresh lease)."""
         with self._lock:
-            self._job_id, self._is_lost = job_id, False
+            self._job_id, self._token, self._is_lost = job_id, token, False
 
     def drop(self) -> None:
         """The job is over, one way or another."""
         with self._lock:
-            self._job_id, self._is_lost = None, False
+            self._job_id, self._token, self._is_lost = None, None, False
 
     def check(self) -> None:
         """Raise LeaseLost if a heartbeat found the job taken over (called only while the job is under way)."""
@@ -60,7 +61,8 @@ class LeaseKeeper:
             raise LeaseLost(self._job_id)
 
     def confirm(self) -> None:
-        """Renew now, before writing outputs: the commit starts with a whole lease ahead of it."""
+        """Renew now, under this claim's token, before writing outputs and again right before renaming them
+        into place: the renames start with a whole lease ahead of them, or not at all (LeaseLost)."""
         self._renew()
         self.check()
 
@@ -74,7 +76,8 @@ class LeaseKeeper:
             if self._job_id is None or self._is_lost:
                 return
             # A failed renewal right after the job finished is no news; check() tells only while it runs.
-            if not self.ledger.renew(self._job_id, self.instance_id, self.clock.time(), self.lease_seconds):
+            if not self.ledger.renew(self._job_id, self.instance_id, self.clock.time(), self.lease_seconds,
+                                     token=self._token):
                 self._is_lost = True
 
     def _loop(self) -> None:

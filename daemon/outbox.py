@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
 from pipeline.encode import (DEFAULT_X264_PRESET, check_thumbnail, check_video, start_video, write_preview,
@@ -262,15 +262,19 @@ class Outbox:
         return removed
 
     def commit_success(self, *, names: OutputNames, result: GenerationResult, params: JobParams,
-                       manifest: dict[str, Any]) -> dict[str, str]:
-        """Write video, thumbnail and manifest under temporary names, check them, rename them into place."""
+                       manifest: dict[str, Any], before_rename: Callable[[], None] | None = None) -> dict[str, str]:
+        """Write video, thumbnail and manifest under temporary names, check them, rename them into place.
+
+        before_rename runs once all is written and checked, right before the first rename; whatever it raises
+        (a lost lease) leaves the final names untouched.
+        """
         video = names.video(params.format)
         video_tmp, thumb_tmp, preview_tmp, manifest_tmp = (
             self._temporary(names.folder, path.name) for path in (video, names.thumbnail, names.preview, names.manifest))
         try:
             with self._writing():
                 outputs = self._write_outputs(names, result, params, manifest, video, video_tmp, thumb_tmp,
-                                              preview_tmp, manifest_tmp)
+                                              preview_tmp, manifest_tmp, before_rename)
         finally:
             for path in (video_tmp, thumb_tmp, preview_tmp, manifest_tmp):
                 path.unlink(missing_ok=True)
@@ -278,7 +282,8 @@ class Outbox:
 
     def _write_outputs(self, names: OutputNames, result: GenerationResult, params: JobParams,
                        manifest: dict[str, Any], video: Path, video_tmp: Path, thumb_tmp: Path,
-                       preview_tmp: Path, manifest_tmp: Path) -> dict[str, str]:
+                       preview_tmp: Path, manifest_tmp: Path,
+                       before_rename: Callable[[], None] | None) -> dict[str, str]:
         names.folder.mkdir(parents=True, exist_ok=True)
         # The thumbnail and the preview are made from the frames in memory while ffmpeg encodes the video.
         encoding = start_video(result.frames, video_tmp, fps=params.fps, fmt=params.format,
@@ -306,6 +311,8 @@ class Outbox:
         _fsync_path(video_tmp)
         _fsync_path(thumb_tmp)
         _fsync_path(preview_tmp)
+        if before_rename is not None:
+            before_rename()
         # The manifest goes last: once it is there, the video and thumbnail it names are complete.
         os.replace(video_tmp, video)
         os.replace(thumb_tmp, names.thumbnail)

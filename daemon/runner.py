@@ -61,7 +61,7 @@ class Runner:
                  listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
                  wait: Waiter | None = None, on_status: Callable[[str], None] | None = None,
                  owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0,
-                 on_input_changed: Callable[[str], None] | None = None) -> None:
+                 on_input_changed: Callable[[str], None] | None = None, max_lost_attempts: int = 3) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -77,6 +77,7 @@ class Runner:
         self.lease = lease
         self.lease_seconds = lease_seconds
         self.on_input_changed = on_input_changed  # told the inbox path of an input re-exported under its job
+        self.max_lost_attempts = max_lost_attempts
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -103,6 +104,8 @@ class Runner:
                 committed = self.outbox.find_committed(names, job.id)
                 if committed is not None:
                     return self._reconcile(job, names, committed)
+            if job.lost_attempts >= self.max_lost_attempts:
+                raise self._set_aside(job)
             found = self._input_of(job)
             if found is None:
                 return None
@@ -125,15 +128,21 @@ class Runner:
             structlog.contextvars.bind_contextvars(stage="encode")
             encode_started = self.clock.monotonic()
             manifest = self._manifest(job, params, result.facts)
-            if self.lease is not None:
-                self.lease.confirm()
-            outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
+            self._confirm_lease()
+            try:
+                outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest,
+                                                     before_rename=self._confirm_lease)
+            except OutboxUnavailable:
+                # An instance that took the job over removes the temporaries of the one it took it from:
+                # a stalled holder then finds its files gone, which is a lost lease, not a missing outbox.
+                self._confirm_lease()
+                raise
             encode_seconds = self.clock.monotonic() - encode_started
             now = self.clock.time()
             duration = self.clock.monotonic() - started
             # The line before the ledger: a kill between the two is reconciled without a second line.
             self._append_done_line(job, names, outputs, now, duration)
-            self.ledger.finish(job.id, now, outputs, owner=self.owner)
+            self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims)
             memory = result.facts["memory"]
             log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
@@ -274,15 +283,15 @@ class Runner:
             "kind": kind,
             "failed_at": iso_time(now),
         }
-        if job.state is JobState.RUNNING and self.lease is not None:
-            self.lease.confirm()
+        if job.state is JobState.RUNNING:
+            self._confirm_lease()
         path = self.outbox.commit_failure(names=names, error_document=document)
         self.outbox.append_job_line(names, {
             "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
             "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
         })
         self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
-                         owner=self.owner if job.state is JobState.RUNNING else None)
+                         owner=self.owner if job.state is JobState.RUNNING else None, token=job.claims)
         log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
@@ -335,6 +344,24 @@ class Runner:
         self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": 0.0})
         return True
 
+    def _confirm_lease(self) -> None:
+        """Raise LeaseLost unless this instance still holds the job under its claim (renewing it)."""
+        if self.lease is not None:
+            self.lease.confirm()
+
+    def _set_aside(self, job: Job) -> GenerationError:
+        """The error for a job whose process died (or lost its lease) max_lost_attempts times: it runs no more."""
+        times = job.lost_attempts
+        log.warning("job_set_aside", lost_attempts=times, max_attempts=self.max_lost_attempts)
+        return GenerationError(
+            f"This input stopped vidrop {times} times, so it is set aside and not tried again by itself.",
+            detail=(f"{times} attempts ended with the vidrop process dying or losing its lease while it ran this job "
+                    "(killed for using too much memory, a crash inside a library, or a hang the watchdog ended); "
+                    f"recovery.max_attempts = {self.max_lost_attempts}"),
+            fix=("Ask for a smaller size, fewer frames or fewer steps, or ask the operator to look at the log; "
+                 f"then run `vidrop retry {job.input}` to try again."),
+        )
+
     def _names(self, job: Job) -> OutputNames:
         return self.outbox.names_for_output(job.output) if job.output else self.outbox.names_for(job.input)
     def _reconcile(self, job: Job, names: OutputNames, outputs: dict[str, str]) -> JobState:
@@ -342,7 +369,7 @@ class Runner:
         now = self.clock.time()
         if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
             self._append_done_line(job, names, outputs, now, 0.0)
-        self.ledger.finish(job.id, now, outputs, owner=self.owner)
+        self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims)
         log.info("job_reconciled", state=JobState.DONE.value, output=outputs["video"])
         self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
         return JobState.DONE

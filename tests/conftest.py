@@ -132,8 +132,9 @@ def vidrop_env(folders: dict[str, Path], model: Path, **extra: str) -> dict[str,
 class VidropProcess:
     """A real `vidrop run` process whose JSON log lines are collected from stderr."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",)) -> None:
-        self.process = subprocess.Popen([str(VIDROP), *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",), prefix: tuple[str, ...] = ()) -> None:
+        # prefix: a command that execs vidrop in its own process (unshare, setpriv), so the PID stays vidrop's
+        self.process = subprocess.Popen([*prefix, str(VIDROP), *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.other_lines: list[str] = []

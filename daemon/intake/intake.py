@@ -18,11 +18,12 @@ from daemon.intake.pending import PendingInputs, ReadyInput
 from daemon.intake.readiness import JunkFilter
 from daemon.intake.scan import InboxScanner, InboxUnavailable
 from daemon.intake.taken import TakenInputs
-from daemon.intake.watch import InboxWatcher
+from daemon.intake.watch import INOTIFY_LIMIT_ERRORS, InboxWatcher, WatchLimitReached
 
 log = structlog.get_logger()
 
-INOTIFY_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+# Which kernel limit an inotify error means, and the sysctl that raises it.
+INOTIFY_SYSCTLS = {errno.ENOSPC: "fs.inotify.max_user_watches", errno.EMFILE: "fs.inotify.max_user_instances"}
 
 
 class Intake:
@@ -49,6 +50,7 @@ class Intake:
         self.mode = self._choose_mode(settings.watch)
         self.is_available = True
         self.unavailable_reason = ""
+        self.polling_reason = ""  # why events were wanted but the inbox is polled (an inotify limit)
         self._watcher: InboxWatcher | None = None
         self._next_poll = 0.0
         self._next_reconcile = 0.0
@@ -64,7 +66,8 @@ class Intake:
         if watch and self.mode == "events":
             self._start_watcher()
         self._scan(full=True)
-        log.info("intake_started", mode=self.mode if watch else "scan-once", filesystem=self.fs_type or "unknown",
+        log.info("intake_started", mode=self.mode if watch else "scan-once", polling_reason=self.polling_reason or None,
+                 filesystem=self.fs_type or "unknown",
                  network=self.is_network, pending=len(self.pending), unchanged=self.pending.passed_over)
 
     def stop(self) -> None:
@@ -73,8 +76,12 @@ class Intake:
             self._watcher.stop()
             self._watcher = None
 
-    def notice(self, path: Path) -> None:
+    def notice(self, path: Path | WatchLimitReached) -> None:
         """A path from the observer; a folder created or moved in is scanned (its files raise no events)."""
+        if isinstance(path, WatchLimitReached):
+            if self.mode == "events":
+                self._fall_back_to_polling(path.error, folder=path.folder)
+            return
         if not self.is_available:
             return
         if path.is_dir() and not path.is_symlink():
@@ -123,12 +130,31 @@ class Intake:
         except OSError as exc:
             watcher.stop()
             if exc.errno in INOTIFY_LIMIT_ERRORS:
-                log.warning("inotify_unavailable", error=str(exc), action="falling back to polling",
-                            fix="raise fs.inotify.max_user_watches / max_user_instances")
-                self.mode = "polling"
+                self._fall_back_to_polling(exc, folder=self.inbox)
                 return
             raise
         self._watcher = watcher
+        reached = getattr(watcher, "limit_reached", None)
+        if reached is not None:  # already while the tree was walked: say so before intake_started does
+            self._fall_back_to_polling(reached.error, folder=reached.folder)
+
+    def _fall_back_to_polling(self, exc: OSError, *, folder: Path) -> None:
+        """inotify ran out (watches or instances): poll the whole inbox rather than miss the folders beyond it.
+
+        The whole inbox, not only the folders without a watch: which those are changes as folders come and go,
+        and a poll of every folder is what a network mount gets anyway.
+        """
+        sysctl = INOTIFY_SYSCTLS.get(exc.errno or 0, "fs.inotify.max_user_watches")
+        self.mode = "polling"
+        self.polling_reason = f"inotify limit reached ({sysctl})"
+        log.warning("inotify_exhausted", error=exc.strerror or str(exc), errno=errno.errorcode.get(exc.errno or 0, ""),
+                    folder=str(folder), sysctl=sysctl, mode=self.mode, poll_seconds=self.settings.poll_seconds,
+                    action="polling the whole inbox until vidrop restarts",
+                    fix=f"raise {sysctl} (sysctl -w {sysctl}=N, and in /etc/sysctl.d/ to keep it), then restart vidrop")
+        if self._watcher is not None:
+            self._watcher.stop()  # its watches go back to the other programs of this user
+            self._watcher = None
+        self._scan_soon = True  # what arrived in the unwatched folders meanwhile
 
     def _scan(self, *, full: bool) -> None:
         now = self.clock.monotonic()

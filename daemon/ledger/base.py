@@ -40,6 +40,8 @@ class Job:
     content_key: str = ""  # image bytes + effective request: finds the same work under another name
     lease_owner: str | None = None  # the instance that holds the running job
     lease_expires_at: float | None = None
+    claims: int = 0  # the fencing token: this claim's number; every claim counts up, nothing resets it
+    lost_attempts: int = 0  # attempts that ended with their process dying or losing its lease
 
 
 @dataclass(frozen=True)
@@ -133,20 +135,25 @@ class Ledger(Protocol):
         older jobs for other models, unless those have waited longer than `patience_seconds`.
         """
 
-    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
-        """Extend owner's lease on a running job; False if owner no longer holds it."""
+    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:
+        """Extend owner's lease on a running job; False if owner no longer holds it (under that claim token)."""
 
-    def release(self, job_id: str, owner: str) -> bool:
+    def release(self, job_id: str, owner: str, token: int | None = None) -> bool:
         """Put a job owner holds back in the queue (interrupted, or the outbox is unavailable)."""
 
-    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None) -> bool:
-        """Mark a job done; with owner, only while owner holds it. False if nothing changed."""
+    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None,
+               token: int | None = None) -> bool:
+        """Mark a job done; with owner, only while owner holds it (with token, under that claim). False if
+        nothing changed."""
 
-    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None) -> bool:
-        """Mark a job failed; with owner, only while owner holds it. False if nothing changed."""
+    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None,
+             token: int | None = None) -> bool:
+        """Mark a job failed; with owner, only while owner holds it (with token, under that claim). False if
+        nothing changed."""
 
     def requeue(self, *, inputs: list[str] | None = None, failed: bool = False) -> list[Job]:
-        """Queue failed jobs again (all, or those of these inputs); return them as they were."""
+        """Queue failed jobs again (all, or those of these inputs) with their attempts counted from zero;
+        return them as they were."""
 
     def get(self, job_id: str) -> Job | None:
         """One job by id."""

@@ -78,6 +78,12 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
         # Several models on one daemon: the queue prefers jobs for a model that is loaded already.
         AddColumn("jobs", "model", "TEXT NOT NULL DEFAULT ''"),
     ]),
+    (5, [
+        # Fencing: every claim counts up, and a holder's writes count only while its count is the job's.
+        AddColumn("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
+        # Claims that took the job from an expired lease: its process died (or stalled) that many times.
+        AddColumn("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ]),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

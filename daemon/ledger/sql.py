@@ -13,7 +13,7 @@ from daemon.names import from_ledger_text, ledger_text
 
 COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
            "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
-           "content_key", "lease_owner", "lease_expires_at")
+           "content_key", "lease_owner", "lease_expires_at", "claims", "lost_attempts")
 SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # Written, not read back: the model's name (also in params) as a column, for the claim's ORDER BY.
 STORED_COLUMNS = (*COLUMNS, "model")
@@ -189,43 +189,44 @@ class SqlLedger:
                 ).fetchone()
                 if row is None:
                     return None
+                # Still running under an expired lease: the attempt before this one died or stalled.
+                lost = 1 if row[COLUMNS.index("state")] == JobState.RUNNING.value else 0
                 self._execute(
-                    "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, lease_owner = ?, "
-                    "lease_expires_at = ? WHERE id = ?",
-                    (JobState.RUNNING.value, now, owner, now + lease_seconds, row[0]),
+                    "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, claims = claims + 1, "
+                    "lost_attempts = lost_attempts + ?, lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                    (JobState.RUNNING.value, now, lost, owner, now + lease_seconds, row[0]),
                 )
             return self.get(row[0])
 
-    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+    def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:
+        where, params = _held_by(job_id, owner, token)
         with self._lock:
-            cursor = self._execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = ? AND lease_owner = ?",
-                (now + lease_seconds, job_id, JobState.RUNNING.value, owner),
-            )
+            cursor = self._execute(f"UPDATE jobs SET lease_expires_at = ? WHERE {where}",
+                                   (now + lease_seconds, *params))
             return cursor.rowcount == 1
 
-    def release(self, job_id: str, owner: str) -> bool:
+    def release(self, job_id: str, owner: str, token: int | None = None) -> bool:
+        where, params = _held_by(job_id, owner, token)
         with self._lock:
             cursor = self._execute(
                 "UPDATE jobs SET state = ?, started_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE id = ? AND state = ? AND lease_owner = ?",
-                (JobState.QUEUED.value, job_id, JobState.RUNNING.value, owner),
+                f"WHERE {where}", (JobState.QUEUED.value, *params),
             )
             return cursor.rowcount == 1
 
-    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None) -> bool:
-        return self._close_job(job_id, owner, "state = ?, finished_at = ?, outputs = ?, error = NULL",
+    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None,
+               token: int | None = None) -> bool:
+        return self._close_job(job_id, owner, token, "state = ?, finished_at = ?, outputs = ?, error = NULL",
                                (JobState.DONE.value, now, json.dumps(outputs)))
 
-    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None) -> bool:
-        return self._close_job(job_id, owner, "state = ?, finished_at = ?, error = ?",
+    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None,
+             token: int | None = None) -> bool:
+        return self._close_job(job_id, owner, token, "state = ?, finished_at = ?, error = ?",
                                (JobState.FAILED.value, now, json.dumps(error)))
 
-    def _close_job(self, job_id: str, owner: str | None, assignments: str, values: tuple[Any, ...]) -> bool:
-        where, params = "id = ?", [job_id]
-        if owner is not None:
-            where += " AND state = ? AND lease_owner = ?"
-            params += [JobState.RUNNING.value, owner]
+    def _close_job(self, job_id: str, owner: str | None, token: int | None, assignments: str,
+                   values: tuple[Any, ...]) -> bool:
+        where, params = ("id = ?", (job_id,)) if owner is None else _held_by(job_id, owner, token)
         with self._lock:
             cursor = self._execute(
                 f"UPDATE jobs SET {assignments}, lease_owner = NULL, lease_expires_at = NULL WHERE {where}",
@@ -244,7 +245,8 @@ class SqlLedger:
             with self._transaction():
                 rows = self._execute(f"{SELECT_JOBS} WHERE {where} ORDER BY created_at, id", params).fetchall()
                 self._execute(
-                    f"UPDATE jobs SET state = ?, finished_at = NULL, error = NULL WHERE {where}",
+                    f"UPDATE jobs SET state = ?, finished_at = NULL, error = NULL, attempts = 0, lost_attempts = 0 "
+                    f"WHERE {where}",
                     (JobState.QUEUED.value, *params),
                 )
         return [_from_row(row) for row in rows]
@@ -308,14 +310,22 @@ class SqlLedger:
                             recent_failures=failures, done_last_hour=done)
 
 
+def _held_by(job_id: str, owner: str, token: int | None) -> tuple[str, tuple[Any, ...]]:
+    """WHERE the job runs under owner's lease (and, with a token, under that very claim)."""
+    where, params = "id = ? AND state = ? AND lease_owner = ?", (job_id, JobState.RUNNING.value, owner)
+    if token is not None:
+        where, params = f"{where} AND claims = ?", (*params, token)
+    return where, params
+
+
 def _to_row(job: Job) -> tuple[Any, ...]:
     # Paths go in as ledger_text: a name's undecodable bytes are no valid text for SQLite or PostgreSQL.
     return (job.id, job.key, job.state.value, ledger_text(job.input),
             None if job.sidecar is None else ledger_text(job.sidecar), job.input_sha256, job.sidecar_sha256,
             json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
             json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), ledger_text(job.output),
-            job.priority,
-            job.content_key, job.lease_owner, job.lease_expires_at, job.params.get("model", ""))
+            job.priority, job.content_key, job.lease_owner, job.lease_expires_at, job.claims, job.lost_attempts,
+            job.params.get("model", ""))
 
 
 def _from_row(row: Sequence[Any]) -> Job:
@@ -327,5 +337,6 @@ def _from_row(row: Sequence[Any]) -> Job:
         started_at=values["started_at"], finished_at=values["finished_at"], attempts=values["attempts"],
         outputs=json.loads(values["outputs"]), error=None if values["error"] is None else json.loads(values["error"]),
         output=from_ledger_text(values["output"]), priority=values["priority"], content_key=values["content_key"],
-        lease_owner=values["lease_owner"], lease_expires_at=values["lease_expires_at"],
+        lease_owner=values["lease_owner"], lease_expires_at=values["lease_expires_at"], claims=values["claims"],
+        lost_attempts=values["lost_attempts"],
     )

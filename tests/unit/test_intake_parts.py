@@ -15,6 +15,7 @@ from daemon.intake.pairing import expand_placeholders, folder_defaults, output_s
 from daemon.intake.readiness import FINDER_BUSY, JunkFilter, SettleTracker
 from daemon.intake.scan import InboxScanner, InboxUnavailable
 from daemon.intake.taken import TakenInputs
+from daemon.intake.watch import WatchLimitReached
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -154,8 +155,36 @@ def test_inotify_exhaustion_falls_back_to_polling(tmp_path):
     intake = Intake(tmp_path, IntakeSettings(), queue.Queue(), _Clock(), watcher_factory=_ExhaustedWatcher)
     with capture_logs() as logs:
         intake.start(watch=True)
-    assert intake.mode == "polling"
-    assert [e for e in logs if e["event"] == "inotify_unavailable"][0]["action"] == "falling back to polling"
+    assert intake.mode == "polling" and intake.polling_reason == "inotify limit reached (fs.inotify.max_user_watches)"
+    [exhausted] = [e for e in logs if e["event"] == "inotify_exhausted"]
+    assert exhausted["sysctl"] == "fs.inotify.max_user_watches" and exhausted["mode"] == "polling"
+    assert [e["mode"] for e in logs if e["event"] == "intake_started"] == ["polling"]
+
+
+class _LivingWatcher:
+    def __init__(self, inbox, events):
+        pass
+
+    def start(self):
+        pass
+
+    def is_alive(self):
+        return True
+
+    def stop(self):
+        pass
+
+
+def test_a_folder_beyond_the_watch_limit_turns_the_whole_inbox_to_polling(tmp_path):
+    intake = Intake(tmp_path, IntakeSettings(watch="events"), queue.Queue(), _Clock(), watcher_factory=_LivingWatcher)
+    intake.start(watch=True)
+    (tmp_path / "deep").mkdir()
+    with capture_logs() as logs:
+        intake.notice(WatchLimitReached(OSError(errno.ENOSPC, "inotify watch limit reached"), tmp_path / "deep"))
+        intake.notice(WatchLimitReached(OSError(errno.ENOSPC, "inotify watch limit reached"), tmp_path / "deep"))
+    assert intake.mode == "polling" and intake._watcher is None
+    [exhausted] = [e for e in logs if e["event"] == "inotify_exhausted"]
+    assert exhausted["folder"] == str(tmp_path / "deep") and "sysctl -w fs.inotify.max_user_watches" in exhausted["fix"]
 
 
 def test_a_dead_observer_is_restarted_with_a_full_scan(tmp_path):

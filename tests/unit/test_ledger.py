@@ -126,6 +126,37 @@ def test_a_living_holder_keeps_its_job_and_a_dead_one_loses_it(open_ledger):
     assert first.get(held.id).outputs == {"video": "y"}
 
 
+def test_every_claim_carries_a_new_token_and_a_stale_token_changes_nothing(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("k", 1.0))
+    first = ledger.claim_next("a", now=2.0, lease_seconds=LEASE)
+    assert first.claims == 1 and first.lost_attempts == 0
+    assert ledger.release(first.id, "a", token=first.claims)
+    # The same instance claims it again: the owner matches, the token of the first claim does not.
+    second = ledger.claim_next("a", now=3.0, lease_seconds=LEASE)
+    assert second.claims == 2 and second.lost_attempts == 0  # released, not lost
+    assert not ledger.renew(first.id, "a", now=4.0, lease_seconds=LEASE, token=first.claims)
+    assert not ledger.finish(first.id, 4.0, {"video": "x"}, owner="a", token=first.claims)
+    assert not ledger.fail(first.id, 4.0, {"error": "x"}, owner="a", token=first.claims)
+    assert not ledger.release(first.id, "a", token=first.claims)
+    assert ledger.renew(second.id, "a", now=4.0, lease_seconds=LEASE, token=second.claims)
+    assert ledger.finish(second.id, 5.0, {"video": "y"}, owner="a", token=second.claims)
+
+
+def test_claims_from_an_expired_lease_count_as_lost_attempts_and_retry_starts_over(open_ledger):
+    ledger = open_ledger()
+    ledger.enqueue(job("k", 1.0))
+    now = 2.0
+    for lost in range(3):  # each holder dies: its lease runs out and the next claim takes the job over
+        claimed = ledger.claim_next(f"i{lost}", now=now, lease_seconds=LEASE)
+        assert claimed.lost_attempts == lost and claimed.attempts == lost + 1
+        now += LEASE + 1
+    ledger.fail(claimed.id, now, {"error": "set aside"}, owner="i2", token=claimed.claims)
+    ledger.requeue(inputs=["k.png"])
+    again = ledger.claim_next("i3", now=now, lease_seconds=LEASE)
+    assert (again.attempts, again.lost_attempts, again.claims) == (1, 0, 4)
+
+
 def test_release_requeue_and_instances(open_ledger):
     ledger = open_ledger()
     ledger.enqueue(job("k", 1.0))

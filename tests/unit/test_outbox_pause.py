@@ -6,17 +6,7 @@ import pytest
 
 from daemon.outbox import Outbox, OutboxUnavailable
 from daemon.outbox_pause import OutboxPause
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def test_a_missing_outbox_is_unavailable_and_never_created(tmp_path):
