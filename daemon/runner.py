@@ -6,14 +6,15 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import structlog
 
 from config.settings import MemorySettings
 from daemon.clock import Clock
 from daemon.intake.variants import VARIANT
-from daemon.ledger.base import Job, JobState, Ledger
+from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
+from daemon.ledger_pause import LedgerPause
 from daemon.lease import LeaseLost
 from daemon.outbox import OutboxUnavailable, Outbox, OutputNames, iso_time
 from pipeline.errors import GenerationError, InputError, VidropError
@@ -27,6 +28,7 @@ log = structlog.get_logger()
 ProgressListener = Callable[[Job, int, int], None]
 # Pauses for `seconds` unless the daemon is stopping; True when it is (the waiting job goes back to the queue).
 Waiter = Callable[[float], bool]
+T = TypeVar("T")
 
 
 class JobListener(Protocol):
@@ -44,6 +46,8 @@ class LeaseGuard(Protocol):
 
     def confirm(self) -> None: ...
 
+    def seconds_left(self) -> float: ...
+
 
 class Runner:
     """Runs claimed jobs and records their outcome in the outbox and the ledger."""
@@ -52,7 +56,8 @@ class Runner:
                  max_image_pixels: int, on_progress: ProgressListener | None = None,
                  listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
                  wait: Waiter | None = None, on_status: Callable[[str], None] | None = None,
-                 owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0) -> None:
+                 owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0,
+                 ledger_pause: LedgerPause | None = None) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -67,6 +72,7 @@ class Runner:
         self.owner = owner
         self.lease = lease
         self.lease_seconds = lease_seconds
+        self.ledger_pause = ledger_pause
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -80,7 +86,8 @@ class Runner:
         """Run one claimed job to done or failed.
 
         JobInterrupted (the caller requeues), LeaseLost (another instance has it) and OutboxUnavailable
-        (the caller requeues and pauses) propagate: none of them is the job's fault.
+        (the caller requeues and pauses) propagate: none of them is the job's fault. While the ledger is
+        unavailable, the job's last steps (confirming the lease, recording the outcome) wait for it.
         """
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input, stage="load")
         started = self.clock.monotonic()
@@ -89,9 +96,11 @@ class Runner:
             if job.attempts > 1:
                 # An earlier attempt died (or lost its lease): its half-written files are no one's now.
                 self.outbox.remove_job_temporaries(names)
-                committed = self.outbox.find_committed(names, job.id)
-                if committed is not None:
-                    return self._reconcile(job, names, committed)
+            # Results already in the outbox for this very request (an attempt killed after its renames, or a
+            # ledger lost or restored from an old backup) are recorded, not made again.
+            committed = self.outbox.find_committed(names, job.id, request=self._request(job))
+            if committed is not None:
+                return self._reconcile(job, names, committed)
             log.info("job_started", attempt=job.attempts, seed=job.seed, model=job.params.get("model"))
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
@@ -107,15 +116,14 @@ class Runner:
             structlog.contextvars.bind_contextvars(stage="encode")
             encode_started = self.clock.monotonic()
             manifest = self._manifest(job, params, result.facts)
-            if self.lease is not None:
-                self.lease.confirm()
+            self._confirm_lease(job)
             outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest)
             encode_seconds = self.clock.monotonic() - encode_started
             now = self.clock.time()
             duration = self.clock.monotonic() - started
             # The line before the ledger: a kill between the two is reconciled without a second line.
-            self._append_done_line(job, names, outputs, now, duration)
-            self.ledger.finish(job.id, now, outputs, owner=self.owner)
+            self._record(job, JobState.DONE, lambda: self._append_done_line(job, names, outputs, now, duration),
+                         lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner))
             memory = result.facts["memory"]
             log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
@@ -125,7 +133,7 @@ class Runner:
                      recovery_steps=len(memory["recovery"]), **memory["after_job"], output=outputs["video"])
             self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
-        except (JobInterrupted, LeaseLost, OutboxUnavailable):
+        except (JobInterrupted, LeaseLost, OutboxUnavailable, LedgerUnavailable):
             raise
         except (InputError, GenerationError) as exc:
             self.record_failure(job, exc, duration=self.clock.monotonic() - started)
@@ -196,15 +204,26 @@ class Runner:
             "kind": kind,
             "failed_at": iso_time(now),
         }
-        if job.state is JobState.RUNNING and self.lease is not None:
-            self.lease.confirm()
+        is_running = job.state is JobState.RUNNING
+        if is_running:
+            self._confirm_lease(job)
         path = self.outbox.commit_failure(names=names, error_document=document)
-        self.outbox.append_job_line(names, {
-            "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
-            "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
-        })
-        self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
-                         owner=self.owner if job.state is JobState.RUNNING else None)
+
+        def write_line() -> None:
+            self.outbox.append_job_line(names, {
+                "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
+                "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
+            })
+
+        def write_ledger() -> None:
+            self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
+                             owner=self.owner if is_running else None)
+
+        if is_running:
+            self._record(job, JobState.FAILED, write_line, write_ledger)
+        else:  # a refusal at intake: LedgerUnavailable goes to the caller, which looks at the input again later
+            write_line()
+            write_ledger()
         log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
@@ -257,12 +276,93 @@ class Runner:
     def _reconcile(self, job: Job, names: OutputNames, outputs: dict[str, str]) -> JobState:
         """A killed attempt had already renamed every output into place: record it, do not run it again."""
         now = self.clock.time()
-        if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
-            self._append_done_line(job, names, outputs, now, 0.0)
-        self.ledger.finish(job.id, now, outputs, owner=self.owner)
+
+        def write_line() -> None:
+            if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
+                self._append_done_line(job, names, outputs, now, 0.0)
+
+        self._record(job, JobState.DONE, write_line, lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner))
         log.info("job_reconciled", state=JobState.DONE.value, output=outputs["video"])
         self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
         return JobState.DONE
+
+    def _request(self, job: Job) -> dict[str, Any]:
+        """What a manifest of this job says it was made from: the input block and the effective parameters."""
+        params = JobParams.from_dict(job.params)
+        parameters = {**params.to_dict(), "seed": job.seed}
+        parameters.pop("adjustments")
+        return {"input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
+                          "sidecar_sha256": job.sidecar_sha256},
+                "parameters": parameters, "seed_was_random": params.seed is None}
+
+    def _confirm_lease(self, job: Job) -> None:
+        """Right before writing outputs: this instance must still hold the job.
+
+        With the ledger unavailable, a lease that has not run out by this instance's clock still holds (no
+        other instance may take the job before then), so the outputs are written and only their recording
+        waits; once it has run out, the ledger must say first whose the job is.
+        """
+        if self.lease is None:
+            return
+        try:
+            self.lease.confirm()
+        except LedgerUnavailable as exc:
+            left = self.lease.seconds_left()
+            if self.ledger_pause is None or left <= 0:
+                self._with_ledger(job, self.lease.confirm)
+                return
+            log.warning("lease_unconfirmed", reason=exc.reason, lease_left_seconds=round(left, 1))
+            self.ledger_pause.pause(exc)
+            return
+        if self.ledger_pause is not None:
+            self.ledger_pause.resume()
+
+    def _record(self, job: Job, state: JobState, write_line: Callable[[], None],
+                write_ledger: Callable[[], object]) -> None:
+        """A running job's outcome: its jobs.jsonl line, then the ledger, only while this instance holds the job.
+
+        While the ledger is unavailable both wait (the outputs are in the outbox already); once it is back it
+        says whether the job is still this instance's: if another took it over meanwhile, nothing is recorded
+        twice (LeaseLost).
+        """
+        progress = {"line": False, "sent": False}
+
+        def record() -> None:
+            if self.owner is not None:
+                current = self.ledger.get(job.id)
+                if progress["sent"] and current is not None and current.state is state:
+                    return  # the last try went through; only its answer was lost with the connection
+                if current is None or current.state is not JobState.RUNNING or current.lease_owner != self.owner:
+                    log.error("job_lease_lost", job_id=job.id, instance=self.owner,
+                              holder=None if current is None else current.lease_owner,
+                              state=None if current is None else current.state.value)
+                    raise LeaseLost(job.id)
+            if not progress["line"]:
+                write_line()
+                progress["line"] = True
+            progress["sent"] = True
+            write_ledger()
+
+        self._with_ledger(job, record)
+
+    def _with_ledger(self, job: Job, step: Callable[[], T]) -> T:
+        """One of a running job's ledger steps; while the ledger is unavailable, wait with back-off and try again
+        (the frames, or the outputs already written, stay; the watchdog is fed). Stopping meanwhile: JobInterrupted."""
+        while True:
+            try:
+                result = step()
+            except LedgerUnavailable as exc:
+                if self.ledger_pause is None:
+                    raise
+                wait = self.ledger_pause.pause(exc)
+                if self.on_status is not None:
+                    self.on_status(f"paused: {self.ledger_pause.describe()}; {job.input} waits to be recorded")
+                if self.wait(wait):
+                    raise JobInterrupted(job.id) from exc
+                continue
+            if self.ledger_pause is not None:
+                self.ledger_pause.resume()
+            return result
 
     def _append_done_line(self, job: Job, names: OutputNames, outputs: dict[str, str], now: float, duration: float) -> None:
         self.outbox.append_job_line(names, {
