@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import structlog
 
@@ -38,6 +38,7 @@ log = structlog.get_logger()
 GeneratorFactory = Callable[[Settings], Generator]
 SettingsLoader = Callable[[], Settings]
 NOT_READY_RETRY_SECONDS = 2.0
+T = TypeVar("T")
 
 
 class Daemon:
@@ -95,7 +96,11 @@ class Daemon:
         for folder in (settings.inbox, settings.outbox, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
         recovery = settings.recovery
-        self.ledger = open_ledger(settings.ledger_url, settings.state_dir, busy_seconds=recovery.ledger_busy_seconds)
+        ledger = self._wait_out_ledger(lambda: open_ledger(settings.ledger_url, settings.state_dir,
+                                                           busy_seconds=recovery.ledger_busy_seconds))
+        if ledger is None:  # stopped while waiting
+            return
+        self.ledger = ledger
         log.info("daemon_starting", inbox=str(settings.inbox), outbox=str(settings.outbox),
                  ledger=type(self.ledger).__name__, schema_version=self.ledger.schema_version())
         self.notifier.status("loading model")
@@ -103,7 +108,8 @@ class Daemon:
         described = self.generator.describe()
         log.info("model_loaded", **described)
         self.instance = this_instance(str(described.get("device", "?")), self.clock.time())
-        self.ledger.register(self.instance)
+        if self._wait_out_ledger(lambda: self.ledger.register(self.instance) or True) is None:
+            return
         self.outbox = Outbox(settings.outbox, owner=instance_token(self.instance.id),
                              x264_preset=settings.output.x264_preset)
         self.pause = OutboxPause(self.outbox, clock=self.clock, first_wait=recovery.outbox_retry_seconds,
@@ -146,6 +152,24 @@ class Daemon:
         self.notifier.ready()  # only now: the model is loaded and the inbox is watched
         self._report_idle()
         log.info("daemon_ready", watching=watch, pending=len(self.intake.pending), counts=self.ledger.counts())
+
+    def _wait_out_ledger(self, step: Callable[[], T]) -> T | None:
+        """A ledger step at start (a database still starting, a full state disk): tried again with back-off
+        until it works; None if vidrop is asked to stop meanwhile."""
+        result: list[T] = []
+        recovery = self.settings.recovery
+        pause = LedgerPause(lambda: result.append(step()), clock=self.clock,
+                            first_wait=recovery.ledger_retry_seconds, longest_wait=recovery.ledger_retry_max_seconds)
+        try:
+            result.append(step())
+        except LedgerUnavailable as exc:
+            pause.pause(exc)
+        while not result:
+            self.notifier.status(f"waiting: {pause.describe()}")
+            if self._stopping.wait(pause.seconds_to_next_try()):
+                return None
+            pause.try_again()
+        return result[0]
 
     def shutdown(self) -> None:
         """Stop the watcher, close the ledger, say goodbye."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -44,6 +45,8 @@ class PostgresLedger(SqlLedger):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # The pool logs each failed connection attempt; vidrop's own ledger_unavailable events say it once a try.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._pool = ConnectionPool(url, min_size=1, max_size=1, kwargs=CONNECTION_OPTIONS, open=False,
                                     check=ConnectionPool.check_connection, timeout=CONNECTION_WAIT_SECONDS,
                                     reconnect_timeout=RECONNECT_SECONDS, name="vidrop-ledger")

@@ -82,6 +82,7 @@ class SqliteLedger(SqlLedger):
         self.busy_seconds = busy_seconds
         self._db: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
+        self._was_moved = False  # the file at the path is no longer the one opened: its journal may be stale
         super().__init__()
 
     # -- the connection, opened again after a fault ---------------------------------------------
@@ -96,10 +97,9 @@ class SqliteLedger(SqlLedger):
 
     def _open(self) -> None:
         # Never the state folder itself: a state disk that is not mounted must not become a folder on another.
-        if not self.path.exists():
-            # A deleted ledger's journal belongs to it: paired with a new file it would corrupt it.
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if self._was_moved:
+            self._remove_stale_journal()
+            self._was_moved = False
         try:
             db = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None,
                                  check_same_thread=False)
@@ -132,9 +132,29 @@ class SqliteLedger(SqlLedger):
                 return
             reason = "The ledger file was replaced."
         self._drop()
+        self._was_moved = True
         raise LedgerUnavailable(reason, detail=str(self.path),
                                 fix="vidrop opens a new ledger there and records what the outbox's manifests say "
                                     "was made already; restore a ledger only while vidrop is stopped.")
+
+    def _remove_stale_journal(self) -> None:
+        """Remove the write-ahead log of the file that was deleted or replaced: SQLite keeps it when the file it
+        belongs to has moved, and paired with the file now at the path it would change or corrupt it.
+
+        A log written since the new file came (another instance on this host already uses it) is kept.
+        """
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        try:
+            arrived = os.stat(self.path).st_ctime_ns
+        except FileNotFoundError:
+            arrived = None
+        try:
+            if arrived is not None and wal.stat().st_mtime_ns >= arrived:
+                return
+        except FileNotFoundError:
+            pass
+        wal.unlink(missing_ok=True)
+        shm.unlink(missing_ok=True)
 
     def _drop(self) -> None:
         db, self._db = self._db, None

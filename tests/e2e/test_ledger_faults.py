@@ -200,6 +200,19 @@ def test_a_postgresql_outage_of_30_seconds_during_a_job(folders, demo_models, st
     assert vidrop.stop() == 0
 
 
+def test_a_database_down_at_start_is_waited_for(folders, demo_models, start_vidrop, cluster, postgres_url):
+    cluster.stop("fast")
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, **FAST_RETRY))
+    vidrop.wait_event("ledger_unavailable", count=2, timeout=60)
+    assert vidrop.process.poll() is None and not vidrop.events_named("daemon_starting")
+    cluster.start()
+    vidrop.wait_event("daemon_ready", timeout=120)
+    drop_job(folders["inbox"], "late")
+    wait_for(lambda: (folders["outbox"] / "late.json").exists(), 120, what="a video once the database was up")
+    done_once(vidrop, folders["outbox"], "late")
+    assert vidrop.stop() == 0
+
+
 # -- A lost ledger, or an old one: the outbox's manifests count --------------------------------------------------
 
 
