@@ -24,7 +24,7 @@ from daemon.intake.watch import STOP
 from daemon.lease import LeaseKeeper, LeaseLost
 from daemon.ledger import open_ledger
 from daemon.ledger.base import Job, JobState, LedgerUnavailable
-from daemon.ledger_pause import LedgerPause
+from daemon.ledger_pause import LedgerPause, wait_out
 from daemon.logs import set_level
 from daemon.outbox import Outbox, OutboxUnavailable
 from daemon.outbox_pause import OutboxPause
@@ -154,22 +154,11 @@ class Daemon:
         log.info("daemon_ready", watching=watch, pending=len(self.intake.pending), counts=self.ledger.counts())
 
     def _wait_out_ledger(self, step: Callable[[], T]) -> T | None:
-        """A ledger step at start (a database still starting, a full state disk): tried again with back-off
-        until it works; None if vidrop is asked to stop meanwhile."""
-        result: list[T] = []
+        """A ledger step at start, tried again while the ledger is unavailable; None if asked to stop meanwhile."""
         recovery = self.settings.recovery
-        pause = LedgerPause(lambda: result.append(step()), clock=self.clock,
-                            first_wait=recovery.ledger_retry_seconds, longest_wait=recovery.ledger_retry_max_seconds)
-        try:
-            result.append(step())
-        except LedgerUnavailable as exc:
-            pause.pause(exc)
-        while not result:
-            self.notifier.status(f"waiting: {pause.describe()}")
-            if self._stopping.wait(pause.seconds_to_next_try()):
-                return None
-            pause.try_again()
-        return result[0]
+        return wait_out(step, clock=self.clock, first_wait=recovery.ledger_retry_seconds,
+                        longest_wait=recovery.ledger_retry_max_seconds, wait=self._stopping.wait,
+                        say=lambda text: self.notifier.status(f"waiting: {text}"))
 
     def shutdown(self) -> None:
         """Stop the watcher, close the ledger, say goodbye."""

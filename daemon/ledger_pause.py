@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import structlog
 
@@ -10,6 +10,8 @@ from daemon.clock import Clock
 from daemon.ledger.base import LedgerUnavailable
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 class LedgerPause:
@@ -78,3 +80,21 @@ class LedgerPause:
             return "ledger available"
         return (f"ledger unavailable: {self.reason.reason} ({self.reason.detail}); "
                 f"next try in {self.seconds_to_next_try():.0f} s")
+
+
+def wait_out(step: Callable[[], T], *, clock: Clock, first_wait: float, longest_wait: float,
+             wait: Callable[[float], bool], say: Callable[[str], None]) -> T | None:
+    """Run a ledger step, trying again with back-off while the ledger is unavailable (at start: a database
+    still starting, a full state disk); say why while waiting. None if wait says to stop (it returns True)."""
+    result: list[T] = []
+    pause = LedgerPause(lambda: result.append(step()), clock=clock, first_wait=first_wait, longest_wait=longest_wait)
+    try:
+        result.append(step())
+    except LedgerUnavailable as exc:
+        pause.pause(exc)
+    while not result:
+        say(pause.describe())
+        if wait(pause.seconds_to_next_try()):
+            return None
+        pause.try_again()
+    return result[0]
