@@ -98,7 +98,8 @@ class Runner:
                 self.outbox.remove_job_temporaries(names)
             # Results already in the outbox for this very request (an attempt killed after its renames, or a
             # ledger lost or restored from an old backup) are recorded, not made again.
-            committed = self.outbox.find_committed(names, job.id, request=self._request(job))
+            committed = self.outbox.find_committed(names, job.id,
+                                                   request=self._request(job, JobParams.from_dict(job.params)))
             if committed is not None:
                 return self._reconcile(job, names, committed)
             log.info("job_started", attempt=job.attempts, seed=job.seed, model=job.params.get("model"))
@@ -286,9 +287,8 @@ class Runner:
         self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
         return JobState.DONE
 
-    def _request(self, job: Job) -> dict[str, Any]:
+    def _request(self, job: Job, params: JobParams) -> dict[str, Any]:
         """What a manifest of this job says it was made from: the input block and the effective parameters."""
-        params = JobParams.from_dict(job.params)
         parameters = {**params.to_dict(), "seed": job.seed}
         parameters.pop("adjustments")
         return {"input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
@@ -376,17 +376,12 @@ class Runner:
             self.on_progress(job, step, total)
 
     def _manifest(self, job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, Any]:
-        parameters = {**params.to_dict(), "seed": job.seed}
-        adjustments = parameters.pop("adjustments")
         return {
             "job_id": job.id,
             "state": JobState.DONE.value,
-            "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
-                      "sidecar_sha256": job.sidecar_sha256},
-            "parameters": parameters,
-            "seed_was_random": params.seed is None,
+            **self._request(job, params),  # input, parameters, seed_was_random
             "variant": job.params.get(VARIANT),
-            "adjustments": adjustments,
+            "adjustments": params.to_dict()["adjustments"],
             "model": facts["model"],
             "model_name": facts.get("model_name"),
             # The model before this job's and what loading this one took (None: it was already the one).

@@ -149,7 +149,7 @@ class SqliteLedger(SqlLedger):
         except FileNotFoundError:
             arrived = None
         try:
-            if arrived is not None and wal.stat().st_mtime_ns >= arrived:
+            if arrived is not None and wal.stat().st_mtime_ns > arrived:
                 return
         except FileNotFoundError:
             pass

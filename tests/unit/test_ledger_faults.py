@@ -172,3 +172,14 @@ def test_a_job_taken_over_during_the_outage_is_not_recorded_by_its_old_holder(le
             claimed, JobState.DONE, lambda: lines.append("done"),
             lambda: ledger.finish(claimed.id, 111.0, {"video": "v"}, owner="a"))
     assert lines == [] and ledger.get(claimed.id).lease_owner == "b"
+
+
+def test_status_txt_says_why_nothing_moves_without_reading_the_ledger(ledger, tmp_path):
+    from daemon.gallery.writer import STATUS_TEXT, GalleryWriter
+
+    (tmp_path / "outbox").mkdir()
+    gallery = GalleryWriter(ledger=FlakyLedger(ledger, folder_summaries=99, recent_jobs=99, queued_ids=99),
+                            outbox=tmp_path / "outbox", clock=FakeClock())
+    gallery.show_notice("paused: ledger unavailable: The state disk (where the ledger lives) is full.")
+    text = (tmp_path / "outbox" / STATUS_TEXT).read_text()
+    assert "Paused: paused: ledger unavailable: The state disk" in text and "Queue: 0 waiting" in text
