@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.ledger.base import JobState
-from tests.conftest import drop_job, job_lines, ledger_jobs, run_vidrop, vidrop_env, wait_for
+from tests.conftest import drop_job, free_port, job_lines, ledger_jobs, run_vidrop, vidrop_env, wait_for
 from tests.e2e.test_fleet import frames_in
 from tests.e2e.test_sd_notify import NotifyListener
 
@@ -211,6 +211,13 @@ def test_a_database_down_at_start_is_waited_for(folders, demo_models, start_vidr
     wait_for(lambda: (folders["outbox"] / "late.json").exists(), 120, what="a video once the database was up")
     done_once(vidrop, folders["outbox"], "late")
     assert vidrop.stop() == 0
+
+
+def test_vidrop_status_on_a_database_out_of_reach_says_so_in_one_line(folders, demo_models):
+    url = f"postgresql://vidrop@127.0.0.1:{free_port()}/vidrop"  # nothing listens there
+    completed = run_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=url), "status", timeout=60)
+    assert completed.returncode == 75 and "Traceback" not in completed.stderr
+    assert "The ledger database cannot be reached" in completed.stderr.strip().splitlines()[-1]
 
 
 # -- A lost ledger, or an old one: the outbox's manifests count --------------------------------------------------
