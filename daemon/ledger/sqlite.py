@@ -96,7 +96,7 @@ class SqliteLedger(SqlLedger):
         return self._db
 
     def _open(self) -> None:
-        # Never the state folder itself: a state disk that is not mounted must not become a folder on another.
+        # The state folder is never made here (only at start): a state disk gone must not become a new folder.
         if self._was_moved:
             self._remove_stale_journal()
             self._was_moved = False
