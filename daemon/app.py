@@ -474,7 +474,7 @@ class Daemon:
         self.ledger_pause.pause(exc)
         self._report_idle()
         if self.gallery is not None:
-            self.gallery.show_notice(self.status_text)
+            self.gallery.show_notice(self.ledger_pause.describe())
 
     def _probe_ledger(self) -> None:
         """A small write (a full disk still lets the ledger be read); a new ledger file learns of this instance."""
@@ -491,7 +491,7 @@ class Daemon:
         if not self.ledger_pause.try_again():
             self._report_idle()
             if self.gallery is not None:
-                self.gallery.show_notice(self.status_text)
+                self.gallery.show_notice(self.ledger_pause.describe())
 
     def _after_ledger_outage(self) -> None:
         """The ledger may have lost what it knew (a new or restored SQLite file, a failover): read the taken

@@ -180,6 +180,7 @@ def test_status_txt_says_why_nothing_moves_without_reading_the_ledger(ledger, tm
     (tmp_path / "outbox").mkdir()
     gallery = GalleryWriter(ledger=FlakyLedger(ledger, folder_summaries=99, recent_jobs=99, queued_ids=99),
                             outbox=tmp_path / "outbox", clock=FakeClock())
-    gallery.show_notice("paused: ledger unavailable: The state disk (where the ledger lives) is full.")
+    gallery.show_notice("ledger unavailable: The state disk (where the ledger lives) is full.")
     text = (tmp_path / "outbox" / STATUS_TEXT).read_text()
-    assert "Paused: paused: ledger unavailable: The state disk" in text and "Queue: 0 waiting" in text
+    assert "Paused: ledger unavailable: The state disk" in text and "Queue: 0 waiting" in text
+
