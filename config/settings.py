@@ -175,7 +175,7 @@ class HookSettings(_Section):
         """Whether there is anything to call."""
         return bool(self.command or self.urls)
 class RecoverySettings(_Section):
-    """Leases for a fleet of instances, and how long to wait for an outbox that is full or gone."""
+    """Leases for a fleet of instances, and how long to wait for an outbox or a ledger that is unavailable."""
 
     lease_seconds: float = Field(30.0, ge=1, description="a claimed job is another instance's after this "
                                                          "long without a heartbeat")
@@ -185,6 +185,11 @@ class RecoverySettings(_Section):
     max_attempts: int = Field(3, ge=1, description="a job whose process died or lost its lease this many times "
                                                    "is failed (set aside) instead of run again; `vidrop retry` "
                                                    "queues it once more")
+    ledger_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable ledger "
+                                                               "(full disk, lock, database down) again; doubles")
+    ledger_retry_max_seconds: float = Field(60.0, gt=0, description="longest wait between two tries of the ledger")
+    ledger_busy_seconds: float = Field(10.0, gt=0, description="how long one SQLite statement waits for another "
+                                                               "process's lock before the ledger counts as unavailable")
 
 
 class MemorySettings(_Section):

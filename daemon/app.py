@@ -6,7 +6,7 @@ import queue
 import signal
 import threading
 from pathlib import PurePosixPath
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import structlog
 
@@ -24,7 +24,8 @@ from daemon.intake.taken import TakenInputs
 from daemon.intake.watch import STOP
 from daemon.lease import LeaseKeeper, LeaseLost
 from daemon.ledger import open_ledger
-from daemon.ledger.base import Job, JobState
+from daemon.ledger.base import Job, JobState, LedgerUnavailable
+from daemon.ledger_pause import LedgerPause, wait_out
 from daemon.logs import set_level
 from daemon.names import shown
 from daemon.outbox import Outbox, OutboxUnavailable
@@ -41,6 +42,7 @@ SettingsLoader = Callable[[], Settings]
 NOT_READY_RETRY_SECONDS = 2.0
 # How long one intake pass between two steps of a running job may admit inputs (hashing, decoding).
 INTAKE_BUDGET_SECONDS = 0.5
+T = TypeVar("T")
 
 
 class Daemon:
@@ -76,6 +78,8 @@ class Daemon:
         self._keeper: LeaseKeeper | None = None
         self._next_intake_pass = 0.0
         self.status_text = "starting"
+        self._last_queued = 0  # the queue's length the last time the ledger told it
+        self._outages_handled = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -97,7 +101,11 @@ class Daemon:
         for folder in (settings.inbox, settings.outbox, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
         recovery = settings.recovery
-        self.ledger = open_ledger(settings.ledger_url, settings.state_dir)
+        ledger = self._wait_out_ledger(lambda: open_ledger(settings.ledger_url, settings.state_dir,
+                                                           busy_seconds=recovery.ledger_busy_seconds))
+        if ledger is None:  # stopped while waiting
+            return
+        self.ledger = ledger
         log.info("daemon_starting", inbox=str(settings.inbox), outbox=str(settings.outbox),
                  ledger=type(self.ledger).__name__, schema_version=self.ledger.schema_version())
         self.notifier.status("loading model")
@@ -105,11 +113,14 @@ class Daemon:
         described = self.generator.describe()
         log.info("model_loaded", **described)
         self.instance = this_instance(str(described.get("device", "?")), self.clock.time())
-        self.ledger.register(self.instance)
+        if self._wait_out_ledger(lambda: self.ledger.register(self.instance) or True) is None:
+            return
         self.outbox = Outbox(settings.outbox, owner=instance_token(self.instance.id),
                              x264_preset=settings.output.x264_preset)
         self.pause = OutboxPause(self.outbox, clock=self.clock, first_wait=recovery.outbox_retry_seconds,
                                  longest_wait=recovery.outbox_retry_max_seconds)
+        self.ledger_pause = LedgerPause(self._probe_ledger, clock=self.clock, first_wait=recovery.ledger_retry_seconds,
+                                        longest_wait=recovery.ledger_retry_max_seconds)
         # Temporary files of instances that stopped heartbeating are no one's; a live one's are left alone.
         live = {instance_token(i.id) for i in self.ledger.status(self.clock.time()).instances
                 if i.seen_at >= self.clock.time() - recovery.lease_seconds}
@@ -140,7 +151,8 @@ class Daemon:
                              on_progress=self._on_progress, listeners=listeners, memory=settings.memory,
                              wait=self._stopping.wait, on_status=self._on_memory_wait, owner=self.instance.id,
                              lease=self._keeper, lease_seconds=recovery.lease_seconds,
-                             on_input_changed=self._notice_input, max_lost_attempts=recovery.max_attempts)
+                             on_input_changed=self._notice_input, max_lost_attempts=recovery.max_attempts,
+                             ledger_pause=self.ledger_pause)
         self._is_watching = watch
         self.taken = TakenInputs(settings.inbox, store=self.ledger)
         log.info("taken_inputs_loaded", inputs=self.taken.load())
@@ -149,6 +161,13 @@ class Daemon:
         self._report_idle()
         log.info("daemon_ready", watching=watch, pending=len(self.intake.pending), counts=self.ledger.counts())
 
+    def _wait_out_ledger(self, step: Callable[[], T]) -> T | None:
+        """A ledger step at start, tried again while the ledger is unavailable; None if asked to stop meanwhile."""
+        recovery = self.settings.recovery
+        return wait_out(step, clock=self.clock, first_wait=recovery.ledger_retry_seconds,
+                        longest_wait=recovery.ledger_retry_max_seconds, wait=self._stopping.wait,
+                        say=lambda text: self.notifier.status(f"waiting: {text}"))
+
     def shutdown(self) -> None:
         """Stop the watcher, close the ledger, say goodbye."""
         self._announce_stopping()
@@ -156,15 +175,19 @@ class Daemon:
             self.intake.stop()
         if self._hooks is not None:
             self._hooks.close()
-        if self.gallery is not None:
-            self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
         if self._keeper is not None:
             self._keeper.stop()
         if hasattr(self, "ledger"):
-            if hasattr(self, "instance"):
-                self.ledger.unregister(self.instance.id)
-            log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs,
-                     counts=self.ledger.counts())
+            counts = None
+            try:
+                if self.gallery is not None:
+                    self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
+                if hasattr(self, "instance"):
+                    self.ledger.unregister(self.instance.id)
+                counts = self.ledger.counts()
+            except LedgerUnavailable as exc:  # a job still running in it is taken over once its lease runs out
+                log.warning("ledger_unavailable_at_stop", reason=exc.reason, detail=exc.detail)
+            log.info("daemon_stopped", finished=self.finished_jobs, failed=self.failed_jobs, counts=counts)
             self.ledger.close()
 
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -249,6 +272,21 @@ class Daemon:
     # -- one turn of the loop ------------------------------------------------------------------
 
     def run_once(self, timeout: float) -> None:
+        """One turn, or, while the ledger is unavailable, a wait for it: nothing is claimed or admitted, the
+        watcher's events are kept, and the ledger is tried again with back-off. The watchdog is fed either way."""
+        try:
+            if self.ledger_pause.is_paused:
+                self._wait_for_ledger(timeout)
+            else:
+                if self.ledger_pause.outages != self._outages_handled:
+                    self._after_ledger_outage()
+                    self._outages_handled = self.ledger_pause.outages
+                self._turn(timeout)
+        except LedgerUnavailable as exc:
+            self._pause_ledger(exc)
+        self.notifier.watchdog()
+
+    def _turn(self, timeout: float) -> None:
         """Take what the watcher saw, scan when due, admit what is complete, run at most one job;
         then feed the watchdog (only this loop does, so a hung loop lets it fire)."""
         has_work = self.ledger.queued_count() and not self.pause.is_paused
@@ -278,9 +316,15 @@ class Daemon:
         self.notifier.watchdog()
 
     def is_idle(self) -> bool:
-        """Nothing waiting to settle or pair, nothing queued, and the outbox writable."""
-        return (self.intake.is_idle() and self.ledger.queued_count() == 0
-                and not self.pause.is_paused)
+        """Nothing waiting to settle or pair, nothing queued, and the outbox and the ledger usable."""
+        if self.ledger_pause.is_paused:
+            return False
+        try:
+            return (self.intake.is_idle() and self.ledger.queued_count() == 0
+                    and not self.pause.is_paused)
+        except LedgerUnavailable as exc:
+            self._pause_ledger(exc)
+            return False
 
     def _drain_events(self, timeout: float) -> None:
         try:
@@ -308,7 +352,12 @@ class Daemon:
                         self.intake.retry_later(later.image or later.sidecar, delay=0)
                     log.debug("intake_deferred", reason="a job is running", not_admitted=len(ready_inputs) - index)
                     break
-                self._admit(ready)
+                try:
+                    self._admit(ready)
+                except LedgerUnavailable:  # neither refused nor lost: this input and the rest wait for the ledger
+                    for waiting in ready_inputs[index:]:
+                        self.intake.retry_later(waiting.image or waiting.sidecar, delay=NOT_READY_RETRY_SECONDS)
+                    raise
                 self.notifier.watchdog()  # a long batch (the first start over a big inbox) is progress too
         finally:
             self.taken.save()
@@ -330,6 +379,8 @@ class Daemon:
             self.intake.tick()
             self._read_retried_refusals()
             self._admit_ready(until=now + INTAKE_BUDGET_SECONDS)
+        except LedgerUnavailable as exc:  # what was not admitted waits; the job goes on, its commit waits too
+            self._pause_ledger(exc)
         except Exception:  # the one broad catch around this pass: intake's trouble must not fail the job
             log.exception("intake_failed_while_running")
         finally:
@@ -487,6 +538,40 @@ class Daemon:
         self._report_idle()
         return True
 
+    def _pause_ledger(self, exc: LedgerUnavailable) -> None:
+        self.ledger_pause.pause(exc)
+        self._report_idle()
+        if self.gallery is not None:
+            self.gallery.show_notice(self.ledger_pause.describe())
+
+    def _probe_ledger(self) -> None:
+        """A small write (a full disk still lets the ledger be read); a new ledger file learns of this instance."""
+        if not self.ledger.seen(self.instance.id, self.clock.time(), self.status_text):
+            self.ledger.register(self.instance)
+
+    def _wait_for_ledger(self, timeout: float) -> None:
+        """Keep the watcher's events and the stop and reload requests; try the ledger again when due."""
+        self._drain_events(timeout=min(timeout, self.ledger_pause.seconds_to_next_try()))
+        if self.should_reload:
+            self.reload()
+        if self.should_stop or self.ledger_pause.seconds_to_next_try() > 0:
+            return
+        if not self.ledger_pause.try_again():
+            self._report_idle()
+            if self.gallery is not None:
+                self.gallery.show_notice(self.ledger_pause.describe())
+
+    def _after_ledger_outage(self) -> None:
+        """The ledger may have lost what it knew (a new or restored SQLite file, a failover): read the taken
+        inputs again and scan the whole inbox. Known keys cost a hash; results in the outbox are not made again."""
+        if self.gallery is not None:
+            self.gallery.show_notice(None)
+        self.taken = TakenInputs(self.settings.inbox, store=self.ledger)
+        log.info("taken_inputs_loaded", inputs=self.taken.load())
+        self.intake.stop()
+        self._start_intake()
+        self._report_idle()
+
     def _on_progress(self, job: Job, step: int, total: int) -> None:
         """Between two denoising steps: stop if asked, tell systemd how far, feed the watchdog."""
         assert self._keeper is not None
@@ -494,16 +579,27 @@ class Daemon:
         self.debug_hooks.on_step(job, step)
         if self.must_stop_now or (self.stop_deadline is not None and self.clock.monotonic() >= self.stop_deadline):
             raise JobInterrupted(job.id)
-        queued = self.ledger.queued_count()
+        queued = self._last_queued
+        if not self.ledger_pause.is_paused:  # else each step would wait out the ledger's timeout
+            try:
+                queued = self._last_queued = self.ledger.queued_count()
+            except LedgerUnavailable as exc:  # the job goes on; recording its outcome waits for the ledger
+                self.ledger_pause.pause(exc)
         text = self.status_line.step(job_input=job.input, step=step, total=total, queued=queued,
                                      now=self.clock.monotonic())
         if self.should_stop:
             self._announce_stopping()
             text = f"stopping after this job or in {self.stop_deadline - self.clock.monotonic():.0f} s; {text}"
+        if self.ledger_pause.is_paused:
+            text = f"{text}; paused: {self.ledger_pause.describe()}"
         self.notifier.status(text)
-        if self.gallery is not None:
-            self.gallery.job_progress(job, step, total)
-        self._intake_while_running()
+        if self.gallery is not None and not self.ledger_pause.is_paused:
+            try:
+                self.gallery.job_progress(job, step, total)
+            except LedgerUnavailable as exc:
+                self.ledger_pause.pause(exc)
+        if not self.ledger_pause.is_paused:
+            self._intake_while_running()
         self.notifier.watchdog()
 
     def _on_memory_wait(self, text: str) -> None:
@@ -521,12 +617,18 @@ class Daemon:
     def _report_idle(self) -> None:
         if self.should_stop:
             self.status_text = "stopping"
+        elif self.ledger_pause.is_paused:
+            self.status_text = f"paused: {self.ledger_pause.describe()}; no new jobs"
         elif self.pause.is_paused:
             self.status_text = f"paused: {self.pause.describe()}"
         elif not self.intake.is_available:
             self.status_text = f"inbox unavailable ({self.intake.unavailable_reason}): intake paused"
         else:
-            queued = self.ledger.queued_count()
+            try:
+                queued = self._last_queued = self.ledger.queued_count()
+            except LedgerUnavailable as exc:
+                self._pause_ledger(exc)
+                return
             unloaded = ", model unloaded" if self._is_model_unloaded else ""
             polling = f", polling: {self.intake.polling_reason}" if self.intake.polling_reason else ""
             self.status_text = self.status_line.idle(queued, len(self.intake.pending)) + unloaded + polling

@@ -10,13 +10,20 @@ from pathlib import Path
 
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vidrop` console script."""
+    from daemon.ledger.base import LedgerUnavailable
+
     parser = _parser()
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except LedgerUnavailable as exc:  # `vidrop status` on a database that is down: one line, try again later
+        print(f"vidrop: {exc.reason} ({exc.detail}) {exc.fix}", file=sys.stderr)
+        return EX_TEMPFAIL
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from typing import Callable
 import structlog
 
 from daemon.clock import Clock
-from daemon.ledger.base import Ledger
+from daemon.ledger.base import Ledger, LedgerUnavailable
 
 log = structlog.get_logger()
 
@@ -33,6 +33,7 @@ class LeaseKeeper:
         self._job_id: str | None = None
         self._token: int | None = None
         self._is_lost = False
+        self._renewed_at = 0.0  # this instance's clock at the last renewal (or the claim) that went through
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vidrop-heartbeat", daemon=True)
 
@@ -47,7 +48,7 @@ class LeaseKeeper:
     def hold(self, job_id: str, token: int | None = None) -> None:
         """This instance now runs job_id under the claim numbered token (it was just claimed with a fresh lease)."""
         with self._lock:
-            self._job_id, self._token, self._is_lost = job_id, token, False
+            self._job_id, self._token, self._is_lost, self._renewed_at = job_id, token, False, self.clock.time()
 
     def drop(self) -> None:
         """The job is over, one way or another."""
@@ -66,6 +67,10 @@ class LeaseKeeper:
         self._renew()
         self.check()
 
+    def seconds_left(self) -> float:
+        """How long the lease holds, by this instance's clock, since the last renewal that went through."""
+        return self._renewed_at + self.lease_seconds - self.clock.time()
+
     def beat(self) -> None:
         """One heartbeat: renew the lease if a job is held, and say what this instance is doing."""
         self._renew()
@@ -76,8 +81,10 @@ class LeaseKeeper:
             if self._job_id is None or self._is_lost:
                 return
             # A failed renewal right after the job finished is no news; check() tells only while it runs.
-            if not self.ledger.renew(self._job_id, self.instance_id, self.clock.time(), self.lease_seconds,
-                                     token=self._token):
+            now = self.clock.time()
+            if self.ledger.renew(self._job_id, self.instance_id, now, self.lease_seconds, token=self._token):
+                self._renewed_at = now
+            else:
                 self._is_lost = True
 
     def _loop(self) -> None:
@@ -85,5 +92,7 @@ class LeaseKeeper:
         while not self._stopping.wait(interval):
             try:
                 self.beat()
-            except Exception:  # a ledger that is down for a moment: the next beat tries again
+            except LedgerUnavailable as exc:  # the daemon's loop says so and waits; the next beat tries again
+                log.warning("heartbeat_failed", instance=self.instance_id, reason=exc.reason, detail=exc.detail)
+            except Exception:  # anything else: the next beat tries again
                 log.exception("heartbeat_failed", instance=self.instance_id)

@@ -200,13 +200,21 @@ class Outbox:
         if free < MIN_FREE_BYTES:
             raise OutboxUnavailable(errno.ENOSPC, self.root, f"{free} bytes free; {type(exc).__name__}: {exc}") from exc
 
-    def find_committed(self, names: OutputNames, job_id: str) -> dict[str, str] | None:
-        """The outputs a killed run of this job already renamed into place, if they are all there and sound."""
+    def find_committed(self, names: OutputNames, job_id: str,
+                       request: dict[str, Any] | None = None) -> dict[str, str] | None:
+        """The outputs an earlier run of this job already renamed into place, if they are all there and sound.
+
+        With request (the `input` block, `parameters` and `seed_was_random` its manifest would have), only
+        if the manifest says they were made from the same bytes with the same parameters; a seed vidrop chose
+        itself may differ (a job admitted again after the ledger was lost draws a new one).
+        """
         try:
             manifest = restored(json.loads(names.manifest.read_bytes()))
         except (OSError, ValueError):
             return None
-        if manifest.get("job_id") != job_id or manifest.get("state") != "done":
+        if not isinstance(manifest, dict) or manifest.get("job_id") != job_id or manifest.get("state") != "done":
+            return None
+        if request is not None and not _is_same_request(manifest, request):
             return None
         outputs = manifest.get("outputs") or {}
         video = manifest.get("video") or {}
@@ -348,6 +356,15 @@ class Outbox:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
+
+
+def _is_same_request(manifest: dict[str, Any], request: dict[str, Any]) -> bool:
+    expected = json.loads(json.dumps(request))  # as it would read back from a manifest (tuples become lists)
+    made, wanted = dict(manifest.get("parameters") or {}), dict(expected["parameters"])
+    if expected["seed_was_random"] and manifest.get("seed_was_random"):
+        made.pop("seed", None)
+        wanted.pop("seed", None)
+    return manifest.get("input") == expected["input"] and made == wanted
 
 
 def replace_text(path: Path, text: str) -> None:

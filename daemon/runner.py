@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import structlog
 
@@ -17,7 +17,8 @@ from daemon.clock import Clock
 from daemon.inputs import InputBytes, MovedInput, find_moved, find_moved_by_ledger, read_input
 from daemon.intake.admit import job_key
 from daemon.intake.variants import VARIANT
-from daemon.ledger.base import Job, JobState, Ledger
+from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
+from daemon.ledger_pause import LedgerPause
 from daemon.lease import LeaseLost
 from daemon.outbox import OutboxUnavailable, Outbox, OutputNames, iso_time
 from pipeline.errors import GenerationError, InputError, VidropError
@@ -31,6 +32,7 @@ log = structlog.get_logger()
 ProgressListener = Callable[[Job, int, int], None]
 # Pauses for `seconds` unless the daemon is stopping; True when it is (the waiting job goes back to the queue).
 Waiter = Callable[[float], bool]
+T = TypeVar("T")
 
 
 class JobListener(Protocol):
@@ -52,6 +54,8 @@ class LeaseGuard(Protocol):
 
     def confirm(self) -> None: ...
 
+    def seconds_left(self) -> float: ...
+
 
 class Runner:
     """Runs claimed jobs and records their outcome in the outbox and the ledger."""
@@ -61,7 +65,8 @@ class Runner:
                  listeners: Sequence[JobListener] = (), memory: MemorySettings | None = None,
                  wait: Waiter | None = None, on_status: Callable[[str], None] | None = None,
                  owner: str | None = None, lease: LeaseGuard | None = None, lease_seconds: float = 30.0,
-                 on_input_changed: Callable[[str], None] | None = None, max_lost_attempts: int = 3) -> None:
+                 on_input_changed: Callable[[str], None] | None = None, max_lost_attempts: int = 3,
+                 ledger_pause: LedgerPause | None = None) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.generator = generator
@@ -78,6 +83,7 @@ class Runner:
         self.lease_seconds = lease_seconds
         self.on_input_changed = on_input_changed  # told the inbox path of an input re-exported under its job
         self.max_lost_attempts = max_lost_attempts
+        self.ledger_pause = ledger_pause
 
     def notify(self, job: Job, state: JobState, details: dict[str, Any] | None = None) -> None:
         """Tell every listener; a listener that fails is logged, never allowed to stop the queue."""
@@ -92,7 +98,8 @@ class Runner:
         was re-exported since, or its moved input has a job there already).
 
         JobInterrupted (the caller requeues), LeaseLost (another instance has it) and OutboxUnavailable
-        (the caller requeues and pauses) propagate: none of them is the job's fault.
+        (the caller requeues and pauses) propagate: none of them is the job's fault. While the ledger is
+        unavailable, the job's last steps (confirming the lease, recording the outcome) wait for it.
         """
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input, stage="load")
         started = self.clock.monotonic()
@@ -101,9 +108,12 @@ class Runner:
             if job.attempts > 1:
                 # An earlier attempt died (or lost its lease): its half-written files are no one's now.
                 self.outbox.remove_job_temporaries(names)
-                committed = self.outbox.find_committed(names, job.id)
-                if committed is not None:
-                    return self._reconcile(job, names, committed)
+            # Results already in the outbox for this very request (an attempt killed after its renames, or a
+            # ledger lost or restored from an old backup) are recorded, not made again.
+            committed = self.outbox.find_committed(names, job.id,
+                                                   request=self._request(job, JobParams.from_dict(job.params)))
+            if committed is not None:
+                return self._reconcile(job, names, committed)
             if job.lost_attempts >= self.max_lost_attempts:
                 raise self._set_aside(job)
             found = self._input_of(job)
@@ -128,21 +138,21 @@ class Runner:
             structlog.contextvars.bind_contextvars(stage="encode")
             encode_started = self.clock.monotonic()
             manifest = self._manifest(job, params, result.facts)
-            self._confirm_lease()
+            self._confirm_lease(job)
             try:
                 outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest,
-                                                     before_rename=self._confirm_lease)
+                                                     before_rename=lambda: self._confirm_lease(job))
             except OutboxUnavailable:
                 # An instance that took the job over removes the temporaries of the one it took it from:
                 # a stalled holder then finds its files gone, which is a lost lease, not a missing outbox.
-                self._confirm_lease()
+                self._confirm_lease(job)
                 raise
             encode_seconds = self.clock.monotonic() - encode_started
             now = self.clock.time()
             duration = self.clock.monotonic() - started
             # The line before the ledger: a kill between the two is reconciled without a second line.
-            self._append_done_line(job, names, outputs, now, duration)
-            self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims)
+            self._record(job, JobState.DONE, lambda: self._append_done_line(job, names, outputs, now, duration),
+                         lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims))
             memory = result.facts["memory"]
             log.info("job_finished", state=JobState.DONE.value, duration_ms=round(duration * 1000),
                      generate_ms=round(result.facts["timings"]["generate_seconds"] * 1000),
@@ -152,7 +162,7 @@ class Runner:
                      recovery_steps=len(memory["recovery"]), **memory["after_job"], output=outputs["video"])
             self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
             return JobState.DONE
-        except (JobInterrupted, LeaseLost, OutboxUnavailable, InboxUnavailable):
+        except (JobInterrupted, LeaseLost, OutboxUnavailable, InboxUnavailable, LedgerUnavailable):
             raise
         except (InputError, GenerationError) as exc:
             self.record_failure(job, exc, duration=self.clock.monotonic() - started)
@@ -283,15 +293,26 @@ class Runner:
             "kind": kind,
             "failed_at": iso_time(now),
         }
-        if job.state is JobState.RUNNING:
-            self._confirm_lease()
+        is_running = job.state is JobState.RUNNING
+        if is_running:
+            self._confirm_lease(job)
         path = self.outbox.commit_failure(names=names, error_document=document)
-        self.outbox.append_job_line(names, {
-            "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
-            "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
-        })
-        self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
-                         owner=self.owner if job.state is JobState.RUNNING else None, token=job.claims)
+
+        def write_line() -> None:
+            self.outbox.append_job_line(names, {
+                "job_id": job.id, "input": job.input, "state": JobState.FAILED.value, "error": error.reason,
+                "error_file": path.name, "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
+            })
+
+        def write_ledger() -> None:
+            self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
+                             owner=self.owner if is_running else None, token=job.claims)
+
+        if is_running:
+            self._record(job, JobState.FAILED, write_line, write_ledger)
+        else:  # a refusal at intake: LedgerUnavailable goes to the caller, which looks at the input again later
+            write_line()
+            write_ledger()
         log.warning("job_finished", job_id=job.id, input=job.input, state=JobState.FAILED.value, error=error.reason,
                     detail=error.detail, kind=kind, output=str(path), duration_ms=round(duration * 1000))
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
@@ -344,11 +365,6 @@ class Runner:
         self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": 0.0})
         return True
 
-    def _confirm_lease(self) -> None:
-        """Raise LeaseLost unless this instance still holds the job under its claim (renewing it)."""
-        if self.lease is not None:
-            self.lease.confirm()
-
     def _set_aside(self, job: Job) -> GenerationError:
         """The error for a job whose process died (or lost its lease) max_lost_attempts times: it runs no more."""
         times = job.lost_attempts
@@ -367,12 +383,94 @@ class Runner:
     def _reconcile(self, job: Job, names: OutputNames, outputs: dict[str, str]) -> JobState:
         """A killed attempt had already renamed every output into place: record it, do not run it again."""
         now = self.clock.time()
-        if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
-            self._append_done_line(job, names, outputs, now, 0.0)
-        self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims)
+
+        def write_line() -> None:
+            if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
+                self._append_done_line(job, names, outputs, now, 0.0)
+
+        self._record(job, JobState.DONE, write_line,
+                     lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims))
         log.info("job_reconciled", state=JobState.DONE.value, output=outputs["video"])
         self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
         return JobState.DONE
+
+    def _request(self, job: Job, params: JobParams) -> dict[str, Any]:
+        """What a manifest of this job says it was made from: the input block and the effective parameters."""
+        parameters = {**params.to_dict(), "seed": job.seed}
+        parameters.pop("adjustments")
+        return {"input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
+                          "sidecar_sha256": job.sidecar_sha256},
+                "parameters": parameters, "seed_was_random": params.seed is None}
+
+    def _confirm_lease(self, job: Job) -> None:
+        """Right before writing outputs: this instance must still hold the job.
+
+        With the ledger unavailable, a lease that has not run out by this instance's clock still holds (no
+        other instance may take the job before then), so the outputs are written and only their recording
+        waits; once it has run out, the ledger must say first whose the job is.
+        """
+        if self.lease is None:
+            return
+        try:
+            self.lease.confirm()
+        except LedgerUnavailable as exc:
+            left = self.lease.seconds_left()
+            if self.ledger_pause is None or left <= 0:
+                self._with_ledger(job, self.lease.confirm)
+                return
+            log.warning("lease_unconfirmed", reason=exc.reason, lease_left_seconds=round(left, 1))
+            self.ledger_pause.pause(exc)
+            return
+        if self.ledger_pause is not None:
+            self.ledger_pause.resume()
+
+    def _record(self, job: Job, state: JobState, write_line: Callable[[], None],
+                write_ledger: Callable[[], object]) -> None:
+        """A running job's outcome: its jobs.jsonl line, then the ledger, only while this instance holds the job.
+
+        While the ledger is unavailable both wait (the outputs are in the outbox already); once it is back it
+        says whether the job is still this instance's: if another took it over meanwhile, nothing is recorded
+        twice (LeaseLost).
+        """
+        progress = {"line": False, "sent": False}
+
+        def record() -> None:
+            if self.owner is not None:
+                current = self.ledger.get(job.id)
+                if progress["sent"] and current is not None and current.state is state:
+                    return  # the last try went through; only its answer was lost with the connection
+                if (current is None or current.state is not JobState.RUNNING or current.lease_owner != self.owner
+                        or current.claims != job.claims):  # taken over, even by a claim of this very instance
+                    log.error("job_lease_lost", job_id=job.id, instance=self.owner,
+                              holder=None if current is None else current.lease_owner,
+                              state=None if current is None else current.state.value)
+                    raise LeaseLost(job.id)
+            if not progress["line"]:
+                write_line()
+                progress["line"] = True
+            progress["sent"] = True
+            write_ledger()
+
+        self._with_ledger(job, record)
+
+    def _with_ledger(self, job: Job, step: Callable[[], T]) -> T:
+        """One of a running job's ledger steps; while the ledger is unavailable, wait with back-off and try again
+        (the frames, or the outputs already written, stay; the watchdog is fed). Stopping meanwhile: JobInterrupted."""
+        while True:
+            try:
+                result = step()
+            except LedgerUnavailable as exc:
+                if self.ledger_pause is None:
+                    raise
+                wait = self.ledger_pause.pause(exc)
+                if self.on_status is not None:
+                    self.on_status(f"paused: {self.ledger_pause.describe()}; {job.input} waits to be recorded")
+                if self.wait(wait):
+                    raise JobInterrupted(job.id) from exc
+                continue
+            if self.ledger_pause is not None:
+                self.ledger_pause.resume()
+            return result
 
     def _append_done_line(self, job: Job, names: OutputNames, outputs: dict[str, str], now: float, duration: float) -> None:
         self.outbox.append_job_line(names, {
@@ -386,17 +484,12 @@ class Runner:
             self.on_progress(job, step, total)
 
     def _manifest(self, job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, Any]:
-        parameters = {**params.to_dict(), "seed": job.seed}
-        adjustments = parameters.pop("adjustments")
         return {
             "job_id": job.id,
             "state": JobState.DONE.value,
-            "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
-                      "sidecar_sha256": job.sidecar_sha256},
-            "parameters": parameters,
-            "seed_was_random": params.seed is None,
+            **self._request(job, params),  # input, parameters, seed_was_random
             "variant": job.params.get(VARIANT),
-            "adjustments": adjustments,
+            "adjustments": params.to_dict()["adjustments"],
             "model": facts["model"],
             "model_name": facts.get("model_name"),
             # The model before this job's and what loading this one took (None: it was already the one).

@@ -272,32 +272,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster: its URL, and pg_ctl to stop, start and restart it under a test."""
+
+    def __init__(self, binaries: Path, root: Path, port: int) -> None:
+        self.binaries, self.root, self.data, self.port = binaries, root, root / "data", port
+        self.url = f"postgresql://vidrop@127.0.0.1:{port}"
+
+    def pg_ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        subprocess.run(_as_postgres([str(self.binaries / "pg_ctl"), *args, "-w", "-t", "120", "-D", str(self.data),
+                                     "-l", str(self.root / "log"), "-o", options]),
+                       check=True, capture_output=True, timeout=180)
+
+    def start(self) -> None:
+        self.pg_ctl("start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("stop", "-m", mode)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.pg_ctl("restart", "-m", mode)
+
+
 @pytest.fixture(scope="session")
-def postgres_server():
+def postgres_cluster():
     """A throw-away PostgreSQL cluster in a temporary folder on a free local port; removed at the end."""
     import shutil
     import tempfile
 
     if not POSTGRES_BIN:
         pytest.skip("PostgreSQL is not installed (make test installs the Debian package `postgresql` as root)")
-    binaries = POSTGRES_BIN[-1].parent
     root = Path(tempfile.mkdtemp(prefix="vidrop-pg-"))
     if os.getuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
+    cluster = PostgresCluster(POSTGRES_BIN[-1].parent, root, free_port())
     try:
-        subprocess.run(_as_postgres([str(binaries / "initdb"), "-D", str(data), "-U", "vidrop", "-A", "trust",
-                                     "--no-sync", "-E", "UTF8"]), check=True, capture_output=True, timeout=120)
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "start", "-w", "-t", "120", "-D", str(data),
-                                     "-l", str(root / "log"), "-o", options]),
-                       check=True, capture_output=True, timeout=180)
-        yield f"postgresql://vidrop@127.0.0.1:{port}"
+        subprocess.run(_as_postgres([str(cluster.binaries / "initdb"), "-D", str(cluster.data), "-U", "vidrop",
+                                     "-A", "trust", "--no-sync", "-E", "UTF8"]),
+                       check=True, capture_output=True, timeout=120)
+        cluster.start()
+        yield cluster
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(_as_postgres([str(binaries / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(data)]),
-                           capture_output=True, timeout=120)
+        if (cluster.data / "postmaster.pid").exists():
+            cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_cluster) -> str:
+    """The throw-away cluster's URL (without a database)."""
+    return postgres_cluster.url
 
 
 @pytest.fixture

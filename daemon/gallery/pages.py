@@ -62,9 +62,11 @@ def status_json(document: dict[str, Any]) -> str:
 
 
 def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | None, running: Card | None,
-                counts: dict[str, int], failures: list[Card]) -> str:
-    """_STATUS.txt: for people without a browser."""
+                counts: dict[str, int], failures: list[Card], notice: str | None = None) -> str:
+    """_STATUS.txt: for people without a browser; notice says why nothing moves (the ledger is unavailable)."""
     lines = [f"vidrop status, updated {utc(updated_at)}", ""]
+    if notice:
+        lines += [f"Paused: {notice}", ""]
     drain = "" if not queue_length else f", all done in about {duration(drain_seconds)}"
     lines.append(f"Queue: {queue_length} waiting{drain}")
     if running is None:

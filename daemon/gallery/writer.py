@@ -86,6 +86,8 @@ class GalleryWriter:
         self._blocks: dict[str, int] = {}  # folder → how many blocks it had at its last write
         self._progress: dict[str, Progress] = {}
         self._every_page = False
+        self._notice: str | None = None
+        self._last_status: dict[str, Any] | None = None  # what _STATUS.txt last showed, for a notice alone
 
     # -- what the runner and the daemon call ---------------------------------------------------
 
@@ -124,6 +126,21 @@ class GalleryWriter:
             except OSError as exc:  # a full or vanished share must not stop the queue; the next change retries
                 log.warning("gallery_write_failed", folder=folder, error=str(exc))
         return due
+
+    def show_notice(self, notice: str | None) -> None:
+        """Say at the top of _STATUS.txt why nothing moves, at once and without the ledger (it is the one that
+        cannot be read then): the rest is what the file showed last. None: gone at the next write."""
+        self._notice = notice
+        self._dirty.setdefault("", set())
+        if notice is None or not self.outbox.root.is_dir():
+            return
+        shown = self._last_status or dict(running=None, queue_length=0, drain_seconds=None, failures=[],
+                                          counts={state.value: 0 for state in JobState})
+        try:
+            replace_text(self.outbox.root / STATUS_TEXT,
+                         status_text(**{**shown, "updated_at": iso_time(self.clock.time())}, notice=notice))
+        except OSError as exc:
+            log.warning("gallery_write_failed", folder="", error=str(exc))
 
     def rebuild(self, *, every_page: bool = True) -> list[str]:
         """Write every folder from the ledger: all its pages (`vidrop gallery`), or, at a start, the index and
@@ -229,10 +246,11 @@ class GalleryWriter:
             document["failures"] = snapshot.failures
         replace_text(directory / STATUS_JSON, status_json(document))
         if is_root:
-            replace_text(directory / STATUS_TEXT, status_text(
+            self._last_status = dict(
                 updated_at=snapshot.updated_at, queue_length=len(snapshot.estimates.positions),
                 drain_seconds=snapshot.estimates.drain_seconds, running=snapshot.running, counts=snapshot.counts,
-                failures=snapshot.failures))
+                failures=snapshot.failures)
+            replace_text(directory / STATUS_TEXT, status_text(**self._last_status, notice=self._notice))
         for block in sorted(self._blocks_to_write(folder, directory, changed, blocks, paged)):
             self._write_block(folder, directory, block, paged, snapshot, common)
         self._blocks[folder] = blocks

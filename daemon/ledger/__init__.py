@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.ledger.sql import SqlLedger
+from daemon.ledger.sqlite import BUSY_TIMEOUT_SECONDS, SqliteLedger
 
 
-def open_ledger(ledger_url: str | None, state_dir: Path) -> SqlLedger:
-    """The ledger the settings name: `postgresql://…`, `sqlite:///path`, or empty for the state directory's."""
+def open_ledger(ledger_url: str | None, state_dir: Path, *, busy_seconds: float = BUSY_TIMEOUT_SECONDS) -> SqlLedger:
+    """The ledger the settings name: `postgresql://…`, `sqlite:///path`, or empty for the state directory's.
+
+    busy_seconds: how long an SQLite statement waits for another process's lock.
+    """
     if ledger_url and ledger_url.startswith(("postgresql://", "postgres://")):
         from daemon.ledger.postgres import PostgresLedger
 
         return PostgresLedger(ledger_url)
-    from daemon.ledger.sqlite import SqliteLedger
-
     if ledger_url and ledger_url.startswith("sqlite:///"):
-        return SqliteLedger(Path(ledger_url.removeprefix("sqlite://")))
-    return SqliteLedger(state_dir / "ledger.sqlite3")
+        return SqliteLedger(Path(ledger_url.removeprefix("sqlite://")), busy_seconds=busy_seconds)
+    return SqliteLedger(state_dir / "ledger.sqlite3", busy_seconds=busy_seconds)

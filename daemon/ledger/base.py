@@ -16,6 +16,17 @@ class JobState(str, Enum):
     FAILED = "failed"
 
 
+class LedgerUnavailable(Exception):
+    """The ledger cannot be read or written now (full or read-only disk, a lock held too long, a deleted file,
+    a database restarting or out of reach): nothing is wrong with the job; wait, then go on."""
+
+    def __init__(self, reason: str, *, detail: str, fix: str) -> None:
+        super().__init__(f"{reason} ({detail})")
+        self.reason = reason
+        self.detail = detail
+        self.fix = fix
+
+
 @dataclass
 class Job:
     """One image request and what became of it."""
@@ -88,7 +99,10 @@ class LedgerStatus:
 
 
 class Ledger(Protocol):
-    """Enqueue, claim under a lease, renew, finish, fail, release: all a runner needs."""
+    """Enqueue, claim under a lease, renew, finish, fail, release: all a runner needs.
+
+    Any call may raise LedgerUnavailable; the same ledger object works again once the fault is gone.
+    """
 
     def enqueue(self, job: Job) -> bool:
         """Store a new job; False (and nothing stored) if its key is already known."""
@@ -167,8 +181,8 @@ class Ledger(Protocol):
     def register(self, instance: Instance) -> None:
         """Record this instance (host, pid, GPU) at start."""
 
-    def seen(self, instance_id: str, now: float, status: str) -> None:
-        """The instance is alive and says what it is doing."""
+    def seen(self, instance_id: str, now: float, status: str) -> bool:
+        """The instance is alive and says what it is doing; False if the ledger does not know it (a new file)."""
 
     def unregister(self, instance_id: str) -> None:
         """The instance stopped cleanly."""

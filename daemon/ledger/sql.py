@@ -285,9 +285,11 @@ class SqlLedger:
                  instance.seen_at or instance.started_at, instance.status),
             )
 
-    def seen(self, instance_id: str, now: float, status: str) -> None:
+    def seen(self, instance_id: str, now: float, status: str) -> bool:
         with self._lock:
-            self._execute("UPDATE instances SET seen_at = ?, status = ? WHERE id = ?", (now, status, instance_id))
+            cursor = self._execute("UPDATE instances SET seen_at = ?, status = ? WHERE id = ?",
+                                   (now, status, instance_id))
+            return cursor.rowcount == 1
 
     def unregister(self, instance_id: str) -> None:
         with self._lock:
