@@ -6,6 +6,7 @@ from typing import Callable, TypeVar
 
 import structlog
 
+from daemon.backoff import Backoff
 from daemon.clock import Clock
 from daemon.ledger.base import LedgerUnavailable
 
@@ -23,35 +24,29 @@ class LedgerPause:
 
     def __init__(self, probe: Callable[[], object], *, clock: Clock, first_wait: float, longest_wait: float) -> None:
         self.probe = probe
-        self.clock = clock
-        self.first_wait = first_wait
-        self.longest_wait = longest_wait
+        self.backoff = Backoff(clock, first_wait=first_wait, longest_wait=longest_wait)
         self.reason: LedgerUnavailable | None = None
-        self.wait = 0.0
         self.outages = 0  # how many outages ended: after one, what intake knew is read again
-        self._since = 0.0
-        self._next_try = 0.0
 
     @property
     def is_paused(self) -> bool:
         return self.reason is not None
 
+    @property
+    def wait(self) -> float:
+        """The current wait between two tries."""
+        return self.backoff.wait
+
     def pause(self, reason: LedgerUnavailable) -> float:
         """Pause (or stay paused, waiting longer); return the seconds until the next try."""
-        now = self.clock.monotonic()
-        if self.reason is None:
-            self._since = now
-            self.wait = self.first_wait
-        else:
-            self.wait = min(self.wait * 2, self.longest_wait)
+        wait = self.backoff.failed(is_first=self.reason is None)
         self.reason = reason
-        self._next_try = now + self.wait
         log.warning("ledger_unavailable", reason=reason.reason, detail=reason.detail, fix=reason.fix,
-                    retry_in_seconds=round(self.wait, 1), paused_seconds=round(now - self._since, 1))
-        return self.wait
+                    retry_in_seconds=round(wait, 1), paused_seconds=round(self.backoff.seconds_since_start(), 1))
+        return wait
 
     def seconds_to_next_try(self) -> float:
-        return max(0.0, self._next_try - self.clock.monotonic())
+        return self.backoff.seconds_to_next_try()
 
     def try_again(self) -> bool:
         """When due, probe the ledger: True if it works again (the pause is over), False if not yet."""
@@ -73,7 +68,7 @@ class LedgerPause:
             return
         self.reason = None
         self.outages += 1
-        log.info("ledger_available", paused_seconds=round(self.clock.monotonic() - self._since, 1))
+        log.info("ledger_available", paused_seconds=round(self.backoff.seconds_since_start(), 1))
 
     def describe(self) -> str:
         if self.reason is None:
