@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # pip must never resolve an unpinned torch by itself there: that pulls a multi-GB CUDA build.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 # Debian packages: systemd-python compiles against libsystemd; the tests use real rsync, a throw-away
-# PostgreSQL, and open the gallery pages in a headless chromium.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient
+# PostgreSQL and Samba share, strace (to hold a process at a system call), and open the gallery pages in a
+# headless chromium.
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient strace
 PYTEST_ARGS ?=
 
 .PHONY: run test demo check bench gallery-screenshot system-packages clean
