@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import threading
 import time
@@ -126,7 +125,7 @@ class Runner:
             self.notify(job, JobState.RUNNING)
             params = JobParams.from_dict(job.params)
             # Decoded from the bytes just hashed: the video is made from what the manifest names.
-            image = None if params.mode == TEXT else load_image(io.BytesIO(found.data),
+            image = None if params.mode == TEXT else load_image(found.data, name=job.input,
                                                                  max_pixels=self.max_image_pixels)
             admission = self.wait_for_memory(job, params)
             structlog.contextvars.bind_contextvars(stage="generate")

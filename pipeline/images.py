@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -203,12 +204,18 @@ class ImageFacts:
 def check_readable_name(path: Path) -> None:
     """Refuse files of formats vidrop does not take, by name or by content (a PSD renamed .png), naming the
     format and what to export instead."""
-    suffix = path.suffix.lower()
     try:
         with open(path, "rb") as handle:
-            found = sniff_format(handle.read(64))
+            head = handle.read(64)
     except OSError:
-        found = None
+        head = b""
+    check_readable(path.name, head)
+
+
+def check_readable(name: str, head: bytes) -> None:
+    """`check_readable_name` for a file's name and its first bytes."""
+    suffix = PurePosixPath(name).suffix.lower()
+    found = sniff_format(head) if head else None
     if suffix in READABLE_SUFFIXES and found not in REFUSED_CONTENT:
         return
     named = found if found in REFUSED_CONTENT else (
@@ -221,16 +228,22 @@ def check_readable_name(path: Path) -> None:
     )
 
 
-def load_image(path: Path, *, max_pixels: int) -> Image.Image:
-    """Decode an image fully (an animated one: its first frame), apply its EXIF rotation, make it 8-bit RGB."""
-    return open_image(path, max_pixels=max_pixels)[0]
+def load_image(source: Path | bytes, *, max_pixels: int, name: str | None = None) -> Image.Image:
+    """Decode an image fully (an animated one: its first frame), apply its EXIF rotation, make it 8-bit RGB.
+    source is a file or the file's bytes (then name is the file's name, for its extension)."""
+    return open_image(source, max_pixels=max_pixels, name=name)[0]
 
 
-def open_image(path: Path, *, max_pixels: int) -> tuple[Image.Image, ImageFacts]:
+def open_image(source: Path | bytes, *, max_pixels: int, name: str | None = None) -> tuple[Image.Image, ImageFacts]:
     """`load_image` and the facts of the file it came from."""
-    check_readable_name(path)
+    if isinstance(source, bytes):
+        head, opened_from = source[:64], io.BytesIO(source)
+        check_readable(name or "", head)
+    else:
+        check_readable_name(source)
+        opened_from = source
     try:
-        with Image.open(path) as opened:
+        with Image.open(opened_from) as opened:
             width, height = opened.size
             if width * height > max_pixels:
                 raise InputError(
@@ -246,17 +259,23 @@ def open_image(path: Path, *, max_pixels: int) -> tuple[Image.Image, ImageFacts]
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        try:
-            with open(path, "rb") as handle:
-                found = sniff_format(handle.read(64))
-        except OSError:
-            found = None
+        found = sniff_format(_head_of(source))
         raise InputError(
             "The file is not an image vidrop can read." if found is None
             else f"The file is not an image vidrop can read: it starts like a {found} but does not decode.",
             detail=f"format {found or 'unknown'}; {type(exc).__name__}: {exc}",
             fix="Export it again as PNG or JPEG; check that the copy finished and the file is not damaged.",
         ) from None
+
+
+def _head_of(source: Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source[:64]
+    try:
+        with open(source, "rb") as handle:
+            return handle.read(64)
+    except OSError:
+        return b""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -7,7 +7,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Callable
 
 from config.settings import Settings
 from config.sidecar import SEED_MAX, SidecarError, parse_sidecar

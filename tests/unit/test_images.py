@@ -62,3 +62,14 @@ def test_fit_keeps_aspect_ratio_by_cropping_or_padding():
     assert fit_image(wide, 64, 64, "crop").getpixel((0, 32)) == (0, 0, 255)
     padded = fit_image(wide, 64, 64, "pad")
     assert padded.size == (64, 64) and padded.getpixel((32, 0)) == (0, 0, 0)
+
+
+def test_an_image_is_decoded_from_the_bytes_the_runner_hashed(tmp_path):
+    path = tmp_path / "shot.PNG"
+    Image.new("RGB", (32, 16), (9, 8, 7)).save(path, format="PNG")
+    image = load_image(path.read_bytes(), name="folder/shot.PNG", max_pixels=10**6)
+    assert image.size == (32, 16) and image.getpixel((0, 0)) == (9, 8, 7)
+    with pytest.raises(InputError, match="cannot use"):  # the name still decides what vidrop takes
+        load_image(path.read_bytes(), name="shot.psd", max_pixels=10**6)
+    with pytest.raises(InputError, match="not an image"):
+        load_image(path.read_bytes()[:40], name="shot.png", max_pixels=10**6)
