@@ -12,8 +12,26 @@ import pytest
 from tests.conftest import REPO
 
 SDBOX = REPO.parent / "shared" / "tools" / "sdbox" / "sdbox"
-# Folders the service must see: outside /tmp and /var/tmp (PrivateTmp=yes hides those from it).
-WORK_ROOT = REPO / ".sdbox-work"
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def in_private_tmp(path: Path) -> bool:
+    """Whether path is under /tmp or /var/tmp, which PrivateTmp=yes hides from the service."""
+    resolved = path.resolve()
+    return any(resolved == hidden or hidden in resolved.parents for hidden in PRIVATE_TMP)
+
+
+def _outside_private_tmp(*candidates: Path) -> Path:
+    """The first folder not under /tmp or /var/tmp."""
+    for candidate in candidates:
+        if not in_private_tmp(candidate):
+            return candidate
+    raise RuntimeError(f"no folder outside /tmp and /var/tmp among {candidates}")
+
+
+# Folders the service must see: in the checkout, or in the home folder when the checkout is under /tmp.
+WORK_ROOT = _outside_private_tmp(REPO / ".sdbox-work", Path.home() / ".cache" / "vidrop-sdbox-work",
+                                 Path("/root/.cache/vidrop-sdbox-work"))
 
 
 def require_sdbox() -> None:
@@ -64,5 +82,5 @@ class Box:
 
 def make_work_dir(name: str) -> Path:
     """A fresh folder under WORK_ROOT (the caller removes it)."""
-    WORK_ROOT.mkdir(exist_ok=True)
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK_ROOT))

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_vidrop
-from tests.sdbox import make_work_dir, require_sdbox, sdbox
+from tests.conftest import VIDROP, run_vidrop
+from tests.sdbox import in_private_tmp, make_work_dir, require_sdbox, sdbox
 
 MAX_EXPOSURE = 3.0
 
@@ -18,6 +18,10 @@ def rendered():
                                         "[service]\nstop_timeout_seconds = 45\n")
     result = run_vidrop({"PATH": "/usr/bin:/bin"}, "--config", str(work / "settings.toml"), "install-systemd",
                         "--output", str(work / "units"), "--watchdog-seconds", "120")
+    if in_private_tmp(VIDROP):  # a checkout under /tmp: its vidrop is hidden from a service, rightly refused
+        shutil.rmtree(work)
+        assert result.returncode == 78 and "temporary folder" in result.stderr, result.stderr
+        pytest.skip(f"{VIDROP} is under /tmp, which a service cannot see: install-systemd refuses it (checked)")
     assert result.returncode == 0, result.stderr
     yield work, result.stdout
     shutil.rmtree(work)
