@@ -37,6 +37,7 @@ offline = true
 settle_seconds = 0.3
 pairing_seconds = 2
 tick_seconds = 0.2
+decode_grace_seconds = 3
 {ignore}
 [service]
 stop_timeout_seconds = 1
