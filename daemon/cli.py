@@ -90,10 +90,11 @@ def _serve(args, *, once: bool) -> int:
     apply_process_environment(settings)
     from daemon.app import Daemon
     from daemon.systemd import SystemdNotifier
+    from daemon.wiring import Wiring
     from pipeline.errors import ModelUnavailable
 
-    daemon = Daemon(settings, generator_factory=_production_generator, notifier=SystemdNotifier(),
-                    settings_loader=lambda: load_settings(args.config).settings)
+    wiring = Wiring(settings, generator_factory=_production_generator, notifier=SystemdNotifier())
+    daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
     # What the imports made (torch, diffusers: some 300,000 objects) lives as long as the process. Frozen,
     # it is left out of every later collection, so the one after each job walks only what jobs made; a

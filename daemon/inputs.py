@@ -163,6 +163,10 @@ class InputDisposal:
         self.ledger = ledger
         self._held: list[Job] | None = None
 
+    def apply(self, settings: Settings) -> None:
+        """Fresh live settings: on_success, on_failure and their folders from now on."""
+        self.intake = settings.intake
+
     @contextmanager
     def held(self) -> Iterator[None]:
         """While an input's jobs are being stored (some refused, some reused at once, the rest not yet in the

@@ -76,8 +76,8 @@ class GenerationResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-class Generator(Protocol):
-    """What the runner needs from a model: tests may pass their own."""
+class RequestRules(Protocol):
+    """What intake needs of the loaded models: a request's effective parameters, presets, modes, limits."""
 
     def resolve(self, requested: dict[str, Any]) -> JobParams: ...
 
@@ -85,7 +85,11 @@ class Generator(Protocol):
 
     def modes(self, model: str | None = None) -> tuple[str, ...]: ...
 
-    def resident_models(self) -> list[str]: ...
+    def set_limits(self, limits: LimitSettings) -> None: ...
+
+
+class JobRunning(Protocol):
+    """What the runner needs to make one job's frames: a memory admission, the frames, then cleanup."""
 
     def admit(self, params: JobParams) -> MemoryAdmission: ...
 
@@ -97,9 +101,14 @@ class Generator(Protocol):
 
     def unload(self) -> bool: ...
 
-    def describe(self) -> dict[str, Any]: ...
 
-    def set_limits(self, limits: LimitSettings) -> None: ...
+class Generator(RequestRules, JobRunning, Protocol):
+    """Both, as the generator factory builds them; the loop also asks which models are resident (to claim jobs
+    for them first) and what was loaded (to log it)."""
+
+    def resident_models(self) -> list[str]: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class VideoGenerator:

@@ -18,7 +18,7 @@ from daemon.intake.variants import VARIANT, Request, expand
 from daemon.ledger.base import Job, JobState
 from daemon.names import shown
 from pipeline.errors import InputError, VidropError
-from pipeline.generate import IMAGE, TEXT, Generator, JobParams
+from pipeline.generate import IMAGE, TEXT, JobParams, RequestRules
 from pipeline.images import ImageFacts, check_readable_name, open_image
 
 HASH_CHUNK = 1 << 20
@@ -65,7 +65,7 @@ def content_key(input_sha256: str, params: JobParams) -> str:
 class Admitter:
     """Builds jobs from ready inputs with the current settings and the loaded model's family rules."""
 
-    def __init__(self, settings: Settings, generator: Generator, is_junk: JunkFilter,
+    def __init__(self, settings: Settings, generator: RequestRules, is_junk: JunkFilter,
                  is_known: Callable[[str], bool]) -> None:
         self.settings = settings
         self.generator = generator

@@ -18,7 +18,7 @@ from daemon.intake.pending import PendingInputs, ReadyInput
 from daemon.intake.readiness import JunkFilter
 from daemon.intake.scan import InboxScanner, InboxUnavailable
 from daemon.intake.taken import TakenInputs
-from daemon.intake.watch import INOTIFY_LIMIT_ERRORS, InboxWatcher, WatchLimitReached
+from daemon.intake.watch import INOTIFY_LIMIT_ERRORS, STOP, InboxWatcher, WatchLimitReached
 
 log = structlog.get_logger()
 
@@ -55,6 +55,7 @@ class Intake:
         self._next_poll = 0.0
         self._next_reconcile = 0.0
         self._scan_soon = False
+        self.is_watching = False
 
     def _choose_mode(self, requested: str) -> str:
         if requested != "auto":
@@ -63,6 +64,7 @@ class Intake:
 
     def start(self, *, watch: bool) -> None:
         """Start the observer (when events are wanted) and run the first full scan."""
+        self.is_watching = watch
         if watch and self.mode == "events":
             self._start_watcher()
         self._scan(full=True)
@@ -88,6 +90,21 @@ class Intake:
             self._scan_soon = True
         else:
             self.pending.notice(path)
+
+    def drain(self, timeout: float) -> None:
+        """Take what the observer saw, waiting up to timeout for the first item (a STOP item only wakes the
+        caller; the stop and reload requests are flags of their own)."""
+        try:
+            item = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is not STOP:
+                self.notice(item)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
 
     def tick(self) -> None:
         """Scans when due, the observer's health, the inbox's presence."""

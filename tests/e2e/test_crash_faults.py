@@ -85,8 +85,8 @@ def test_sighup_with_a_settings_file_that_is_not_utf8_keeps_the_daemon_and_its_s
 
 def _kill_when_generating(daemon, job_name: str) -> None:
     """SIGKILL from outside the moment the process starts generating job_name (the OOM killer's way)."""
-    wait_for(lambda: any(e.get("input") == job_name for e in daemon.events_named("pipeline_invoked")), 120,
-             interval=0.01, what=f"pipeline_invoked for {job_name}")
+    wait_for(lambda: any(e.get("input") == job_name for e in daemon.events_named("generation_started")), 120,
+             interval=0.01, what=f"generation_started for {job_name}")
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait()
 
@@ -107,7 +107,7 @@ def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_go
     assert "vidrop retry" in error["what_to_do"] and error["detail"]
     [finished] = [e for e in daemon.wait_event("job_finished") if e["input"] == "bomb.png"]
     assert finished["state"] == "failed"
-    assert not [e for e in daemon.events_named("pipeline_invoked") if e["input"] == "bomb.png"]
+    assert not [e for e in daemon.events_named("generation_started") if e["input"] == "bomb.png"]
     [bomb] = ledger_jobs(folders["state"])
     assert bomb.state.value == "failed"
 
@@ -117,7 +117,7 @@ def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_go
     result = run_vidrop(env, "retry", str(folders["inbox"] / "bomb.png"))
     assert result.returncode == 0, result.stderr
     wait_for((folders["outbox"] / "bomb.mp4").exists, 120, what="the retried job's video")
-    again = [e for e in daemon.events_named("pipeline_invoked") if e["input"] == "bomb.png"]
+    again = [e for e in daemon.events_named("generation_started") if e["input"] == "bomb.png"]
     assert [e["attempt"] for e in again] == [1]
     assert daemon.process.poll() is None
 
@@ -165,11 +165,11 @@ def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_out
     drop_job(folders["inbox"], "shot", width=256, height=256, num_frames=17)
     tracer = None
     if stalled_at == "generating":
-        first.wait_event("pipeline_invoked")
+        first.wait_event("generation_started")
     elif stalled_at == "encoding":
         wait_for(lambda: _temporary_video(folders["outbox"]), 120, interval=0.005, what="the holder encoding")
     else:
-        first.wait_event("pipeline_invoked")
+        first.wait_event("generation_started")
         tracer = _hold_first_rename(first.process.pid)
         wait_for(lambda: _is_renaming(first.process.pid), 120, interval=0.005, what="the holder renaming")
     os.kill(first.process.pid, signal.SIGSTOP)

@@ -124,7 +124,7 @@ def check_exactly_once(fleet: Fleet, ledger, outbox: Path, names: list[str]) -> 
     # The daemons' counts: a job is generated again only when the process generating it was killed.
     completed = Counter()
     for process in fleet.processes:
-        invoked = [e["job_id"] for e in process.events if e.get("event") == "pipeline_invoked"]
+        invoked = [e["job_id"] for e in process.events if e.get("event") == "generation_started"]
         ended = {e["job_id"] for e in process.events if e.get("event") in ("job_finished", "job_reconciled")}
         in_flight = invoked[-1] if invoked and invoked[-1] not in ended else None
         assert in_flight is None or id(process) in fleet.killed, f"{in_flight} abandoned by a living process"
@@ -159,7 +159,7 @@ def test_three_instances_on_one_host_share_a_sqlite_ledger(folders, demo_models)
     try:
         run_with_kills(fleet, ledger, len(names), seed=3, kills=2)
         check_exactly_once(fleet, ledger, folders["outbox"], names)
-        assert len({p.process.pid for p in fleet.processes if p.events_named("pipeline_invoked")}) >= 3
+        assert len({p.process.pid for p in fleet.processes if p.events_named("generation_started")}) >= 3
     finally:
         fleet.stop_all()
         ledger.close()

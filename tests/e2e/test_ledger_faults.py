@@ -64,7 +64,7 @@ def small_state_disk(tmp_path):
 def done_once(vidrop, outbox: Path, name: str) -> None:
     """One video for name, one generation, one done line, and the job done in no other way."""
     assert frames_in(outbox / f"{name}.mp4") == 9
-    invoked = [e for e in vidrop.events_named("pipeline_invoked") if e.get("input") == f"{name}.png"]
+    invoked = [e for e in vidrop.events_named("generation_started") if e.get("input") == f"{name}.png"]
     assert len(invoked) == 1, invoked
     lines = [line for line in job_lines(outbox) if line["input"] == f"{name}.png" and line["state"] == "done"]
     assert len(lines) == 1, lines
@@ -166,7 +166,7 @@ def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_model
     vidrop = start_vidrop(env)
     vidrop.wait_event("daemon_ready")
     drop_job(folders["inbox"], "slow-during")
-    vidrop.wait_event("pipeline_invoked")
+    vidrop.wait_event("generation_started")
     cluster.restart(mode)
     wait_for(lambda: (folders["outbox"] / "slow-during.json").exists(), 120, what="the video made during the restart")
     drop_job(folders["inbox"], "after")  # and the next job runs on a new connection
@@ -183,7 +183,7 @@ def test_a_postgresql_outage_of_30_seconds_during_a_job(folders, demo_models, st
     vidrop = start_vidrop(env)
     vidrop.wait_event("daemon_ready")
     drop_job(folders["inbox"], "slow-outage")
-    vidrop.wait_event("pipeline_invoked")
+    vidrop.wait_event("generation_started")
     cluster.stop("fast")
     stopped = time.monotonic()
     drop_job(folders["inbox"], "during")  # admitted once the database is back, not refused
@@ -225,7 +225,7 @@ def test_vidrop_status_on_a_database_out_of_reach_says_so_in_one_line(folders, d
 
 def _invocations(completed: subprocess.CompletedProcess) -> list[dict]:
     events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
-    return [e for e in events if e.get("event") in ("pipeline_invoked", "job_reconciled")]
+    return [e for e in events if e.get("event") in ("generation_started", "job_reconciled")]
 
 
 @pytest.mark.parametrize("loss", ["deleted", "old backup"])
@@ -236,7 +236,7 @@ def test_a_lost_or_old_ledger_does_not_redo_work_in_the_outbox(loss, folders, de
     backup = shutil.copy(ledger, folders["state"].parent / "backup.sqlite3")
     drop_job(folders["inbox"], "photo")
     first = run_vidrop(env, "once")
-    assert first.returncode == 0 and [e["event"] for e in _invocations(first)] == ["pipeline_invoked"]
+    assert first.returncode == 0 and [e["event"] for e in _invocations(first)] == ["generation_started"]
     outputs = {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in folders["outbox"].glob("photo*")}
 
     for path in folders["state"].glob("ledger.sqlite3*"):

@@ -40,7 +40,7 @@ def test_outputs_already_in_place_are_recorded_not_made_again(folders, demo_mode
     result = run_vidrop(env, "once")
     assert result.returncode == 0, result.stderr
     names = [e["event"] for e in events_of(result)]
-    assert "job_reconciled" in names and "pipeline_invoked" not in names
+    assert "job_reconciled" in names and "generation_started" not in names
     assert ledger.get(job.id).state is JobState.DONE and ledger.get(job.id).lease_owner is None
     assert [json.loads(line)["job_id"] for line in jobs_log.read_text().splitlines()] == [job.id]
     assert (out / "cut.mp4").read_bytes() == video_before
@@ -58,7 +58,7 @@ def test_outputs_already_in_place_are_recorded_not_made_again(folders, demo_mode
     assert retry.returncode == 0 and f"queued again: reel/cut.png ({job.id})" in retry.stdout
     again = run_vidrop(env, "once")
     assert again.returncode == 0, again.stderr
-    assert [e["event"] for e in events_of(again)].count("pipeline_invoked") == 1
+    assert [e["event"] for e in events_of(again)].count("generation_started") == 1
     manifest = json.loads((out / "cut.json").read_text())
     assert manifest["job_id"] == job.id and manifest["parameters"]["seed"] == job.seed  # the same seed
     assert "1 done in the last hour" in run_vidrop(env, "status").stdout

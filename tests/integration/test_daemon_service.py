@@ -7,6 +7,7 @@ from structlog.testing import capture_logs
 
 from config.settings import load_settings
 from daemon.app import Daemon
+from daemon.wiring import Wiring
 from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import make_image, sidecar
 
@@ -42,8 +43,7 @@ def settings_for(folders, **overrides):
 def daemon(folders, ltx_generator):
     notifier = RecordingNotifier()
     loaded = {"settings": settings_for(folders)}
-    daemon = Daemon(loaded["settings"], generator_factory=lambda settings: ltx_generator, notifier=notifier,
-                    settings_loader=lambda: loaded["settings"])
+    daemon = Daemon(Wiring(loaded["settings"], generator_factory=lambda settings: ltx_generator, notifier=notifier), settings_loader=lambda: loaded["settings"])
     daemon.startup(watch=True)
     yield daemon, notifier, loaded
     daemon.shutdown()
@@ -63,8 +63,8 @@ def test_a_reload_applies_live_settings_and_names_the_ones_that_need_a_restart(d
     restart = next(entry for entry in logs if entry["event"] == "settings_need_restart")
     assert restart["settings"] == ["pipeline.device", "pipeline.fit"] and restart["log_level"] == "warning"
     assert daemon.settings.pipeline.fit == "crop" and daemon.settings.intake.ignore == ["draft-*"]
-    assert daemon.intake.is_junk("draft-1.png") and not daemon.intake.is_junk(".hidden.png")
-    assert daemon.generator.limits.max_steps == 10
+    assert daemon.services.intake.is_junk("draft-1.png") and not daemon.services.intake.is_junk(".hidden.png")
+    assert daemon.services.generator.limits.max_steps == 10
 
 
 def test_a_reload_with_broken_settings_keeps_the_old_ones(daemon):
@@ -102,8 +102,8 @@ def test_a_stop_during_a_job_lets_it_finish_within_the_timeout_else_queues_it_ag
     settings = settings_for(folders, intake={"settle_seconds": 0, "tick_seconds": 0.05},
                             service={"stop_timeout_seconds": stop_timeout})
     notifier, listener = RecordingNotifier(), StopWhenRunning()
-    daemon = Daemon(settings, generator_factory=lambda settings: ltx_generator, notifier=notifier,
-                    listeners=[listener])
+    daemon = Daemon(Wiring(settings, generator_factory=lambda settings: ltx_generator, notifier=notifier,
+                    listeners=[listener]))
     listener.daemon = daemon
     with capture_logs() as logs:
         assert daemon.run() == 0

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from config.settings import LimitSettings, MemorySettings, load_settings
 from daemon.app import Daemon
+from daemon.wiring import Wiring
 from daemon.systemd import NullNotifier
 from pipeline.generate import VideoGenerator
 from pipeline.loader import load_model
@@ -69,7 +70,7 @@ def test_a_job_waits_for_memory_then_runs_when_it_frees(folders, demo_models):
     probe = FakeProbe([0, 0, 0, 64 * GIB], others=[BLENDER])  # blender holds the GPU for three checks
     notifier = RecordingNotifier()
     drop_job(folders["inbox"], "hero")
-    daemon = Daemon(settings, generator_factory=lambda s: generator_with(probe, s), notifier=notifier)
+    daemon = Daemon(Wiring(settings, generator_factory=lambda s: generator_with(probe, s), notifier=notifier))
     with capture_logs() as logs:
         assert daemon.run(once=True) == 0
     waits = [event for event in logs if event["event"] == "memory_wait"]
@@ -90,7 +91,7 @@ def test_waiting_past_the_limit_fails_with_what_it_needed_and_what_to_change(fol
     probe = FakeProbe([int(0.5 * GIB)], others=[BLENDER])
     drop_job(folders["inbox"], "big")
     drop_job(folders["inbox"], "small")
-    daemon = Daemon(settings, generator_factory=lambda s: generator_with(probe, s))
+    daemon = Daemon(Wiring(settings, generator_factory=lambda s: generator_with(probe, s)))
     with capture_logs() as logs:
         assert daemon.run(once=True) == 1
     for name in ("big", "small"):  # each fails on its own; the daemon went on to the next
@@ -113,7 +114,7 @@ def test_idle_unload_then_reload_on_the_next_job_with_its_time_recorded(folders,
         generators.append(generator_with(FakeProbe([64 * GIB]), s))
         return generators[-1]
 
-    daemon = Daemon(settings, generator_factory=factory, clock=clock, notifier=notifier)
+    daemon = Daemon(Wiring(settings, generator_factory=factory, clock=clock, notifier=notifier))
     drop_job(folders["inbox"], "first")
     daemon.startup(watch=False)
     try:
@@ -149,8 +150,8 @@ def test_usage_drifting_after_jobs_restarts_the_worker_after_the_job_is_safe(fol
 
     probe = FakeProbe([64 * GIB], usage_of=usage)
     generators = []
-    daemon = Daemon(settings, generator_factory=lambda s: generators.append(generator_with(probe, s))
-                    or generators[-1])
+    daemon = Daemon(Wiring(settings, generator_factory=lambda s: generators.append(generator_with(probe, s))
+                    or generators[-1]))
     for name in ("one", "two", "three"):
         drop_job(folders["inbox"], name, seed=len(name))
     with capture_logs() as logs:

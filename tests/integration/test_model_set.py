@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from config.settings import load_settings
 from daemon.app import Daemon
+from daemon.wiring import Wiring
 from pipeline.generate import JobParams
 from pipeline.memory import MemorySnapshot
 from pipeline.model_set import open_models
@@ -63,7 +64,7 @@ def test_jobs_for_the_loaded_model_run_first_and_a_switch_unloads_the_other(fold
     drop_job(inbox, "a1", model="ltx")
     drop_job(inbox, "b2", model="i2v")
     drop_job(inbox, "a2")  # no model: the default
-    daemon = Daemon(settings, generator_factory=lambda s: models_on(probe, s))
+    daemon = Daemon(Wiring(settings, generator_factory=lambda s: models_on(probe, s)))
     with capture_logs() as logs:
         assert daemon.run(once=True) == 0
 
@@ -86,7 +87,7 @@ def test_jobs_for_the_loaded_model_run_first_and_a_switch_unloads_the_other(fold
     assert second_i2v["model_switch"] is None
     assert manifests["a1"]["model_switch"] is None and manifests["a2"]["model_switch"] is None
     assert first_i2v["memory"]["mode"] == "as_is"  # the job got the room it needed by the unload
-    assert daemon.generator.resident_models() == ["i2v"]
+    assert daemon.services.generator.resident_models() == ["i2v"]
 
 
 def test_a_model_whose_weights_do_not_fit_unloads_the_least_recently_used(folders, demo_models):

@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from config.settings import load_settings
 from daemon.app import Daemon
+from daemon.wiring import Wiring
 from daemon.ledger.base import JobState
 from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import make_image, sidecar
@@ -19,7 +20,7 @@ INTAKE = {"settle_seconds": 0, "pairing_seconds": 0, "decode_grace_seconds": 0}
 def run_once(folders, generator, *, listeners=()) -> tuple[Daemon, list[dict]]:
     settings = load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
                              intake=INTAKE).settings
-    daemon = Daemon(settings, generator_factory=lambda settings: generator, listeners=listeners)
+    daemon = Daemon(Wiring(settings, generator_factory=lambda settings: generator, listeners=listeners))
     with capture_logs() as logs:
         daemon.run(once=True)
     return daemon, logs
@@ -72,7 +73,7 @@ def test_a_restart_passes_over_what_was_done_takes_a_new_file_and_a_file_changed
     (inbox / "shoot" / "new.json").unlink()
     daemon, logs = run_once(folders, ltx_generator)
     assert named(logs, "intake_started")[0]["unchanged"] == 3
-    assert "new.png" not in daemon.taken.in_folder(str(inbox / "shoot"))
+    assert "new.png" not in daemon.services.taken.in_folder(str(inbox / "shoot"))
     ledger = SqliteLedger(folders["state"] / "ledger.sqlite3")
     try:
         assert sorted(path for path, _, _ in ledger.taken_inputs()) == [
@@ -98,7 +99,7 @@ def test_a_stop_during_a_batch_of_new_inputs_is_honoured_between_two_of_them(fol
     stopper = StopOnFirstQueued()
     settings = load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
                              intake=INTAKE).settings
-    daemon = Daemon(settings, generator_factory=lambda settings: ltx_generator, listeners=[stopper])
+    daemon = Daemon(Wiring(settings, generator_factory=lambda settings: ltx_generator, listeners=[stopper]))
     stopper.daemon = daemon
     with capture_logs() as logs:
         daemon.run()

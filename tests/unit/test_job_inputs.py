@@ -7,7 +7,7 @@ import os
 from config.settings import IntakeSettings, Settings
 from daemon.inputs import InputDisposal, find_moved, read_input
 from daemon.ledger.base import Job, JobState
-from daemon.runner import _intact_manifest
+from daemon.recorder import intact_manifest
 
 
 def sha(data: bytes) -> str:
@@ -112,10 +112,10 @@ def test_earlier_results_are_reused_only_while_their_manifest_is_that_jobs(tmp_p
     document = {"job_id": "k1", "state": "done", "outputs": {"video": "logo.mp4"},
                 "input": {"sha256": earlier.input_sha256, "sidecar_sha256": earlier.sidecar_sha256}}
     manifest.write_text(json.dumps(document))
-    assert _intact_manifest(earlier) == document
+    assert intact_manifest(earlier) == document
     manifest.write_text(json.dumps({**document, "job_id": "k2"}))  # a re-export under the same name
-    assert _intact_manifest(earlier) is None
+    assert intact_manifest(earlier) is None
     manifest.write_text(json.dumps(document))
     stamp = manifest.stat().st_mtime_ns
     os.utime(video, ns=(stamp + 10**9, stamp + 10**9))  # a video written after its manifest: another job's
-    assert _intact_manifest(earlier) is None
+    assert intact_manifest(earlier) is None

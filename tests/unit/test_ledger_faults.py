@@ -13,7 +13,7 @@ from daemon.ledger.sqlite import SqliteLedger
 from daemon.ledger_pause import LedgerPause
 from daemon.lease import LeaseLost
 from daemon.outbox import Outbox
-from daemon.runner import Runner
+from daemon.recorder import Recorder
 
 
 class FakeClock:
@@ -129,21 +129,21 @@ class FlakyLedger:
         return call
 
 
-def runner_for(ledger, tmp_path, clock) -> Runner:
+def recorder_for(ledger, tmp_path, clock) -> Recorder:
     pause = LedgerPause(lambda: None, clock=clock, first_wait=0.1, longest_wait=0.1)
-    return Runner(ledger=ledger, outbox=Outbox(tmp_path / "outbox"), generator=None, inbox=tmp_path, clock=clock,
-                  max_image_pixels=1, owner="a", ledger_pause=pause, wait=lambda seconds: False)
+    return Recorder(ledger=ledger, outbox=Outbox(tmp_path / "outbox"), clock=clock, owner="a", ledger_pause=pause,
+                    wait=lambda seconds: False)
 
 
 def test_an_outcome_waits_for_the_ledger_and_is_recorded_once(ledger, tmp_path):
     ledger.enqueue(job("k1"))
     claimed = ledger.claim_next("a", now=100.0, lease_seconds=3.0)
     flaky, lines = FlakyLedger(ledger, get=2, finish=1), []
-    runner = runner_for(flaky, tmp_path, FakeClock())
-    runner._record(claimed, JobState.DONE, lambda: lines.append("done"),
+    recorder = recorder_for(flaky, tmp_path, FakeClock())
+    recorder._record(claimed, JobState.DONE, lambda: lines.append("done"),
                    lambda: flaky.finish(claimed.id, 101.0, {"video": "v"}, owner="a"))
     assert lines == ["done"] and ledger.get(claimed.id).state is JobState.DONE
-    assert not runner.ledger_pause.is_paused and runner.ledger_pause.outages == 1
+    assert not recorder.ledger_pause.is_paused and recorder.ledger_pause.outages == 1
 
 
 def test_an_answer_lost_with_the_connection_is_not_recorded_twice(ledger, tmp_path):
@@ -156,7 +156,7 @@ def test_an_answer_lost_with_the_connection_is_not_recorded_twice(ledger, tmp_pa
         if len(tries) == 1:
             raise LedgerUnavailable("The ledger database cannot be reached.", detail="reset", fix="wait")
 
-    runner_for(ledger, tmp_path, FakeClock())._record(claimed, JobState.DONE, lambda: lines.append("done"),
+    recorder_for(ledger, tmp_path, FakeClock())._record(claimed, JobState.DONE, lambda: lines.append("done"),
                                                       finish_then_lose_the_answer)
     assert lines == ["done"] and tries == [True]
 
@@ -168,7 +168,7 @@ def test_a_job_taken_over_during_the_outage_is_not_recorded_by_its_old_holder(le
     assert ledger.claim_next("b", now=110.0, lease_seconds=3.0).lease_owner == "b"
     flaky, lines = FlakyLedger(ledger, get=1), []
     with pytest.raises(LeaseLost):
-        runner_for(flaky, tmp_path, FakeClock())._record(
+        recorder_for(flaky, tmp_path, FakeClock())._record(
             claimed, JobState.DONE, lambda: lines.append("done"),
             lambda: ledger.finish(claimed.id, 111.0, {"video": "v"}, owner="a"))
     assert lines == [] and ledger.get(claimed.id).lease_owner == "b"

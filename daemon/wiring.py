@@ -1,0 +1,228 @@
+"""The composition root: the services a daemon runs, built from the settings in the order a start needs
+(ledger, model, instance, outbox, lease keeper, listeners, recorder, runner, intake) and closed again."""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+import structlog
+
+from config.settings import Settings
+from daemon.clock import Clock, SystemClock
+from daemon.gallery.writer import GalleryWriter
+from daemon.hooks import HookDispatcher
+from daemon.inputs import InputDisposal
+from daemon.instance import Instance, instance_token, this_instance
+from daemon.intake.intake import Intake
+from daemon.intake.store import InputStore
+from daemon.intake.taken import TakenInputs
+from daemon.lease import LeaseKeeper
+from daemon.ledger import open_ledger
+from daemon.ledger.base import Ledger, LedgerUnavailable
+from daemon.ledger_pause import LedgerPause, wait_out
+from daemon.outbox import Outbox, OutboxUnavailable
+from daemon.outbox_pause import OutboxPause
+from daemon.recorder import JobListener, Recorder
+from daemon.runner import Runner
+from daemon.status import ServiceStatus
+from daemon.steps import BetweenSteps
+from daemon.stop import StopRequest
+from daemon.systemd import Notifier, NullNotifier
+from pipeline.generate import Generator
+
+log = structlog.get_logger()
+
+GeneratorFactory = Callable[[Settings], Generator]
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """Everything one running daemon uses; built by `Wiring.build`, run by `Daemon`."""
+
+    settings: Settings
+    clock: Clock
+    notifier: Notifier
+    ledger: Ledger
+    generator: Generator
+    instance: Instance
+    outbox: Outbox
+    outbox_pause: OutboxPause
+    ledger_pause: LedgerPause
+    keeper: LeaseKeeper
+    disposal: InputDisposal
+    recorder: Recorder
+    status: ServiceStatus
+    store: InputStore
+    steps: BetweenSteps
+    runner: Runner
+    gallery: GalleryWriter | None = None
+    hooks: HookDispatcher | None = None
+    events: queue.Queue = field(default_factory=queue.Queue)
+    intake: Intake | None = None
+    taken: TakenInputs | None = None
+
+    def start_intake(self, *, watch: bool, load_taken: bool = False) -> None:
+        """Intake (watcher, scans, pending inputs) with the current settings, and the store fed by it; with
+        load_taken, what was taken is read from the ledger again first (at start, after a ledger outage)."""
+        if self.intake is not None:
+            self.intake.stop()
+        if load_taken or self.taken is None:
+            self.taken = TakenInputs(self.settings.inbox, store=self.ledger)
+            log.info("taken_inputs_loaded", inputs=self.taken.load())
+        self.intake = Intake(self.settings.inbox, self.settings.intake, self.events, self.clock, taken=self.taken)
+        self.status.intake = self.intake
+        self.store.attach(self.intake, self.taken)
+        self.intake.start(watch=watch)
+
+    def apply(self, settings: Settings) -> None:
+        """Fresh live settings, handed to each service that reads them; a changed [intake] restarts intake."""
+        intake_changed = settings.intake != self.settings.intake
+        self.settings = settings
+        self.generator.set_limits(settings.limits)
+        self.runner.apply(settings)
+        self.disposal.apply(settings)
+        self.steps.apply(settings)
+        self.store.apply(settings)
+        if intake_changed and self.intake is not None:  # a new intake with the new rules; its first scan
+            self.start_intake(watch=self.intake.is_watching)  # finds what waited
+
+    def probe_ledger(self) -> None:
+        """A small write (a full disk still lets the ledger be read); a new ledger file learns of this instance."""
+        if not self.ledger.seen(self.instance.id, self.clock.time(), self.status.text):
+            self.ledger.register(self.instance)
+
+    def outbox_unavailable(self, exc: OutboxUnavailable) -> float:
+        """Pause the jobs (intake goes on), say why; how long until the outbox is tried again."""
+        wait = self.outbox_pause.pause(exc)
+        log.warning("outbox_unavailable", reason=exc.reason, errno=exc.errno_name, detail=exc.detail,
+                    fix=exc.fix, retry_in_seconds=round(wait, 1))
+        self.status.idle()
+        return self.outbox_pause.wait
+
+    def close(self) -> dict[str, int] | None:
+        """Stop the watcher, the hooks and the lease keeper; flush the gallery; leave the ledger. The counts
+        the ledger had last (None if it could not be read)."""
+        if self.intake is not None:
+            self.intake.stop()
+        if self.hooks is not None:
+            self.hooks.close()
+        self.keeper.stop()
+        counts = None
+        try:
+            if self.gallery is not None:
+                self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
+            self.ledger.unregister(self.instance.id)
+            counts = self.ledger.counts()
+        except LedgerUnavailable as exc:  # a job still running in it is taken over once its lease runs out
+            log.warning("ledger_unavailable_at_stop", reason=exc.reason, detail=exc.detail)
+        return counts
+
+
+class Wiring:
+    """Builds the services from the settings; what tests replace (generator, clock, notifier, listeners)
+    comes in here."""
+
+    def __init__(self, settings: Settings, *, generator_factory: GeneratorFactory, clock: Clock | None = None,
+                 notifier: Notifier | None = None, listeners: Sequence[JobListener] = ()) -> None:
+        self.settings = settings
+        self.generator_factory = generator_factory
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or NullNotifier()
+        self.listeners = list(listeners)
+        self.events: queue.Queue = queue.Queue()  # the watcher's paths, and STOP items that wake the loop
+
+    def build(self, stop: StopRequest) -> Services | None:
+        """Folders, ledger, model, instance, outbox, listeners, recorder, runner; None if asked to stop while
+        the ledger could not be reached."""
+        settings, clock = self.settings, self.clock
+        for folder in (settings.inbox, settings.outbox, settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        ledger = self._wait_out_ledger(stop, lambda: open_ledger(
+            settings.ledger_url, settings.state_dir, busy_seconds=settings.recovery.ledger_busy_seconds))
+        if ledger is None:
+            return None
+        log.info("daemon_starting", inbox=str(settings.inbox), outbox=str(settings.outbox),
+                 ledger=type(ledger).__name__, schema_version=ledger.schema_version())
+        self.notifier.status("loading model")
+        generator = self.generator_factory(settings)
+        described = generator.describe()
+        log.info("model_loaded", **described)
+        instance = this_instance(str(described.get("device", "?")), clock.time())
+        if self._wait_out_ledger(stop, lambda: ledger.register(instance) or True) is None:
+            ledger.close()
+            return None
+        return self._services(stop, ledger, generator, instance)
+
+    def _services(self, stop: StopRequest, ledger: Ledger, generator: Generator, instance: Instance) -> Services:
+        settings, clock, recovery = self.settings, self.clock, self.settings.recovery
+        outbox = Outbox(settings.outbox, owner=instance_token(instance.id), x264_preset=settings.output.x264_preset)
+        outbox_pause = OutboxPause(outbox, clock=clock, first_wait=recovery.outbox_retry_seconds,
+                                   longest_wait=recovery.outbox_retry_max_seconds)
+        services: Services | None = None
+        ledger_pause = LedgerPause(lambda: services.probe_ledger(), clock=clock,
+                                   first_wait=recovery.ledger_retry_seconds,
+                                   longest_wait=recovery.ledger_retry_max_seconds)
+        # Temporary files of instances that stopped heartbeating are no one's; a live one's are left alone.
+        live = {instance_token(i.id) for i in ledger.status(clock.time()).instances
+                if i.seen_at >= clock.time() - recovery.lease_seconds}
+        removed = outbox.remove_stale_temporaries(live_owners=live)
+        keeper = LeaseKeeper(ledger, instance_id=instance.id, clock=clock, lease_seconds=recovery.lease_seconds,
+                             describe=lambda: services.status.text)
+        keeper.start()
+        log.info("instance_registered", instance=instance.id, host=instance.host, pid=instance.pid,
+                 device=instance.device, stale_temporaries_removed=len(removed))
+        disposal = InputDisposal(settings, ledger)
+        hooks, gallery = self._hooks(), self._gallery(ledger)
+        listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
+        status = ServiceStatus(notifier=self.notifier, stop=stop, ledger=ledger, ledger_pause=ledger_pause,
+                               outbox_pause=outbox_pause, gallery=gallery)
+        recorder = Recorder(ledger=ledger, outbox=outbox, clock=clock, owner=instance.id, listeners=listeners,
+                            lease=keeper, lease_seconds=recovery.lease_seconds, ledger_pause=ledger_pause,
+                            wait=stop.wait, on_status=lambda text: services.steps.waiting(text))
+        store = InputStore(settings=settings, rules=generator, ledger=ledger, recorder=recorder, disposal=disposal,
+                           clock=clock, on_outbox_unavailable=lambda exc: services.outbox_unavailable(exc),
+                           on_admitted=self.notifier.watchdog)
+        steps = BetweenSteps(stop=stop, lease=keeper, status=status, notifier=self.notifier, store=store,
+                             ledger_pause=ledger_pause, clock=clock, tick_seconds=settings.intake.tick_seconds,
+                             gallery=gallery)
+        runner = Runner(recorder=recorder, ledger=ledger, generator=generator, inbox=settings.inbox, clock=clock,
+                        settings=settings, on_progress=steps.step, wait=stop.wait, on_status=steps.waiting,
+                        owner=instance.id, on_input_changed=store.notice_input)
+        services = Services(settings=settings, clock=clock, notifier=self.notifier, ledger=ledger,
+                            generator=generator, instance=instance, outbox=outbox, outbox_pause=outbox_pause,
+                            ledger_pause=ledger_pause, keeper=keeper, disposal=disposal, recorder=recorder,
+                            status=status, store=store, steps=steps, runner=runner, gallery=gallery, hooks=hooks,
+                            events=self.events)
+        return services
+
+    def _hooks(self) -> HookDispatcher | None:
+        settings = self.settings
+        if not settings.hooks.is_configured:
+            return None
+        hooks = HookDispatcher(settings.hooks, dead_letter=settings.dead_letter_path)
+        hooks.start()
+        return hooks
+
+    def _gallery(self, ledger: Ledger) -> GalleryWriter | None:
+        settings = self.settings.gallery
+        if settings.enabled and not hasattr(ledger, "folder_jobs"):
+            log.warning("gallery_unavailable", reason="the gallery reads the SQLite ledger; this one is not",
+                        ledger=type(ledger).__name__)
+            return None
+        if not settings.enabled:
+            return None
+        gallery = GalleryWriter(ledger=ledger, outbox=self.settings.outbox, clock=self.clock,
+                                page_size=settings.page_size, refresh_seconds=settings.refresh_seconds,
+                                progress_interval=settings.refresh_seconds / 2)
+        gallery.rebuild(every_page=False)  # requeued jobs, and pages written by an older version
+        return gallery
+
+    def _wait_out_ledger(self, stop: StopRequest, step: Callable[[], T]) -> T | None:
+        """A ledger step at start, tried again while the ledger is unavailable; None if asked to stop meanwhile."""
+        recovery = self.settings.recovery
+        return wait_out(step, clock=self.clock, first_wait=recovery.ledger_retry_seconds,
+                        longest_wait=recovery.ledger_retry_max_seconds, wait=stop.wait,
+                        say=lambda text: self.notifier.status(f"waiting: {text}"))
