@@ -21,7 +21,7 @@ from pipeline.admission import (
     weights_on_device,
 )
 from pipeline.errors import GenerationError, InputError
-from pipeline.families.base import FamilyLimits
+from pipeline.families.base import Family, FamilyLimits
 from pipeline.images import fit_image
 from pipeline.loader import DTYPES, LoadedModel, load_model
 from pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
@@ -111,31 +111,16 @@ class Generator(RequestRules, JobRunning, Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class VideoGenerator:
-    """Runs one resident diffusers pipeline; one job at a time, in the memory mode that fits."""
+class FamilyRules:
+    """A model's request rules: its family's defaults, sizes, presets and modes, under the limits."""
 
-    def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings,
-                 memory: MemorySettings | None = None, probe: MemoryProbe | None = None,
-                 reload: Callable[[], LoadedModel] | None = None, name: str = DEFAULT_MODEL_NAME) -> None:
-        """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
+    def __init__(self, *, name: str, family: Family, model: str, modes: tuple[str, ...],
+                 limits: LimitSettings) -> None:
         self.name = name
-        self.loaded = loaded
-        self.family = loaded.family
-        self.fit = fit
+        self.family = family
+        self.model = model
+        self.model_modes = modes
         self.set_limits(limits)
-        self.memory = memory or MemorySettings()
-        self.probe = probe or probe_for(loaded.device)
-        # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
-        # (or in the hub cache) by now.
-        self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
-                                                    dtype=loaded.dtype, offline=True))
-        self.forced_mode = None if self.memory.mode == "auto" else MemoryMode(self.memory.mode)
-        self.estimator = MemoryEstimator(self.family, _footprint(loaded),
-                                         offloads_weights=loaded.device.startswith("cuda"),
-                                         dtype_bytes=DTYPES[loaded.dtype].itemsize)
-        self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
-                                warmup_jobs=self.memory.warmup_jobs)
-        self.restart_due: dict[str, int] | None = None
 
     def set_limits(self, limits: LimitSettings) -> None:
         """Bound what a request may ask for; unset limits are the family's own."""
@@ -147,36 +132,10 @@ class VideoGenerator:
             max_steps=limits.max_steps or family_limits.max_steps,
         )
 
-    @property
-    def is_loaded(self) -> bool:
-        """Whether the model is resident (not unloaded while idle)."""
-        return self.loaded.pipe is not None
-
     def modes(self, model: str | None = None) -> tuple[str, ...]:
         """What the model makes videos from: image, text or both."""
         self._check_name(model)
-        return self.loaded.modes
-
-    def resident_models(self) -> list[str]:
-        """This model's name while it is loaded."""
-        return [self.name] if self.is_loaded else []
-
-    @property
-    def weight_bytes(self) -> int:
-        """The model's weights (measured once loaded, guessed from its files before)."""
-        return self.estimator.footprint.total_bytes
-
-    def describe(self) -> dict[str, Any]:
-        """Model, family, device and dtype, for logs and manifests."""
-        return {
-            "model_name": self.name,
-            "model": self.loaded.model,
-            "family": self.family.name,
-            "device": self.loaded.device,
-            "dtype": self.loaded.dtype,
-            "load_seconds": round(self.loaded.load_seconds, 3),
-            "modes": list(self.loaded.modes),
-        }
+        return self.model_modes
 
     def preset(self, name: str, model: str | None = None) -> dict[str, Any]:
         """The generation fields the family's preset sets (fast, standard, high)."""
@@ -239,15 +198,86 @@ class VideoGenerator:
             raise unknown_model(model, [self.name])
 
     def _check_mode(self, mode: str) -> None:
-        if mode in self.loaded.modes:
+        if mode in self.model_modes:
             return
         needed = "an image and a prompt file" if mode == TEXT else "a prompt file alone, without an image"
         raise InputError(
             "This model cannot make a video from a prompt alone." if mode == TEXT
             else "This model makes videos from a prompt alone; it does not take an image.",
-            detail=self.family.rule_for_mode(mode) + f" (model {self.loaded.model})",
+            detail=self.family.rule_for_mode(mode) + f" (model {self.model})",
             fix=f"Drop {needed}, or ask the operator for a model that does this.",
         )
+
+
+class VideoGenerator:
+    """Runs one resident diffusers pipeline; one job at a time, in the memory mode that fits."""
+
+    def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings,
+                 memory: MemorySettings | None = None, probe: MemoryProbe | None = None,
+                 reload: Callable[[], LoadedModel] | None = None, name: str = DEFAULT_MODEL_NAME) -> None:
+        """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
+        self.name = name
+        self.loaded = loaded
+        self.family = loaded.family
+        self.fit = fit
+        self.rules = FamilyRules(name=name, family=loaded.family, model=loaded.model, modes=loaded.modes,
+                                 limits=limits)
+        self.memory = memory or MemorySettings()
+        self.probe = probe or probe_for(loaded.device)
+        # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
+        # (or in the hub cache) by now.
+        self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
+                                                    dtype=loaded.dtype, offline=True))
+        self.forced_mode = None if self.memory.mode == "auto" else MemoryMode(self.memory.mode)
+        self.estimator = MemoryEstimator(self.family, _footprint(loaded),
+                                         offloads_weights=loaded.device.startswith("cuda"),
+                                         dtype_bytes=DTYPES[loaded.dtype].itemsize)
+        self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
+                                warmup_jobs=self.memory.warmup_jobs)
+        self.restart_due: dict[str, int] | None = None
+
+    def set_limits(self, limits: LimitSettings) -> None:
+        """Bound what a request may ask for; unset limits are the family's own."""
+        self.rules.set_limits(limits)
+
+    @property
+    def limits(self) -> FamilyLimits:
+        return self.rules.limits
+
+    def modes(self, model: str | None = None) -> tuple[str, ...]:
+        return self.rules.modes(model)
+
+    def preset(self, name: str, model: str | None = None) -> dict[str, Any]:
+        return self.rules.preset(name, model)
+
+    def resolve(self, requested: dict[str, Any]) -> JobParams:
+        return self.rules.resolve(requested)
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is resident (not unloaded while idle)."""
+        return self.loaded.pipe is not None
+
+    def resident_models(self) -> list[str]:
+        """This model's name while it is loaded."""
+        return [self.name] if self.is_loaded else []
+
+    @property
+    def weight_bytes(self) -> int:
+        """The model's weights (measured once loaded, guessed from its files before)."""
+        return self.estimator.footprint.total_bytes
+
+    def describe(self) -> dict[str, Any]:
+        """Model, family, device and dtype, for logs and manifests."""
+        return {
+            "model_name": self.name,
+            "model": self.loaded.model,
+            "family": self.family.name,
+            "device": self.loaded.device,
+            "dtype": self.loaded.dtype,
+            "load_seconds": round(self.loaded.load_seconds, 3),
+            "modes": list(self.loaded.modes),
+        }
 
     def admit(self, params: JobParams) -> MemoryAdmission:
         """The fastest memory mode this job fits in now, or what it has to wait for."""
