@@ -10,28 +10,7 @@ from daemon.app import Daemon
 from daemon.wiring import Wiring
 from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import make_image, sidecar
-
-
-class RecordingNotifier:
-    """Records what systemd would be told."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def ready(self) -> None:
-        self.messages.append("READY=1")
-
-    def status(self, text: str) -> None:
-        self.messages.append(f"STATUS={text}")
-
-    def watchdog(self) -> None:
-        self.messages.append("WATCHDOG=1")
-
-    def reloading(self) -> None:
-        self.messages.append("RELOADING=1")
-
-    def stopping(self) -> None:
-        self.messages.append("STOPPING=1")
+from tests.fakes import RecordingNotifier
 
 
 def settings_for(folders, **overrides):

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from config.settings import LimitSettings, MemorySettings, load_settings
 from daemon.app import Daemon
 from daemon.wiring import Wiring
-from daemon.systemd import NullNotifier
+from tests.fakes import RecordingNotifier
 from pipeline.generate import VideoGenerator
 from pipeline.loader import load_model
 from pipeline.memory import ProcessUse, Usage
@@ -20,14 +20,6 @@ from tests.memory_fakes import GIB, FakeProbe
 
 BLENDER = ProcessUse(pid=4121, name="blender", bytes=12 * GIB)
 SMALL = {"width": 32, "height": 32, "num_frames": 9, "steps": 1}
-
-
-class RecordingNotifier(NullNotifier):
-    def __init__(self):
-        self.statuses = []
-
-    def status(self, text):
-        self.statuses.append(text)
 
 
 class FakeClock:
