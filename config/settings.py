@@ -475,3 +475,24 @@ def apply_process_environment(settings: Settings) -> None:
 def flat_settings(settings: Settings) -> dict[str, Any]:
     """Settings as dotted names and JSON values, for printing and diffing."""
     return _flatten(settings.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload changes: the settings in force after it, the live names that changed (applied), and the
+    changed names that need a restart (not applied)."""
+
+    settings: Settings
+    changed: list[str]
+    needs_restart: list[str]
+
+
+def reloaded(current: Settings, fresh: Settings) -> Reloaded:
+    """The current settings with fresh's live ones (LIVE_SETTINGS); the rest stays until a restart."""
+    before, after = flat_settings(current), flat_settings(fresh)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    live_sections = {prefix.rstrip(".") for prefix in LIVE_SETTINGS}
+    updated = current.model_copy(update={name: getattr(fresh, name) for name in live_sections
+                                         if name in type(current).model_fields})
+    return Reloaded(updated, [name for name in changed if is_live_setting(name)],
+                    [name for name in changed if not is_live_setting(name)])

@@ -8,7 +8,7 @@ from typing import Callable
 
 import structlog
 
-from config.settings import ConfigError, Settings, flat_settings, is_live_setting
+from config.settings import ConfigError, Settings, flat_settings, reloaded
 from daemon.intake.watch import STOP
 from daemon.ledger.base import Job, LedgerUnavailable
 from daemon.logs import set_level
@@ -19,13 +19,11 @@ from daemon.wiring import Services, Wiring
 
 log = structlog.get_logger()
 
-SettingsLoader = Callable[[], Settings]
-
 
 class Daemon:
     """The hot-folder daemon. `run()` for the service, `run(once=True)` to drain the inbox and exit."""
 
-    def __init__(self, wiring: Wiring, *, settings_loader: SettingsLoader | None = None) -> None:
+    def __init__(self, wiring: Wiring, *, settings_loader: Callable[[], Settings] | None = None) -> None:
         self.wiring = wiring
         self.settings = wiring.settings
         self.clock = wiring.clock
@@ -104,18 +102,14 @@ class Daemon:
             log.warning("reload_failed", error=str(exc), fix="fix the settings; the old ones stay in force")
             self.notifier.ready()
             return
-        before, after = flat_settings(self.settings), flat_settings(fresh)
-        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
-        live = [name for name in changed if is_live_setting(name)]
-        needs_restart = [name for name in changed if not is_live_setting(name)]
-        self.settings = self.settings.model_copy(update={
-            "log_level": fresh.log_level, "generation": fresh.generation, "limits": fresh.limits,
-            "intake": fresh.intake, "service": fresh.service})
+        result = reloaded(self.settings, fresh)
+        self.settings = result.settings
         set_level(self.settings.log_level)
         self.services.apply(self.settings)
-        log.info("settings_reloaded", changed=live, values={name: after.get(name) for name in live})
-        if needs_restart:
-            log.warning("settings_need_restart", settings=needs_restart,
+        log.info("settings_reloaded", changed=result.changed,
+                 values={name: flat_settings(fresh).get(name) for name in result.changed})
+        if result.needs_restart:
+            log.warning("settings_need_restart", settings=result.needs_restart,
                         fix="restart vidrop (systemctl restart vidrop) to apply them")
         self.notifier.ready()
         self.services.status.idle()
@@ -135,7 +129,7 @@ class Daemon:
             else:
                 if services.ledger_pause.outages != self._outages_handled:
                     self._outages_handled = services.ledger_pause.outages
-                    self._after_ledger_outage()
+                    services.after_ledger_outage()
                 self._turn(timeout)
         except LedgerUnavailable as exc:
             services.status.ledger_paused(exc)
@@ -154,25 +148,18 @@ class Daemon:
             services.status.idle()
         if self.stop.is_requested:
             return
-        job = None
-        if not services.intake.is_available:  # the queued jobs' images are on it too: no job starts
-            self.notifier.status(f"inbox unavailable ({services.intake.unavailable_reason}): intake paused")
-        elif not services.outbox_pause.is_paused or self._outbox_is_back():
-            job = services.ledger.claim_next(services.instance.id, self.clock.time(),
-                                             self.settings.recovery.lease_seconds,
-                                             prefer_models=services.generator.resident_models(),
-                                             patience_seconds=self.settings.pipeline.switch_after_seconds)
+        job = services.next_job()
         if job is not None:
             self._run_job(job)
         else:
-            self._unload_if_idle()
+            services.unload_if_idle(idle_seconds=self.clock.monotonic() - self._last_job_ended)
         if services.gallery is not None:
             services.gallery.flush()  # changes held back by the once-a-second limit
 
     def is_idle(self) -> bool:
         """Nothing waiting to settle or pair, nothing queued, and the outbox and the ledger usable."""
         services = self.services
-        if services is None or services.ledger_pause.is_paused:
+        if services is None or services.ledger_pause.is_paused:  # nothing to do; or all waits for the ledger
             return services is None
         try:
             return (services.intake.is_idle() and services.ledger.queued_count() == 0
@@ -200,30 +187,6 @@ class Daemon:
             self._last_job_ended = self.clock.monotonic()
             services.status.idle()
 
-    def _unload_if_idle(self) -> None:
-        """After memory.idle_unload_seconds without a job, give the device's memory back to others."""
-        limit, status = self.settings.memory.idle_unload_seconds, self.services.status
-        idle = self.clock.monotonic() - self._last_job_ended
-        if limit <= 0 or status.is_model_unloaded or idle < limit:
-            return
-        status.is_model_unloaded = True
-        if self.services.generator.unload():
-            log.info("model_idle_unloaded", idle_seconds=round(idle, 3))
-            status.idle()
-
-    def _outbox_is_back(self) -> bool:
-        pause = self.services.outbox_pause
-        if not pause.is_due():
-            return False
-        try:
-            pause.try_again()
-        except OutboxUnavailable as exc:
-            self.services.outbox_unavailable(exc)
-            return False
-        log.info("outbox_available", paused_seconds=round(pause.last_pause_seconds, 1))
-        self.services.status.idle()
-        return True
-
     # -- the ledger unavailable ----------------------------------------------------------------
 
     def _wait_for_ledger(self, timeout: float) -> None:
@@ -232,16 +195,5 @@ class Daemon:
         services.intake.drain(timeout=min(timeout, services.ledger_pause.seconds_to_next_try()))
         if self.should_reload:
             self.reload()
-        if self.stop.is_requested or services.ledger_pause.seconds_to_next_try() > 0:
-            return
-        if not services.ledger_pause.try_again():
-            services.status.idle()
-            services.status.show_ledger_notice()
-
-    def _after_ledger_outage(self) -> None:
-        """The ledger may have lost what it knew (a new or restored SQLite file, a failover): read the taken
-        inputs again and scan the whole inbox. Known keys cost a hash; results in the outbox are not made again."""
-        services = self.services
-        services.status.show_ledger_notice()
-        services.start_intake(watch=services.intake.is_watching, load_taken=True)
-        services.status.idle()
+        if not self.stop.is_requested and services.ledger_pause.seconds_to_next_try() <= 0:
+            services.try_ledger_again()

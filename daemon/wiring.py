@@ -1,10 +1,9 @@
 """The composition root: the services a daemon runs, built from the settings in the order a start needs
-(ledger, model, instance, outbox, lease keeper, listeners, recorder, runner, intake) and closed again."""
+(folders, ledger, model, instance, outbox, lease keeper, listeners, recorder, runner)."""
 
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 import structlog
@@ -15,17 +14,16 @@ from daemon.gallery.writer import GalleryWriter
 from daemon.hooks import HookDispatcher
 from daemon.inputs import InputDisposal
 from daemon.instance import Instance, instance_token, this_instance
-from daemon.intake.intake import Intake
 from daemon.intake.store import InputStore
-from daemon.intake.taken import TakenInputs
 from daemon.lease import LeaseKeeper
 from daemon.ledger import open_ledger
-from daemon.ledger.base import Ledger, LedgerUnavailable
+from daemon.ledger.base import Ledger
 from daemon.ledger_pause import LedgerPause, wait_out
-from daemon.outbox import Outbox, OutboxUnavailable
+from daemon.outbox import Outbox
 from daemon.outbox_pause import OutboxPause
 from daemon.recorder import JobListener, Recorder
 from daemon.runner import Runner
+from daemon.services import Services
 from daemon.status import ServiceStatus
 from daemon.steps import BetweenSteps
 from daemon.stop import StopRequest
@@ -36,89 +34,6 @@ log = structlog.get_logger()
 
 GeneratorFactory = Callable[[Settings], Generator]
 T = TypeVar("T")
-
-
-@dataclass
-class Services:
-    """Everything one running daemon uses; built by `Wiring.build`, run by `Daemon`."""
-
-    settings: Settings
-    clock: Clock
-    notifier: Notifier
-    ledger: Ledger
-    generator: Generator
-    instance: Instance
-    outbox: Outbox
-    outbox_pause: OutboxPause
-    ledger_pause: LedgerPause
-    keeper: LeaseKeeper
-    disposal: InputDisposal
-    recorder: Recorder
-    status: ServiceStatus
-    store: InputStore
-    steps: BetweenSteps
-    runner: Runner
-    gallery: GalleryWriter | None = None
-    hooks: HookDispatcher | None = None
-    events: queue.Queue = field(default_factory=queue.Queue)
-    intake: Intake | None = None
-    taken: TakenInputs | None = None
-
-    def start_intake(self, *, watch: bool, load_taken: bool = False) -> None:
-        """Intake (watcher, scans, pending inputs) with the current settings, and the store fed by it; with
-        load_taken, what was taken is read from the ledger again first (at start, after a ledger outage)."""
-        if self.intake is not None:
-            self.intake.stop()
-        if load_taken or self.taken is None:
-            self.taken = TakenInputs(self.settings.inbox, store=self.ledger)
-            log.info("taken_inputs_loaded", inputs=self.taken.load())
-        self.intake = Intake(self.settings.inbox, self.settings.intake, self.events, self.clock, taken=self.taken)
-        self.status.intake = self.intake
-        self.store.attach(self.intake, self.taken)
-        self.intake.start(watch=watch)
-
-    def apply(self, settings: Settings) -> None:
-        """Fresh live settings, handed to each service that reads them; a changed [intake] restarts intake."""
-        intake_changed = settings.intake != self.settings.intake
-        self.settings = settings
-        self.generator.set_limits(settings.limits)
-        self.runner.apply(settings)
-        self.disposal.apply(settings)
-        self.steps.apply(settings)
-        self.store.apply(settings)
-        if intake_changed and self.intake is not None:  # a new intake with the new rules; its first scan
-            self.start_intake(watch=self.intake.is_watching)  # finds what waited
-
-    def probe_ledger(self) -> None:
-        """A small write (a full disk still lets the ledger be read); a new ledger file learns of this instance."""
-        if not self.ledger.seen(self.instance.id, self.clock.time(), self.status.text):
-            self.ledger.register(self.instance)
-
-    def outbox_unavailable(self, exc: OutboxUnavailable) -> float:
-        """Pause the jobs (intake goes on), say why; how long until the outbox is tried again."""
-        wait = self.outbox_pause.pause(exc)
-        log.warning("outbox_unavailable", reason=exc.reason, errno=exc.errno_name, detail=exc.detail,
-                    fix=exc.fix, retry_in_seconds=round(wait, 1))
-        self.status.idle()
-        return self.outbox_pause.wait
-
-    def close(self) -> dict[str, int] | None:
-        """Stop the watcher, the hooks and the lease keeper; flush the gallery; leave the ledger. The counts
-        the ledger had last (None if it could not be read)."""
-        if self.intake is not None:
-            self.intake.stop()
-        if self.hooks is not None:
-            self.hooks.close()
-        self.keeper.stop()
-        counts = None
-        try:
-            if self.gallery is not None:
-                self.gallery.flush(force=True)  # the last state, without the self-refresh once nothing is pending
-            self.ledger.unregister(self.instance.id)
-            counts = self.ledger.counts()
-        except LedgerUnavailable as exc:  # a job still running in it is taken over once its lease runs out
-            log.warning("ledger_unavailable_at_stop", reason=exc.reason, detail=exc.detail)
-        return counts
 
 
 class Wiring:
