@@ -109,27 +109,9 @@ class Admitter:
             if ready.image is not None:
                 check_readable_name(ready.image)  # before the prompt: a PSD is refused for what it is
             if ready.sidecar_conflict:
-                names = " and ".join(path.name for path in ready.sidecar_conflict)
-                raise InputError(
-                    "This image has more than one prompt file, so vidrop does not know which one to use.",
-                    detail=f"sidecars {names} beside {relative} differ only in the case of their extension",
-                    fix=f"Keep one of {names} and delete the other.",
-                )
+                raise _conflicting_sidecars(ready, relative)
             requests = self._requests(main, sidecar_raw)
-            if ready.image is None and not any(TEXT in self.generator.modes(request.fields.get("model"))
-                                               for request in requests):
-                raise InputError(
-                    "This prompt file has no image next to it, so vidrop has nothing to animate.",
-                    detail=f"no image named {main.stem}.png/.jpg/... beside {relative}, and the model "
-                           "cannot start from a prompt alone",
-                    fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
-                )
-            if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
-                raise InputError(
-                    f"The image file is too large ({ready.image_snapshot.size} bytes).",
-                    detail=f"{ready.image_snapshot.size} bytes exceeds limits.max_image_bytes={limits.max_image_bytes}",
-                    fix="Export the image at a smaller size or with compression (PNG or JPEG).",
-                )
+            self._check_usable(ready, relative, requests)
             jobs = [(request, new_job(request.suffix)) for request in requests]
             if all(self.is_known(job.key) for _, job in jobs):
                 return [Admission(job, is_known=True) for _, job in jobs]
@@ -140,6 +122,24 @@ class Admitter:
         except VidropError as exc:
             return [_refused(job, exc, now)]
         return [self._build(job, request, mode, now, facts) for request, job in jobs]
+
+    def _check_usable(self, ready: ReadyInput, relative: str, requests: list[Request]) -> None:
+        """A prompt file alone for a model that needs an image, or an image over the size limit: refused."""
+        main, limits = ready.image or ready.sidecar, self.settings.limits
+        if ready.image is None and not any(TEXT in self.generator.modes(request.fields.get("model"))
+                                           for request in requests):
+            raise InputError(
+                "This prompt file has no image next to it, so vidrop has nothing to animate.",
+                detail=f"no image named {main.stem}.png/.jpg/... beside {relative}, and the model "
+                       "cannot start from a prompt alone",
+                fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
+            )
+        if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
+            raise InputError(
+                f"The image file is too large ({ready.image_snapshot.size} bytes).",
+                detail=f"{ready.image_snapshot.size} bytes exceeds limits.max_image_bytes={limits.max_image_bytes}",
+                fix="Export the image at a smaller size or with compression (PNG or JPEG).",
+            )
 
     def _build(self, job: Job, request: Request, mode: str, now: float, facts: ImageFacts | None = None) -> Admission:
         """One job of a sidecar, resolved against the family (a variant may be refused alone)."""
@@ -215,3 +215,12 @@ def _refused(job: Job, error: VidropError, now: float) -> Admission:
     job.state = JobState.FAILED
     job.finished_at = now
     return Admission(job, error)
+
+
+def _conflicting_sidecars(ready: ReadyInput, relative: str) -> InputError:
+    names = " and ".join(path.name for path in ready.sidecar_conflict)
+    return InputError(
+        "This image has more than one prompt file, so vidrop does not know which one to use.",
+        detail=f"sidecars {names} beside {relative} differ only in the case of their extension",
+        fix=f"Keep one of {names} and delete the other.",
+    )
