@@ -97,30 +97,6 @@ class JobRunning(Protocol):
                  on_step: ProgressCallback | None = None,
                  admission: MemoryAdmission | None = None) -> GenerationResult: ...
 
-    def _memory_facts(self, params: JobParams, admission: MemoryAdmission, mode: MemoryMode, *, peak: int,
-                      floor: int, resident: int, recovery: list[dict[str, Any]],
-                      reload_seconds: float | None) -> dict[str, Any]:
-        """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
-        estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
-        measured = max(0, peak - floor)
-        estimated = int(estimated_raw * self.estimator.calibration)
-        self.estimator.record(estimated_raw, measured)
-        self.probe.release()
-        after = self.probe.usage()
-        self.restart_due = self.drift.observe(after)
-        return {
-            "mode": mode.value,
-            "admitted_mode": admission.mode.value if admission.mode else None,
-            "forced": self.forced_mode is not None,
-            "estimated_bytes": estimated,
-            "measured_bytes": measured,
-            "peak_bytes": peak,
-            "free_bytes_at_start": admission.snapshot.free_bytes,
-            "recovery": recovery,
-            "reload_seconds": round(reload_seconds, 3) if reload_seconds is not None else None,
-            "after_job": after.to_dict(),
-        }
-
     def after_job(self) -> None: ...
 
     def unload(self) -> bool: ...
@@ -359,6 +335,30 @@ class VideoGenerator:
                 "height": int(frames.shape[1]),
             },
         )
+
+    def _memory_facts(self, params: JobParams, admission: MemoryAdmission, mode: MemoryMode, *, peak: int,
+                      floor: int, resident: int, recovery: list[dict[str, Any]],
+                      reload_seconds: float | None) -> dict[str, Any]:
+        """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
+        estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
+        measured = max(0, peak - floor)
+        estimated = int(estimated_raw * self.estimator.calibration)
+        self.estimator.record(estimated_raw, measured)
+        self.probe.release()
+        after = self.probe.usage()
+        self.restart_due = self.drift.observe(after)
+        return {
+            "mode": mode.value,
+            "admitted_mode": admission.mode.value if admission.mode else None,
+            "forced": self.forced_mode is not None,
+            "estimated_bytes": estimated,
+            "measured_bytes": measured,
+            "peak_bytes": peak,
+            "free_bytes_at_start": admission.snapshot.free_bytes,
+            "recovery": recovery,
+            "reload_seconds": round(reload_seconds, 3) if reload_seconds is not None else None,
+            "after_job": after.to_dict(),
+        }
 
     def after_job(self) -> None:
         """Once the outputs are safe: restart the worker if memory after jobs drifted past the threshold."""
