@@ -7,23 +7,10 @@ from daemon.gallery.writer import GalleryWriter
 from daemon.ledger.base import Job, JobState
 from daemon.ledger.sqlite import SqliteLedger
 from tests.browser import Page
+from tests.fakes import FakeClock
 
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>.png'
 HOSTILE_PROMPT = "<script>document.title='pwned'</script><img src=x onerror=alert(2)>"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_job(number: int, folder: str = "acme", state: JobState = JobState.QUEUED, name: str | None = None,
@@ -47,7 +34,7 @@ def writer_for(tmp_path, clock, **options):
 
 
 def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock)
     jobs = [make_job(1, state=JobState.DONE), make_job(2, state=JobState.FAILED), make_job(3), make_job(4)]
     for job in jobs:
@@ -86,7 +73,7 @@ def test_pages_show_each_state_in_words_and_refresh_only_while_work_is_pending(t
 
 
 def test_a_folder_is_written_at_most_once_a_second_and_the_last_change_is_never_lost(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock)
     jobs = [make_job(number) for number in range(3)]
     ledger.enqueue(jobs[0])
@@ -106,7 +93,7 @@ def test_a_folder_is_written_at_most_once_a_second_and_the_last_change_is_never_
 
 
 def test_steps_alone_rewrite_a_folder_less_often_than_state_changes(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock, progress_interval=2.5)
     first, second = make_job(1), make_job(2)
     ledger.enqueue(first)
@@ -129,7 +116,7 @@ def test_steps_alone_rewrite_a_folder_less_often_than_state_changes(tmp_path):
 
 
 def test_hostile_names_and_prompts_are_shown_as_text(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock)
     job = make_job(1, state=JobState.DONE, name=HOSTILE_NAME, prompt=HOSTILE_PROMPT)
     job.outputs = {"video": str(tmp_path / "outbox" / "acme" / HOSTILE_NAME.replace(".png", ".mp4"))}
@@ -146,7 +133,7 @@ def test_hostile_names_and_prompts_are_shown_as_text(tmp_path):
 
 
 def test_ten_thousand_jobs_are_paged_in_stable_blocks_and_render_fast(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock, page_size=50)
     for number in range(10_000):
         ledger.enqueue(make_job(number, state=JobState.DONE))
@@ -209,7 +196,7 @@ def test_the_ledger_views_group_by_folder_and_follow_the_claim_order(tmp_path):
 
 
 def test_a_start_rewrites_only_folders_whose_pages_are_behind_the_ledger(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     ledger, writer = writer_for(tmp_path, clock)
     for folder in ("north", "south", "west"):
         ledger.enqueue_many([make_job(number, folder, JobState.DONE) for number in range(3)])

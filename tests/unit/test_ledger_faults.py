@@ -14,17 +14,7 @@ from daemon.ledger_pause import LedgerPause
 from daemon.lease import LeaseLost
 from daemon.outbox import Outbox
 from daemon.recorder import Recorder
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def job(key: str) -> Job:
