@@ -33,7 +33,7 @@ T = TypeVar("T")
 # How each job_finished came about (its `how` field).
 GENERATED, DUPLICATE, RECONCILED, REFUSED, FAILED = "generated", "duplicate", "reconciled", "refused", "failed"
 _GENERATION_FACTS = ("generate_ms", "encode_ms", "frames", "peak_memory_bytes", "memory_mode", "estimated_bytes",
-                     "measured_bytes", "recovery_steps")
+                     "measured_bytes", "recovery_steps", "allocated_bytes", "reserved_bytes", "rss_bytes")
 
 
 class JobListener(Protocol):

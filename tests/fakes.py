@@ -18,6 +18,7 @@ from pipeline.families import family_by_name
 from pipeline.generate import IMAGE, TEXT, FamilyRules, GenerationResult, JobParams
 from pipeline.memory import MemorySnapshot
 from pipeline.modes import MemoryMode
+from tests.memory_fakes import FakeProbe  # noqa: F401  (the memory probe's fake, shared from here too)
 
 # Inputs settle, pair and decode at once: the loop's tests need no grace periods.
 QUICK_INTAKE = {"settle_seconds": 0, "pairing_seconds": 0, "decode_grace_seconds": 0, "tick_seconds": 0.01}

@@ -67,7 +67,8 @@ def test_a_failing_job_and_a_refused_input_get_error_files_with_the_same_event_f
 def test_a_duplicate_under_another_name_is_copied_not_made_again(folders):
     drop_job(folders["inbox"], "hero", **SMALL, seed=5)
     generator = FakeGenerator()
-    assert fake_daemon(quick_settings(folders), generator).run(once=True) == 0
+    with capture_logs() as first:
+        assert fake_daemon(quick_settings(folders), generator).run(once=True) == 0
     (folders["inbox"] / "copy.png").write_bytes((folders["inbox"] / "hero.png").read_bytes())
     (folders["inbox"] / "copy.json").write_bytes((folders["inbox"] / "hero.json").read_bytes())
     with capture_logs() as logs:
@@ -75,6 +76,7 @@ def test_a_duplicate_under_another_name_is_copied_not_made_again(folders):
     assert len(generator.generated) == 1
     [event] = finished(logs)
     assert event["how"] == "duplicate" and event["input"] == "copy.png"
+    assert event.keys() == finished(first)[0].keys()  # one event, the same fields, whatever the outcome
     assert (folders["outbox"] / "copy.mp4").read_bytes() == (folders["outbox"] / "hero.mp4").read_bytes()
     assert job_lines(folders["outbox"])[1]["duplicate_of"] == job_lines(folders["outbox"])[0]["job_id"]
 
