@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from bench.report import Figure
+from config.vocabulary import DEFAULT_X264_PRESET
 from daemon.outbox import Outbox
-from pipeline.encode import DEFAULT_X264_PRESET, X264_CRF, write_video
+from pipeline.encode import X264_CRF, write_video
 from pipeline.generate import GenerationResult, JobParams
 
 # The preset the shipped settings used before output.x264_preset: the file sizes are compared with it.

@@ -20,14 +20,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from config.errors import ConfigError
+from config.request import GenerationFields
+from config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRESETS, MemoryMode
+
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "vidrop.toml"
 CONFIG_ENV_VAR = "VIDROP_CONFIG"
 ENV_PREFIX = "VIDROP_"
 ENV_NESTED_DELIMITER = "__"
-
-
-class ConfigError(Exception):
-    """Settings that cannot be used; the daemon exits with EX_CONFIG (78)."""
 
 
 class _Section(BaseModel):
@@ -49,7 +49,7 @@ class PipelineSettings(_Section):
     switch_after_seconds: float = Field(
         300.0, ge=0, description="jobs for a model already loaded go first, unless a job for another model "
                                  "(of the same priority) has waited this long")
-    family: Literal["auto", "ltx", "i2vgen-xl", "svd", "cogvideox", "wan", "animatediff"] = "auto"
+    family: Literal[("auto", *FAMILY_NAMES)] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fit: Literal["crop", "pad"] = "crop"
@@ -92,19 +92,9 @@ class PipelineSettings(_Section):
         return {DEFAULT_MODEL_NAME: self.model, **self.models}
 
 
-class GenerationDefaults(_Section):
-    """Generation parameters used when neither a sidecar nor the family says otherwise."""
-
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    num_frames: int | None = Field(None, ge=1)
-    fps: int | None = Field(None, ge=4, le=30)
-    steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=1, le=20)
-    width: int | None = Field(None, ge=8)
-    height: int | None = Field(None, ge=8)
-    format: Literal["mp4", "gif", "webp"] | None = Field(None, description="unset: the family's (AnimateDiff: gif)")
-    preset: Literal["fast", "standard", "high"] | None = None
+class GenerationDefaults(GenerationFields):
+    """Generation parameters used when neither a sidecar nor the family says otherwise (unset format: the
+    family's, AnimateDiff's gif)."""
 
 
 class LimitSettings(_Section):
@@ -195,7 +185,7 @@ class RecoverySettings(_Section):
 class MemorySettings(_Section):
     """How vidrop shares the device: admission, waiting, recovery, idle unload, drift restarts."""
 
-    mode: Literal["auto", "as_is", "tiled", "model_offload", "group_offload"] = Field(
+    mode: Literal[("auto", *(mode.value for mode in MemoryMode))] = Field(
         "auto", description="auto picks the fastest mode that fits; a name forces that mode")
     reserve_gb: float = Field(1.0, ge=0, description="free memory left for other programs")
     max_wait_seconds: float = Field(1800.0, ge=0, description="a job waiting for memory longer than this fails")
@@ -210,6 +200,11 @@ class MemorySettings(_Section):
                              "as memory allows")
     cuda_alloc_conf: str = Field("expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF unless already set")
 
+    @property
+    def forced_mode(self) -> MemoryMode | None:
+        """The mode every job runs in, or None where auto picks one per job."""
+        return None if self.mode == "auto" else MemoryMode(self.mode)
+
 
 class GallerySettings(_Section):
     """The pages and status files written into the outbox for people on the share."""
@@ -222,9 +217,9 @@ class GallerySettings(_Section):
 class OutputSettings(_Section):
     """How the videos are encoded."""
 
-    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-                         "veryslow"] = Field("veryfast", description="libx264 speed against file size for MP4 "
-                                             "(crf 18): veryfast is 2-2.5x faster than medium, files 8-15 % larger")
+    x264_preset: Literal[X264_PRESETS] = Field(DEFAULT_X264_PRESET, description="libx264 speed against file size "
+                                               "for MP4 (crf 18): veryfast is 2-2.5x faster than medium, files "
+                                               "8-15 % larger")
 
 
 class ServiceSettings(_Section):

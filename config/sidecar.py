@@ -1,4 +1,5 @@
-"""The sidecar JSON a designer drops next to an image: its fields, aliases and limits.
+"""The sidecar JSON a designer drops next to an image: the request fields (config/request.py) and what
+only a sidecar sets (its priority, seeds and variants).
 
 `Sidecar` is also the source of `vidrop schema`, so design tools can validate before they drop.
 """
@@ -6,80 +7,35 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-SEED_MAX = 2**32 - 1
-FPS_RANGE = (4, 30)
-GUIDANCE_RANGE = (1.0, 20.0)
+from config.errors import SidecarError
+from config.request import ALIASES, SEED_MAX, RequestFields
 
-
-class SidecarError(ValueError):
-    """A sidecar that cannot be used: `reason` is one sentence a designer understands."""
-
-    def __init__(self, reason: str, detail: str, fix: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-        self.fix = fix
-
-
-PRESETS = ("fast", "standard", "high")
 MAX_VARIANTS = 16
+# The smallest sidecar worth showing in a fix.
+EXAMPLE = '{"prompt": "slow zoom on the product"}'
 
 
-class _Generation(BaseModel):
-    """The generation fields a sidecar, and each of its variants, may set."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    prompt: str | None = Field(None, max_length=4000, description="what should happen in the video")
-    negative_prompt: str | None = Field(None, max_length=4000, description="what to avoid")
-    num_frames: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("num_frames", "frame_count"), description="frames in the video"
-    )
-    fps: int | None = Field(None, ge=FPS_RANGE[0], le=FPS_RANGE[1], description="frames per second")
-    steps: int | None = Field(
-        None,
-        ge=1,
-        validation_alias=AliasChoices("steps", "num_inference_steps"),
-        description="denoising steps: more is slower and finer",
-    )
-    guidance_scale: float | None = Field(
-        None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], description="how closely to follow the prompt"
-    )
-    width: int | None = Field(None, ge=8, description="video width in pixels")
-    height: int | None = Field(None, ge=8, description="video height in pixels")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
-    format: Literal["mp4", "gif", "webp"] | None = Field(None, description="video container")
-    model: str | None = Field(
-        None, max_length=64, description="which of the models on offer makes it (`vidrop check` lists them); "
-        "absent: the default model"
-    )
-    preset: Literal[PRESETS] | None = Field(
-        None, description="the family's steps, frames, size and guidance for fast, standard or high quality; "
-        "fields set explicitly win"
-    )
-
-
-class Variant(_Generation):
+class Variant(RequestFields):
     """One more result from the same sidecar: its own job, its outputs named `<stem><suffix>`."""
 
     suffix: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="added to the output names")
     prompt_add: str | None = Field(None, max_length=4000, description="appended to the prompt")
 
 
-class Sidecar(_Generation):
+class Sidecar(RequestFields):
     """What one image should become. Every field is optional; unset fields take the defaults."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
         title="vidrop sidecar",
         json_schema_extra={
             "description": "Put NAME.json next to NAME.png in the inbox (or NAME.json alone for a text-to-video "
             "model). Unknown keys are refused. "
-            "Aliases accepted: num_inference_steps for steps, frame_count for num_frames. "
+            "Aliases accepted: "
+            + ", ".join(f"{alias} for {name}" for name, aliases in ALIASES.items() for alias in aliases) + ". "
             "A _defaults.json with the same fields applies to every image in its folder and below; "
             "{stem} and {folder} in a prompt become the image's name and its folder's name."
         },
@@ -122,22 +78,20 @@ def parse_sidecar(raw: bytes, *, max_bytes: int) -> Sidecar:
     if len(raw) > max_bytes:
         raise SidecarError(
             "The prompt file is too large.",
-            f"sidecar is {len(raw)} bytes; the limit is {max_bytes}",
-            "Keep the sidecar to the prompt and a few settings.",
+            detail=f"sidecar is {len(raw)} bytes; the limit is {max_bytes}",
+            fix="Keep the sidecar to the prompt and a few settings.",
         )
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SidecarError(
-            "The prompt file is not valid JSON.",
-            str(exc),
-            'Save it as JSON, for example {"prompt": "slow zoom on the product"}.',
+            "The prompt file is not valid JSON.", detail=str(exc), fix=f"Save it as JSON, for example {EXAMPLE}."
         ) from None
     if not isinstance(data, dict):
         raise SidecarError(
             "The prompt file must hold a JSON object.",
-            f"top-level value is {type(data).__name__}",
-            'Wrap the settings in braces, for example {"prompt": "slow zoom on the product"}.',
+            detail=f"top-level value is {type(data).__name__}",
+            fix=f"Wrap the settings in braces, for example {EXAMPLE}.",
         )
     try:
         return Sidecar.model_validate(data)
@@ -155,11 +109,11 @@ def _explain(exc: ValidationError) -> SidecarError:
         known = ", ".join(sorted(Sidecar.model_fields))
         return SidecarError(
             f"The prompt file has a setting vidrop does not know: '{key}'.",
-            detail,
-            f"Remove or rename '{key}'. Known settings: {known}.",
+            detail=detail,
+            fix=f"Remove or rename '{key}'. Known settings: {known}.",
         )
     return SidecarError(
         f"The prompt file's '{key}' cannot be used: {first['msg']}.",
-        detail,
-        f"Change '{key}' and drop the file again; `vidrop schema` lists every setting and its range.",
+        detail=detail,
+        fix=f"Change '{key}' and drop the file again; `vidrop schema` lists every setting and its range.",
     )

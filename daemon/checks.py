@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from config.errors import VidropError
 from config.settings import LoadedSettings
-from pipeline.errors import VidropError
 
 
 def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> int:
@@ -87,7 +87,6 @@ def _check_memory(settings) -> list[tuple[bool, str]]:
     from pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
     from pipeline.loader import DTYPES, detect_family, resolve_device, resolve_dtype
     from pipeline.memory import GB, probe_for
-    from pipeline.modes import MemoryMode
 
     try:
         device = resolve_device(settings.pipeline.device)
@@ -108,10 +107,9 @@ def _check_memory(settings) -> list[tuple[bool, str]]:
     generation, defaults = settings.generation, family.defaults
     size = family.fit(generation.width or defaults.width, generation.height or defaults.height,
                       generation.num_frames or defaults.num_frames)
-    forced = None if settings.memory.mode == "auto" else MemoryMode(settings.memory.mode)
     reserve = int(settings.memory.reserve_gb * GB)
     admission = choose_mode(estimator, snapshot, width=size.width, height=size.height, frames=size.num_frames,
-                            resident_now=0, reserve_bytes=reserve, forced=forced)
+                            resident_now=0, reserve_bytes=reserve, forced=settings.memory.forced_mode)
     job = f"default job {size.width}x{size.height}, {size.num_frames} frames ({family.name}, {dtype})"
     estimates = ", ".join(f"{mode} {need / GB:.1f} GB" for mode, need in admission.needs.items())
     if admission.fits:

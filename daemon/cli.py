@@ -59,15 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     retry.set_defaults(handler=_retry)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
-    demo.add_argument("--family", choices=("ltx", "i2vgen-xl", "svd", "cogvideox", "cogvideox-t2v", "wan",
-                                            "animatediff"), default="ltx")
+    demo.add_argument("--family", choices=_DemoModels(), metavar="FAMILY", default="ltx",
+                      help="which tiny pipeline: %(choices)s (default %(default)s)")
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser
 
 
+class _DemoModels:
+    """The names `vidrop demo-model` builds, read from its builders only when asked: they import torch."""
+
+    def __iter__(self):
+        from pipeline.demo_model import BUILDERS
+
+        return iter(BUILDERS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
 def _load(args):
-    from config.settings import ConfigError, load_settings
+    from config.errors import ConfigError
+    from config.settings import load_settings
 
     try:
         return load_settings(args.config)
@@ -88,10 +101,10 @@ def _serve(args, *, once: bool) -> int:
     faulthandler.enable()
     configure_logging(settings.log_level, settings.log_format, manager=service_manager())
     apply_process_environment(settings)
+    from config.errors import ModelUnavailable
     from daemon.app import Daemon
     from daemon.systemd import SystemdNotifier
     from daemon.wiring import Wiring
-    from pipeline.errors import ModelUnavailable
 
     wiring = Wiring(settings, generator_factory=_production_generator, notifier=SystemdNotifier())
     daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)

@@ -14,17 +14,14 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import GenerationError
+from config.errors import GenerationError
+from config.vocabulary import DEFAULT_X264_PRESET, X264_PRESETS
 
 THUMBNAIL_LONGEST_SIDE = 320
 # The looping preview shown in galleries: small enough to load quickly from a network share.
 PREVIEW_LONGEST_SIDE = 160
 PREVIEW_MAX_FRAMES = 24
 PREVIEW_QUALITY = 60
-# libx264's speed against file size (output.x264_preset). At the same crf, veryfast encodes 2-2.5× faster
-# than medium for files 8-15 % larger; superfast is faster again but makes files about 3× larger.
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-DEFAULT_X264_PRESET = "veryfast"
 X264_CRF = 18
 _CANNOT_PLAY_FIX = "Try again; if it keeps happening, send the error file to the operator."
 

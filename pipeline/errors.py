@@ -1,25 +1,5 @@
-"""The error family. Input errors are never retried and become an error file; generation errors may be."""
+"""The error family lives in config/errors.py (every layer raises it); these names stay importable from here."""
 
-from __future__ import annotations
+from config.errors import GenerationError, InputError, ModelUnavailable, VidropError
 
-
-class VidropError(Exception):
-    """Root of vidrop's errors: `reason` for a designer, `detail` for the log, `fix` says what to do."""
-
-    def __init__(self, reason: str, *, detail: str = "", fix: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail or reason
-        self.fix = fix
-
-
-class InputError(VidropError):
-    """The dropped files cannot become a video as they are; running again would not help."""
-
-
-class GenerationError(VidropError):
-    """The model failed on a job that was valid; running it again may work."""
-
-
-class ModelUnavailable(VidropError):
-    """The configured model cannot be loaded: a start-up failure, not a job failure."""
+__all__ = ["GenerationError", "InputError", "ModelUnavailable", "VidropError"]

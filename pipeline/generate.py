@@ -12,7 +12,10 @@ import structlog
 import torch
 from PIL import Image
 
+from config.errors import TRY_AGAIN_FIX, GenerationError, InputError
+from config.request import REQUEST_FIELDS, Preset, VideoFormat
 from config.settings import DEFAULT_MODEL_NAME, LimitSettings, MemorySettings
+from config.vocabulary import MemoryMode
 from pipeline.admission import (
     MemoryAdmission,
     MemoryEstimator,
@@ -20,25 +23,23 @@ from pipeline.admission import (
     choose_mode,
     weights_on_device,
 )
-from pipeline.errors import GenerationError, InputError
 from pipeline.families.base import Family, FamilyLimits
 from pipeline.images import fit_image
 from pipeline.loader import DTYPES, LoadedModel, load_model
 from pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
-from pipeline.modes import MemoryMode, apply_mode, reset_mode
+from pipeline.modes import apply_mode, reset_mode
 
 log = structlog.get_logger()
 
 ProgressCallback = Callable[[int, int], None]
 
-REQUEST_FIELDS = ("prompt", "negative_prompt", "width", "height", "num_frames", "steps", "guidance_scale", "fps",
-                  "format", "seed")
 IMAGE, TEXT = "image", "text"
 
 
 @dataclass(frozen=True)
 class JobParams:
-    """The effective parameters of one job, after defaults, fitting and limits."""
+    """The effective parameters of one job, after defaults, fitting and limits: a value for every request
+    field (config/request.py), and what resolving it found."""
 
     prompt: str
     negative_prompt: str
@@ -48,11 +49,11 @@ class JobParams:
     steps: int
     guidance_scale: float
     fps: int
-    format: Literal["mp4", "gif", "webp"]
+    format: VideoFormat
     seed: int | None
     adjustments: tuple[dict[str, Any], ...] = ()
     mode: Literal["image", "text"] = IMAGE  # text: no image, the prompt alone
-    preset: str | None = None
+    preset: Preset | None = None
     model: str = ""  # which of the models on offer makes it (its name in the settings); "": the default
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +190,7 @@ class FamilyRules:
             seed=values["seed"],
             adjustments=tuple(adjustments + fitted.adjustments),
             mode=mode,
-            preset=requested.get("preset"),
+            preset=values["preset"],
             model=self.name,
         )
 
@@ -228,7 +229,7 @@ class VideoGenerator:
         # (or in the hub cache) by now.
         self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
                                                     dtype=loaded.dtype, offline=True))
-        self.forced_mode = None if self.memory.mode == "auto" else MemoryMode(self.memory.mode)
+        self.forced_mode = self.memory.forced_mode
         self.estimator = MemoryEstimator(self.family, _footprint(loaded),
                                          offloads_weights=loaded.device.startswith("cuda"),
                                          dtype_bytes=DTYPES[loaded.dtype].itemsize)
@@ -420,8 +421,7 @@ class VideoGenerator:
                 if not is_out_of_memory(exc):
                     raise GenerationError("The model failed while making this video.",
                                           detail=f"{type(exc).__name__}: {exc}",
-                                          fix="Try again; if it keeps failing, send the error file to the "
-                                              "operator.") from exc
+                                          fix=TRY_AGAIN_FIX) from exc
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             # Out of the except block: the traceback and the tensors its frames held are gone now.
             lower = mode.next_down()
@@ -523,11 +523,11 @@ def check_frames(frames: np.ndarray) -> None:
     if np.isnan(frames).any():
         raise GenerationError("The model produced broken frames (not-a-number values).",
                               detail=f"NaN in {int(np.isnan(frames).sum())} values of {frames.shape}",
-                              fix="Try again; if it keeps failing, send the error file to the operator.")
+                              fix=TRY_AGAIN_FIX)
     if frames.shape[0] > 1 and np.array_equal(frames.min(axis=0), frames.max(axis=0)):
         raise GenerationError("The model produced a video whose frames are all the same.",
                               detail=f"{frames.shape[0]} identical frames",
-                              fix="Try again; if it keeps failing, send the error file to the operator.")
+                              fix=TRY_AGAIN_FIX)
 
 
 def _to_uint8(frames: Any) -> np.ndarray:

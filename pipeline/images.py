@@ -10,7 +10,7 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from pipeline.errors import InputError
+from config.errors import InputError
 
 try:  # HEIC/HEIF, what iPhones and macOS write
     import pillow_heif

@@ -12,7 +12,7 @@ import diffusers
 import torch
 import transformers
 
-from pipeline.errors import ModelUnavailable
+from config.errors import ModelUnavailable
 from pipeline.families import Family, family_by_name, family_for_pipeline_class
 from pipeline.memory import most_free_cuda_device
 

@@ -1,35 +1,13 @@
-"""Memory modes: the ladder from fastest to leanest, and how each is applied to a diffusers pipeline."""
+"""Memory modes (the ladder, fastest first, is `MemoryMode` in config/vocabulary.py): how each is applied to a
+diffusers pipeline, and undone."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 import torch
 
-
-class MemoryMode(str, Enum):
-    """How a job runs, cheapest in time first: each rung needs less memory and runs slower."""
-
-    AS_IS = "as_is"
-    # VAE tiling and slicing, smaller decode chunks: the decode of all frames is the usual peak.
-    TILED = "tiled"
-    # Whole components move to the device only while they run (accelerate hooks).
-    MODEL_OFFLOAD = "model_offload"
-    # Leaf layers move to the device one group at a time (diffusers group offloading).
-    GROUP_OFFLOAD = "group_offload"
-
-    def next_down(self) -> MemoryMode | None:
-        """The next leaner rung, or None at the bottom."""
-        ladder = list(MemoryMode)
-        position = ladder.index(self)
-        return ladder[position + 1] if position + 1 < len(ladder) else None
-
-    @property
-    def is_tiled(self) -> bool:
-        """Whether the VAE decodes in tiles in this mode (every rung from TILED down)."""
-        return self is not MemoryMode.AS_IS
-
+from config.vocabulary import MemoryMode
 
 LADDER = tuple(MemoryMode)
 _GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")

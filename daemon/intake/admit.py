@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from config.errors import InputError, VidropError
+from config.request import SEED_MAX
 from config.settings import Settings
-from config.sidecar import SEED_MAX, SidecarError, parse_sidecar
+from config.sidecar import parse_sidecar
 from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem, text_output_stem
 from daemon.intake.pending import ReadyInput
 from daemon.intake.readiness import JunkFilter
 from daemon.intake.variants import VARIANT, Request, expand
 from daemon.ledger.base import Job, JobState
 from daemon.names import shown
-from pipeline.errors import InputError, VidropError
 from pipeline.generate import IMAGE, TEXT, JobParams, RequestRules
 from pipeline.images import ImageFacts, check_readable_name, open_image
 
@@ -117,9 +118,7 @@ class Admitter:
                 return [Admission(job, is_known=True) for _, job in jobs]
             if ready.image is not None:
                 facts = self._check_decodes(ready)
-        except SidecarError as exc:
-            return [_refused(job, InputError(exc.reason, detail=exc.detail, fix=exc.fix), now)]
-        except VidropError as exc:
+        except VidropError as exc:  # a sidecar's own error too: an input error like any other
             return [_refused(job, exc, now)]
         return [self._build(job, request, mode, now, facts) for request, job in jobs]
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from config.sidecar import SidecarError, parse_sidecar
+from config.errors import SidecarError
+from config.sidecar import parse_sidecar
 from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name, is_input_name
 from daemon.outbox import is_output_like
 from pipeline.images import sniff_format
@@ -125,7 +126,7 @@ def folder_defaults(folder: Path, inbox: Path, *, max_bytes: int) -> dict[str, A
         except SidecarError as exc:
             where = path.relative_to(inbox).as_posix()
             raise SidecarError(f"The folder defaults file {where} cannot be used: {exc.reason}",
-                               f"{where}: {exc.detail}", exc.fix) from None
+                               detail=f"{where}: {exc.detail}", fix=exc.fix) from None
         merged.update(defaults.model_dump(exclude_none=True))
     return merged
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import ModelUnavailable
+from config.errors import ModelUnavailable
 from pipeline.families.animatediff import AnimateDiffFamily
 from pipeline.families.base import Family
 from pipeline.families.cogvideox import CogVideoXFamily

@@ -8,14 +8,15 @@ from typing import Any, Callable, ClassVar
 
 from PIL import Image
 
-from pipeline.errors import InputError
+from config.errors import InputError
+from config.request import Preset, VideoFormat
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Generation parameters a family uses when nobody asked for anything else."""
+    """Generation parameters a family uses when nobody asked for anything else (request fields, with values)."""
 
     width: int
     height: int
@@ -24,7 +25,7 @@ class FamilyDefaults:
     guidance_scale: float
     fps: int
     negative_prompt: str = ""
-    format: str = "mp4"
+    format: VideoFormat = "mp4"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Family:
     defaults: ClassVar[FamilyDefaults]
     limits: ClassVar[FamilyLimits]
     # preset name → the generation fields it sets; explicit fields in a request win over these.
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    presets: ClassVar[dict[Preset, dict[str, Any]]] = {}
     gpu_dtype: ClassVar[str] = "bfloat16"
     # Whether __call__ takes callback_on_step_end; otherwise progress comes from a hook on the denoiser.
     has_step_callback: ClassVar[bool] = True

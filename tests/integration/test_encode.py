@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from config.errors import GenerationError
 from pipeline.encode import check_video, write_thumbnail, write_video
-from pipeline.errors import GenerationError
 
 
 def frames(count=9, height=64, width=64):

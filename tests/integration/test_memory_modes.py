@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from config.errors import GenerationError
 from config.settings import LimitSettings, MemorySettings
 from pipeline.encode import check_video, write_video
-from pipeline.errors import GenerationError
 from pipeline.generate import VideoGenerator
 from pipeline.loader import load_model
 from pipeline.modes import MemoryMode, mode_state

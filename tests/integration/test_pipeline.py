@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from config.errors import InputError, ModelUnavailable
 from config.settings import LimitSettings
-from pipeline.errors import InputError, ModelUnavailable
 from pipeline.generate import VideoGenerator
 from pipeline.loader import load_model
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from config.errors import GenerationError, InputError
 from pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
-from pipeline.errors import GenerationError, InputError
 from pipeline.families.i2vgen_xl import I2VGenXLFamily
 from pipeline.families.ltx import LTXFamily
 from pipeline.generate import check_frames

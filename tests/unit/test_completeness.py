@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
+from config.errors import InputError
 from daemon.intake.pairing import sidecars_for
 from daemon.intake.pending import PendingInputs
 from daemon.intake.readiness import JunkFilter, OpenWriters, find_unfinished_file
-from pipeline.errors import InputError
 from pipeline.images import check_readable_name, find_unfinished, open_image, sniff_format
 
 

@@ -1,7 +1,13 @@
+from dataclasses import fields
+
 import pytest
 
-from pipeline.errors import InputError, ModelUnavailable
-from pipeline.families import family_by_name, family_for_pipeline_class
+from config.errors import InputError, ModelUnavailable
+from config.request import PRESETS, REQUEST_FIELDS, GenerationFields
+from config.vocabulary import FAMILY_NAMES
+from pipeline.families import FAMILIES, family_by_name, family_for_pipeline_class
+from pipeline.families.base import FamilyDefaults
+from pipeline.generate import JobParams
 
 
 def test_ltx_rounds_frames_up_to_8k_plus_1_and_sizes_to_32():
@@ -33,3 +39,20 @@ def test_family_detected_from_pipeline_class():
     assert family_for_pipeline_class("I2VGenXLPipeline").name == "i2vgen-xl"
     with pytest.raises(ModelUnavailable, match="StableDiffusionPipeline"):
         family_for_pipeline_class("StableDiffusionPipeline")
+
+
+def test_the_settings_accept_exactly_the_families_of_the_family_table():
+    assert tuple(FAMILIES) == FAMILY_NAMES
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_every_family_defines_every_preset_in_generation_fields(name):
+    presets = FAMILIES[name].presets
+    assert tuple(presets) == PRESETS
+    for values in presets.values():
+        GenerationFields.model_validate(values)  # known fields, in range
+
+
+def test_family_defaults_and_job_parameters_speak_the_request_fields():
+    assert {field.name for field in fields(FamilyDefaults)} <= set(REQUEST_FIELDS)
+    assert set(REQUEST_FIELDS) <= {field.name for field in fields(JobParams)}

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from pipeline.errors import InputError
+from config.errors import InputError
 from pipeline.images import fit_image, load_image
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from config.errors import SidecarError
 from config.settings import DEFAULT_IGNORE, IntakeSettings
-from config.sidecar import SidecarError
 from daemon.intake.intake import Intake
 from daemon.intake.mounts import filesystem_type, is_network_filesystem
 from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem

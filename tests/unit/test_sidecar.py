@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from config.sidecar import SidecarError, parse_sidecar, sidecar_schema
+from config.errors import SidecarError
+from config.sidecar import parse_sidecar, sidecar_schema
 
 
 def parse(data) -> object:
