@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 from daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
 from pipeline.encode import (DEFAULT_X264_PRESET, check_thumbnail, check_video, start_video, write_preview,
                              write_thumbnail)
-from pipeline.errors import GenerationError, VidropError
+from config.errors import TRY_AGAIN_FIX, GenerationError, VidropError
+from config.request import VIDEO_FORMATS
 from pipeline.generate import GenerationResult, JobParams
 from pipeline.images import IMAGE_SUFFIXES
 
@@ -24,7 +25,6 @@ TEMP_PREFIX = ".vidrop-tmp-"
 JOBS_LOG = "jobs.jsonl"
 ERROR_SUFFIX = ".error.json"
 PREVIEW_SUFFIX = ".preview.webp"
-VIDEO_FORMATS = ("mp4", "gif", "webp")
 GALLERY_STATUS = "_status.json"  # the gallery's, in every outbox folder
 _TOKEN_CHARS = 8  # an owner token and a temporary's random part: 4 bytes as hex
 # The longest name an output stem gets: its longest ending inside its longest temporary name. A stem
@@ -309,7 +309,7 @@ class Outbox:
         if written.frames != result.frames.shape[0]:
             raise GenerationError("The video file is missing frames.",
                                   detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
-                                  fix="Try again; if it keeps happening, send the error file to the operator.")
+                                  fix=TRY_AGAIN_FIX)
         outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "preview": names.preview.name,
                    "manifest": names.manifest.name}
         manifest = {**manifest, "outputs": outputs,

@@ -22,7 +22,7 @@ from daemon.lease import LeaseLost
 from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
 from daemon.ledger_pause import LedgerPause
 from daemon.outbox import Outbox, OutboxUnavailable, OutputNames, iso_time
-from pipeline.errors import InputError, VidropError
+from config.errors import InputError, VidropError
 from pipeline.generate import GenerationResult, JobParams
 
 log = structlog.get_logger()

@@ -19,7 +19,7 @@ from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
 from daemon.outbox import OutboxUnavailable
 from daemon.recorder import JobInterrupted, Recorder, Waiter
 from pipeline.admission import MemoryAdmission
-from pipeline.errors import GenerationError, InputError
+from config.errors import TRY_AGAIN_FIX, GenerationError, InputError
 from pipeline.generate import TEXT, JobParams, JobRunning
 from pipeline.images import load_image
 from pipeline.memory import GB
@@ -121,7 +121,7 @@ class Runner:
             log.exception("job_crashed")
             error = GenerationError("Something went wrong inside vidrop while making this video.",
                                     detail=f"{type(exc).__name__}: {exc}",
-                                    fix="Try again; if it keeps failing, send this file to the operator.")
+                                    fix=TRY_AGAIN_FIX)
             return self.recorder.failed(job, error, duration=self.clock.monotonic() - started)
 
     def _say(self, text: str) -> None:

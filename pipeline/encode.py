@@ -14,7 +14,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from config.errors import GenerationError
+from config.errors import TRY_AGAIN_FIX, GenerationError
 from config.vocabulary import DEFAULT_X264_PRESET, X264_PRESETS
 
 THUMBNAIL_LONGEST_SIDE = 320
@@ -23,7 +23,6 @@ PREVIEW_LONGEST_SIDE = 160
 PREVIEW_MAX_FRAMES = 24
 PREVIEW_QUALITY = 60
 X264_CRF = 18
-_CANNOT_PLAY_FIX = "Try again; if it keeps happening, send the error file to the operator."
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class VideoWriting:
         if returncode != 0:
             message = self._stderr.decode("utf-8", "replace").strip()[-2000:]
             raise GenerationError("The video could not be encoded.",
-                                  detail=f"ffmpeg exited with {returncode}: {message}", fix=_CANNOT_PLAY_FIX)
+                                  detail=f"ffmpeg exited with {returncode}: {message}", fix=TRY_AGAIN_FIX)
 
     def abandon(self) -> None:
         """Stop ffmpeg (something else in the commit failed) and wait for it; the caller removes the file."""
@@ -171,7 +170,7 @@ def check_video(path: Path, *, fmt: str) -> VideoCheck:
     from the table. Animations are opened with Pillow.
     """
     if not path.exists() or path.stat().st_size == 0:
-        raise GenerationError("The video file came out empty.", detail=f"{path} has 0 bytes", fix=_CANNOT_PLAY_FIX)
+        raise GenerationError("The video file came out empty.", detail=f"{path} has 0 bytes", fix=TRY_AGAIN_FIX)
     try:
         if fmt == "mp4":
             with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -180,7 +179,7 @@ def check_video(path: Path, *, fmt: str) -> VideoCheck:
             return VideoCheck(frames=getattr(image, "n_frames", 1), width=image.width, height=image.height)
     except (OSError, ValueError, IndexError, struct.error) as exc:
         raise GenerationError("The video file that was written cannot be played.", detail=f"{path}: {exc}",
-                              fix=_CANNOT_PLAY_FIX) from None
+                              fix=TRY_AGAIN_FIX) from None
 
 
 def _boxes(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:

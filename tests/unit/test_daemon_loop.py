@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from daemon.ledger.base import JobState
 from daemon.ledger.sqlite import SqliteLedger
-from pipeline.errors import GenerationError
+from config.errors import GenerationError
 from tests.conftest import drop, drop_job, job_lines, make_image
 from tests.fakes import FakeGenerator, RecordingNotifier, fake_daemon, quick_settings
 
