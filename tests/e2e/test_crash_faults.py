@@ -48,6 +48,15 @@ def test_a_settings_file_that_cannot_be_read_stops_the_start_with_one_line_and_7
     assert str(config) in line
 
 
+def test_a_settings_file_with_a_debug_section_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path):
+    # [debug] held test hooks in earlier versions; now it is an unknown section like any other.
+    config = tmp_path / "vidrop.toml"
+    config.write_text('[debug]\nhang_inputs = ["hang-*"]\n')
+    result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "--config", str(config), "run")
+    [line] = _one_clear_line(result)
+    assert str(config) in line and "debug" in line
+
+
 def test_an_unreadable_settings_file_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path):
     # Root reads any file, so the process runs as an unprivileged user that may not read this one.
     config = tmp_path / "vidrop.toml"
