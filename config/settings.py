@@ -228,15 +228,6 @@ class ServiceSettings(_Section):
     stop_timeout_seconds: float = Field(60.0, ge=0, description="how long a stop lets the running job finish")
 
 
-class DebugSettings(_Section):
-    """Test hooks, never for production: they make the daemon slow or hang on purpose."""
-
-    hang_inputs: list[str] = Field(default_factory=list,
-                                   description="inputs (fnmatch on the inbox path) whose first attempt hangs")
-    slow_inputs: list[str] = Field(default_factory=list, description="inputs whose every step is slowed down")
-    slow_step_seconds: float = Field(0.5, ge=0, description="the extra time per step of a slow input")
-
-
 class Settings(BaseSettings):
     """Every setting of vidrop, in one object."""
 
@@ -262,7 +253,6 @@ class Settings(BaseSettings):
     output: OutputSettings = OutputSettings()
     memory: MemorySettings = MemorySettings()
     service: ServiceSettings = ServiceSettings()
-    debug: DebugSettings = DebugSettings()
     recovery: RecoverySettings = RecoverySettings()
 
     @field_validator("ledger_url")
@@ -304,7 +294,7 @@ class Settings(BaseSettings):
 
 
 # Settings a reload (SIGHUP) applies at once; every other change waits for a restart.
-LIVE_SETTINGS = ("log_level", "generation.", "limits.", "intake.", "service.", "debug.")
+LIVE_SETTINGS = ("log_level", "generation.", "limits.", "intake.", "service.")
 
 
 def is_live_setting(name: str) -> bool:

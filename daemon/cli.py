@@ -7,18 +7,33 @@ import gc
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from daemon.wiring import GeneratorFactory
+    from pipeline.generate import Generator
 
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `vidrop` console script."""
+def production_generator(settings: Settings) -> Generator:
+    """The models on offer, loaded through the production loader."""
+    from pipeline.model_set import open_models
+
+    return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
+
+
+def main(argv: list[str] | None = None, *, generator_factory: GeneratorFactory = production_generator) -> int:
+    """Entry point of the `vidrop` console script. The daemon gets its generator from generator_factory:
+    the composition root chooses (the test harness passes one that wraps the production generator)."""
     from daemon.ledger.base import LedgerUnavailable
 
     parser = _parser()
     args = parser.parse_args(argv)
+    args.generator_factory = generator_factory
     try:
         return args.handler(args)
     except LedgerUnavailable as exc:  # `vidrop status` on a database that is down: one line, try again later
@@ -106,7 +121,7 @@ def _serve(args, *, once: bool) -> int:
     from daemon.systemd import SystemdNotifier
     from daemon.wiring import Wiring
 
-    wiring = Wiring(settings, generator_factory=_production_generator, notifier=SystemdNotifier())
+    wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier())
     daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
     # What the imports made (torch, diffusers: some 300,000 objects) lives as long as the process. Frozen,
@@ -124,12 +139,6 @@ def _serve(args, *, once: bool) -> int:
         return EX_CONFIG
     finally:
         sys.stderr.flush()
-
-
-def _production_generator(settings):
-    from pipeline.model_set import open_models
-
-    return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
 
 
 def _run(args) -> int:

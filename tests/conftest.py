@@ -16,8 +16,12 @@ from typing import Callable
 import pytest
 from PIL import Image
 
+from tests.harness.vidrop_test_run import Faults
+
 REPO = Path(__file__).resolve().parents[1]
 VIDROP = Path(sys.executable).parent / "vidrop"
+# The same command line with slow or hanging inputs injected (see its docstring); for tests that need faults.
+HARNESS = REPO / "tests" / "harness" / "vidrop_test_run.py"
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05, what: str = ""):
@@ -129,12 +133,22 @@ def vidrop_env(folders: dict[str, Path], model: Path, **extra: str) -> dict[str,
     return env
 
 
+def vidrop_command(env: dict[str, str], faults: Faults | None = None) -> tuple[list[str], dict[str, str]]:
+    """The plain `vidrop` entry and env; with faults, the test harness and its variables instead."""
+    if faults is None:
+        return [str(VIDROP)], env
+    return [sys.executable, str(HARNESS)], {**env, **faults.environment()}
+
+
 class VidropProcess:
     """A real `vidrop run` process whose JSON log lines are collected from stderr."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",), prefix: tuple[str, ...] = ()) -> None:
-        # prefix: a command that execs vidrop in its own process (unshare, setpriv), so the PID stays vidrop's
-        self.process = subprocess.Popen([*prefix, str(VIDROP), *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",), prefix: tuple[str, ...] = (),
+                 faults: Faults | None = None) -> None:
+        # prefix: a command that execs vidrop in its own process (unshare, setpriv), so the PID stays vidrop's;
+        # faults: run it through the test harness, which injects them (the PID is still vidrop's)
+        command, env = vidrop_command(env, faults)
+        self.process = subprocess.Popen([*prefix, *command, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.other_lines: list[str] = []
@@ -178,11 +192,12 @@ class VidropProcess:
 
 @pytest.fixture
 def start_vidrop():
-    """Start `vidrop` processes; every one is stopped (by PID) when the test ends."""
+    """Start `vidrop` processes (with faults: through the test harness); every one is stopped (by PID) when the
+    test ends."""
     started: list[VidropProcess] = []
 
-    def start(env: dict[str, str], *args: str) -> VidropProcess:
-        process = VidropProcess(env, args or ("run",))
+    def start(env: dict[str, str], *args: str, faults: Faults | None = None) -> VidropProcess:
+        process = VidropProcess(env, args or ("run",), faults=faults)
         started.append(process)
         return process
 
@@ -208,9 +223,11 @@ def job_lines(outbox_folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run a `vidrop` command to completion."""
-    return subprocess.run([str(VIDROP), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180,
+               faults: Faults | None = None) -> subprocess.CompletedProcess:
+    """Run a `vidrop` command to completion (with faults: through the test harness)."""
+    command, env = vidrop_command(env, faults)
+    return subprocess.run([*command, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

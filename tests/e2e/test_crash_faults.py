@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from daemon.outbox import TEMP_PREFIX
-from tests.conftest import REPO, VIDROP, VidropProcess, drop_job, ledger_jobs, run_vidrop, vidrop_env, wait_for
+from tests.conftest import (
+    REPO, VIDROP, Faults, VidropProcess, drop_job, ledger_jobs, run_vidrop, vidrop_env, wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -44,6 +46,15 @@ def test_a_settings_file_that_cannot_be_read_stops_the_start_with_one_line_and_7
     result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "--config", str(config), "run")
     [line] = _one_clear_line(result)
     assert str(config) in line
+
+
+def test_a_settings_file_with_a_debug_section_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path):
+    # [debug] held test hooks in earlier versions; now it is an unknown section like any other.
+    config = tmp_path / "vidrop.toml"
+    config.write_text('[debug]\nhang_inputs = ["hang-*"]\n')
+    result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "--config", str(config), "run")
+    [line] = _one_clear_line(result)
+    assert str(config) in line and "debug" in line
 
 
 def test_an_unreadable_settings_file_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path):
@@ -94,12 +105,12 @@ def _kill_when_generating(daemon, job_name: str) -> None:
 def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_goes_on(folders, demo_models,
                                                                                       start_vidrop):
     # Slow steps only widen the moment to kill in; the death itself is a real SIGKILL from outside.
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2",
-                     VIDROP_DEBUG__SLOW_INPUTS='["bomb.png"]', VIDROP_DEBUG__SLOW_STEP_SECONDS="1")
+    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2")
+    slow = Faults(slow_inputs=["bomb.png"], slow_step_seconds=1)
     drop_job(folders["inbox"], "bomb")
     for _ in range(3):
-        _kill_when_generating(start_vidrop(env), "bomb.png")
-    daemon = start_vidrop(env)
+        _kill_when_generating(start_vidrop(env, faults=slow), "bomb.png")
+    daemon = start_vidrop(env, faults=slow)
     error_file = folders["outbox"] / "bomb.error.json"
     wait_for(error_file.exists, 120, what="bomb.error.json")
     error = json.loads(error_file.read_text())
@@ -158,9 +169,9 @@ def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_out
     # veryslow and 256x256 make the encoding last seconds, so the test can stop the holder inside it; no
     # gallery, so that the outputs are the holder's first renames.
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2",
-                     VIDROP_OUTPUT__X264_PRESET="veryslow", VIDROP_DEBUG__SLOW_INPUTS='["shot.png"]',
-                     VIDROP_DEBUG__SLOW_STEP_SECONDS="1", VIDROP_GALLERY__ENABLED="false")
-    first = start_vidrop(env)
+                     VIDROP_OUTPUT__X264_PRESET="veryslow", VIDROP_GALLERY__ENABLED="false")
+    slow = Faults(slow_inputs=["shot.png"], slow_step_seconds=1)
+    first = start_vidrop(env, faults=slow)
     first.wait_event("daemon_ready")
     drop_job(folders["inbox"], "shot", width=256, height=256, num_frames=17)
     tracer = None
@@ -174,7 +185,7 @@ def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_out
         wait_for(lambda: _is_renaming(first.process.pid), 120, interval=0.005, what="the holder renaming")
     os.kill(first.process.pid, signal.SIGSTOP)
     try:
-        second = start_vidrop(env)
+        second = start_vidrop(env, faults=slow)
         [finished] = second.wait_event("job_finished", timeout=180)
         assert finished["state"] == "done"
         video, manifest = folders["outbox"] / "shot.mp4", folders["outbox"] / "shot.json"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import Page, chromium
-from tests.conftest import REPO, drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
+from tests.conftest import REPO, Faults, drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
 
 ARTEFACTS = REPO / "build" / "test-artifacts"
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>'
@@ -41,8 +41,8 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     drop(inbox / "broken.json", sidecar())
     drop(inbox / "broken.png", b"a text file with an image name")
     # Real jobs take minutes; the tiny model's take a moment, too short to catch between two page writes.
-    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_DEBUG__SLOW_INPUTS='["acme/*"]',
-                                     VIDROP_DEBUG__SLOW_STEP_SECONDS="0.1"))
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]),
+                          faults=Faults(slow_inputs=["acme/*"], slow_step_seconds=0.1))
     vidrop.wait_event("daemon_ready")
 
     status_path = outbox / "acme" / "_status.json"

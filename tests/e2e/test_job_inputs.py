@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import (
-    drop, job_lines, ledger_jobs, make_image, run_vidrop, sidecar, vidrop_env, wait_for,
+    Faults, drop, job_lines, ledger_jobs, make_image, run_vidrop, sidecar, vidrop_env, wait_for,
 )
 from tests.e2e.test_run import decode
 
 pytestmark = pytest.mark.e2e
 
 # A job long enough that files dropped or changed meanwhile meet a queue with one job running.
-SLOW = {"VIDROP_DEBUG__SLOW_INPUTS": '["slow*", "*/slow*"]', "VIDROP_DEBUG__SLOW_STEP_SECONDS": "2"}
+SLOW = Faults(slow_inputs=["slow*", "*/slow*"], slow_step_seconds=2)
 
 
 def sha256(data: bytes) -> str:
@@ -41,7 +41,7 @@ def settled(folders) -> bool:
 
 def start_busy(start_vidrop, folders, tmp_path, demo_models, **env):
     """A daemon whose first job (slow.png, first by its priority) runs for a while; returns it once it runs."""
-    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], **SLOW, **env))
+    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"], **env), faults=SLOW)
     vidrop.wait_event("job_started")
     started = vidrop.events_named("job_started")[0]
     assert started["input"] == "slow.png", started
@@ -199,7 +199,7 @@ def test_retry_re_reads_a_refused_input_in_a_running_daemon(folders, demo_models
 def test_files_dropped_while_a_job_runs_are_queued_at_once(folders, demo_models, start_vidrop, tmp_path):
     inbox, outbox = folders["inbox"], folders["outbox"]
     put(inbox, "slow", image_bytes(tmp_path, "slow", (9, 9, 9)), steps=6, priority=9)
-    env = vidrop_env(folders, demo_models["ltx"], **SLOW)
+    env = vidrop_env(folders, demo_models["ltx"])
     vidrop = start_busy(start_vidrop, folders, tmp_path, demo_models)
     put(inbox / "new", "fresh", image_bytes(tmp_path, "fresh", (1, 120, 1)))
     queued = vidrop.wait_event("job_queued", 60, count=2)[-1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.ledger.base import JobState
-from tests.conftest import drop_job, free_port, job_lines, ledger_jobs, run_vidrop, vidrop_env, wait_for
+from tests.conftest import Faults, drop_job, free_port, job_lines, ledger_jobs, run_vidrop, vidrop_env, wait_for
 from tests.e2e.test_fleet import frames_in
 from tests.e2e.test_sd_notify import NotifyListener
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 FAST_RETRY = {"VIDROP_RECOVERY__LEDGER_RETRY_SECONDS": "0.3", "VIDROP_RECOVERY__LEDGER_RETRY_MAX_SECONDS": "1.5",
               "VIDROP_RECOVERY__LEASE_SECONDS": "3"}
-SLOW = {"VIDROP_DEBUG__SLOW_INPUTS": '["slow*"]', "VIDROP_DEBUG__SLOW_STEP_SECONDS": "1.5"}
+SLOW = Faults(slow_inputs=["slow*"], slow_step_seconds=1.5)
 
 
 @pytest.fixture
@@ -162,8 +162,8 @@ def cluster(postgres_cluster):
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_models, start_vidrop, cluster,
                                                        postgres_url):
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, **FAST_RETRY, **SLOW)
-    vidrop = start_vidrop(env)
+    env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, **FAST_RETRY)
+    vidrop = start_vidrop(env, faults=SLOW)
     vidrop.wait_event("daemon_ready")
     drop_job(folders["inbox"], "slow-during")
     vidrop.wait_event("generation_started")
@@ -179,8 +179,8 @@ def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_model
 def test_a_postgresql_outage_of_30_seconds_during_a_job(folders, demo_models, start_vidrop, cluster, postgres_url,
                                                         notify):
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, NOTIFY_SOCKET=str(notify.path),
-                     **FAST_RETRY, **SLOW)
-    vidrop = start_vidrop(env)
+                     **FAST_RETRY)
+    vidrop = start_vidrop(env, faults=SLOW)
     vidrop.wait_event("daemon_ready")
     drop_job(folders["inbox"], "slow-outage")
     vidrop.wait_event("generation_started")

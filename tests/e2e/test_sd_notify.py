@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.logs import JOURNAL_SOCKET
-from tests.conftest import drop_job, vidrop_env, wait_for
+from tests.conftest import Faults, drop_job, vidrop_env, wait_for
 
 WATCHDOG_SECONDS = 2.0
 
@@ -75,9 +75,8 @@ def notify_env(folders, model, notify, **extra):
 
 def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses_stopping_on_sigterm(
         folders, demo_models, start_vidrop, notify):
-    env = notify_env(folders, demo_models["ltx"], notify, VIDROP_DEBUG__SLOW_INPUTS='["slow-*"]',
-                     VIDROP_DEBUG__SLOW_STEP_SECONDS="0.3", VIDROP_SERVICE__STOP_TIMEOUT_SECONDS="1")
-    vidrop = start_vidrop(env)
+    env = notify_env(folders, demo_models["ltx"], notify, VIDROP_SERVICE__STOP_TIMEOUT_SECONDS="1")
+    vidrop = start_vidrop(env, faults=Faults(slow_inputs=["slow-*"], slow_step_seconds=0.3))
     wait_for(lambda: notify.first("READY=1"), 120, what="READY=1")
     ready_index, ready_at = notify.first("READY=1")
     loading_index, _ = notify.first("STATUS=loading model")
@@ -113,14 +112,13 @@ def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses
 
 
 def test_watchdog_pings_stop_when_the_main_loop_hangs_and_no_journald_means_json_on_stderr(
-        folders, demo_models, start_vidrop, notify):
+        folders, demo_models, start_vidrop, notify, tmp_path):
     # INVOCATION_ID says "started by systemd" and stderr is no terminal, so vidrop picks journald: there is none
     # here, so it says so and logs JSON lines on stderr instead of crashing or going silent.
     if Path(JOURNAL_SOCKET).exists():
         pytest.skip(f"a journald listens on this host ({JOURNAL_SOCKET}); the test must not write into it")
-    env = notify_env(folders, demo_models["ltx"], notify, VIDROP_DEBUG__HANG_INPUTS='["hang-*"]',
-                     VIDROP_LOG_FORMAT="auto", INVOCATION_ID="0123456789abcdef")
-    vidrop = start_vidrop(env)
+    env = notify_env(folders, demo_models["ltx"], notify, VIDROP_LOG_FORMAT="auto", INVOCATION_ID="0123456789abcdef")
+    vidrop = start_vidrop(env, faults=Faults(hang_inputs=["hang-*"], hang_marker=tmp_path / "hang-marker"))
     wait_for(lambda: notify.first("READY=1"), 120, what="READY=1")
     unreachable = vidrop.wait_event("journal_unreachable")[0]
     assert unreachable["level"] == "warning" and unreachable["socket"] == JOURNAL_SOCKET
@@ -128,7 +126,7 @@ def test_watchdog_pings_stop_when_the_main_loop_hangs_and_no_journald_means_json
     wait_for(lambda: notify.lines().count("WATCHDOG=1") >= 3, 30, what="watchdog pings while idle")
 
     drop_job(folders["inbox"], "hang-a")
-    vidrop.wait_event("debug_hang", timeout=60)
+    vidrop.wait_event("test_hang", timeout=60)
     # What systemd would act on: no WATCHDOG=1 for longer than WatchdogSec.
     wait_for(lambda: time.time() - notify.last_watchdog() > WATCHDOG_SECONDS, 30, what="the pings to stop")
     assert vidrop.process.poll() is None  # hung, not dead: only a watchdog can tell

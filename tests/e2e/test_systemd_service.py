@@ -13,12 +13,18 @@ import sqlite3
 import pytest
 
 from config.settings import DEFAULT_IGNORE
-from tests.conftest import VIDROP, drop, drop_job, make_image, wait_for
+from tests.conftest import HARNESS, VIDROP, Faults, drop, drop_job, make_image, wait_for
 from tests.sdbox import Box, make_work_dir, require_sdbox
 
 pytestmark = pytest.mark.e2e
 UNIT = "vidrop.service"
 WATCHDOG_SECONDS = 10  # above the slowest silent stretch (decode + encode) on a busy 2-core machine
+
+
+def service_faults(work) -> Faults:
+    """What the service's test harness injects: slow-* inputs step slowly, the first hang-* one hangs the loop."""
+    return Faults(slow_inputs=["slow-*"], slow_step_seconds=0.4, hang_inputs=["hang-*"],
+                  hang_marker=work / "state" / "test-hang-marker")
 
 
 def settings_toml(work, **intake) -> str:
@@ -41,10 +47,6 @@ decode_grace_seconds = 3
 {ignore}
 [service]
 stop_timeout_seconds = 1
-[debug]
-hang_inputs = ["hang-*"]
-slow_inputs = ["slow-*"]
-slow_step_seconds = 0.4
 """
 
 
@@ -60,6 +62,7 @@ def service(demo_models):
         (work / "settings.toml").write_text(settings_toml(work))
         rendered = _install_systemd(work)
         assert rendered.returncode == 0, rendered.stderr
+        _write_harness_drop_in(work)
         _write_probe_unit(work)
         box = Box(work / "units", rw=[work / name for name in ("inbox", "outbox", "state", "elsewhere")])
         yield box, work
@@ -75,6 +78,18 @@ def _install_systemd(work):
     return subprocess.run([str(VIDROP), "--config", str(work / "settings.toml"), "install-systemd",
                            "--output", str(work / "units"), "--watchdog-seconds", str(WATCHDOG_SECONDS)],
                           capture_output=True, text=True, timeout=120)
+
+
+def _write_harness_drop_in(work):
+    """vidrop.service as install-systemd wrote it, but started through the test harness with its faults: the
+    drop-in replaces ExecStart= (same arguments) and adds the harness's Environment=; the rest is the unit's own."""
+    [exec_start] = re.findall(r"(?m)^ExecStart=(.*)$", (work / "units" / UNIT).read_text())
+    _vidrop, arguments = exec_start.split(" ", 1)
+    environment = " ".join(f"'{name}={value}'" for name, value in service_faults(work).environment().items())
+    drop_in = work / "units" / f"{UNIT}.d" / "test.conf"
+    drop_in.parent.mkdir()
+    drop_in.write_text(f"[Service]\nExecStart=\nExecStart={VIDROP.parent / 'python'} {HARNESS} {arguments}\n"
+                       f"Environment={environment}\n")
 
 
 def _write_probe_unit(work):
@@ -186,7 +201,7 @@ def test_a_hung_main_loop_makes_the_watchdog_restart_vidrop_and_the_job_complete
     box, work = service
     assert box.show(UNIT, "NRestarts")["NRestarts"] == "0"
     drop_job(work / "inbox", "hang-one")
-    wait_in(box, lambda: events(box, "EVENT=debug_hang"), 60, what="the injected hang")
+    wait_in(box, lambda: events(box, "EVENT=test_hang"), 60, what="the injected hang")
     wait_in(box, lambda: int(box.show(UNIT, "NRestarts")["NRestarts"]) >= 1, WATCHDOG_SECONDS + 60,
              what="the watchdog to restart vidrop")
     assert "Watchdog timeout" in box.journal_text("-u", UNIT)
