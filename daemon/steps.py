@@ -75,7 +75,7 @@ class BetweenSteps:
         connection, so SQLite and PostgreSQL see one writer as between jobs; at most every tick and for
         INTAKE_BUDGET_SECONDS, so the job goes on."""
         now = self.clock.monotonic()
-        if now < self._next_intake_pass or getattr(self.store, "intake", None) is None:
+        if now < self._next_intake_pass or self.store.intake is None:
             return
         self._next_intake_pass = now + self.tick_seconds
         job_context = structlog.contextvars.get_contextvars()

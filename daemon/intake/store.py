@@ -43,6 +43,8 @@ class InputStore:
         self.on_admitted = on_admitted  # after each input: a long first batch is progress too (the watchdog)
         self.inbox = settings.inbox
         self.settings = settings
+        self.intake: Intake | None = None  # attached at each start of intake
+        self.taken: TakenInputs | None = None
 
     def attach(self, intake: Intake, taken: TakenInputs) -> None:
         """The intake (and what it has taken) whose ready inputs are stored; again after each restart of it."""
