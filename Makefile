@@ -12,7 +12,7 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient strace
 PYTEST_ARGS ?=
 
-.PHONY: run test demo check bench gallery-screenshot system-packages clean
+.PHONY: run test test-quick lint format demo check bench gallery-screenshot system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,24 @@ system-packages:
 run: $(VENV)/.installed
 	$(BIN)/vidrop run
 
-test: $(VENV)/.installed
+# Everything: lint and format checks first (ruff, configured in pyproject.toml; a violation fails the run before
+# any test), then the whole suite.
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The edit-test loop: the unit and integration tests (fakes, tiny real models, real SQLite and PostgreSQL; no
+# long-running `vidrop` process), under two minutes on the 2-core test machine. `make test` runs everything.
+test-quick: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow and not long" tests/unit tests/integration $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# What lint asks for, done: imports sorted, unused ones removed, every file formatted.
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 check: $(VENV)/.installed
 	$(BIN)/vidrop check

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark, print one table, write bench/results.json.
 
     python -m bench [--quick] [--only NAME ...] [--output FILE] [--workdir DIR] [--scale-timeout SECONDS]
-    python -m bench --markdown bench/results.json    # an earlier run's table, for the README
+    python -m bench --markdown bench/results.json    # an earlier run's table, for docs/performance.md
 
 --quick runs each benchmark at a tiny size (the smoke test uses it); the figures it gives mean nothing.
 """
@@ -139,7 +139,7 @@ def print_table(figures: list[dict[str, Any]], stream=sys.stdout) -> None:
 
 
 def markdown_table(figures: list[dict[str, Any]]) -> str:
-    """The same table in Markdown, for the README."""
+    """The same table in Markdown, for docs/performance.md."""
     lines = ["| benchmark | figure | median | min – max | n | goal | met |", "|---|---|---|---|---|---|---|"]
     for figure in figures:
         met = {True: "yes", False: "**no**", None: ""}[figure["met"]]

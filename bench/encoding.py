@@ -1,4 +1,5 @@
-"""Encoding and thumbnails: the daemon's own commit (MP4, container check, thumbnail, preview, manifest, fsyncs, renames).
+"""Encoding and thumbnails: the daemon's own commit (MP4, container check, thumbnail, preview, manifest, fsyncs,
+renames).
 
 Measured through `Outbox.commit_success`, the code every finished job goes through, on synthetic frames
 that move like a video (a drifting gradient with texture and some noise), against the reference GPU time.

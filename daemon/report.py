@@ -52,6 +52,10 @@ def relative_inputs(paths: list[str], inbox: Path) -> list[str]:
 
 def describe_requeued(jobs: list[Job]) -> str:
     """One line per re-queued job; a refusal (it has no request yet) is read again from its files."""
-    return "\n".join(f"queued again: {shown(job.input)} ({job.id})" if job.params else
-                     f"read again: {shown(job.input)} ({job.id}); a running vidrop takes it in a moment, else the next start"
-                     for job in jobs) or "nothing to re-queue"
+    return "\n".join(_requeued_line(job) for job in jobs) or "nothing to re-queue"
+
+
+def _requeued_line(job: Job) -> str:
+    if job.params:
+        return f"queued again: {shown(job.input)} ({job.id})"
+    return f"read again: {shown(job.input)} ({job.id}); a running vidrop takes it in a moment, else the next start"

@@ -1,4 +1,7 @@
-"""Turning a complete image and its sidecar (or a sidecar alone) into jobs: hash, merge defaults, validate, decide the keys."""
+"""Turning a complete image and its sidecar (or a sidecar alone) into jobs.
+
+Hash, merge defaults, validate, decide the keys.
+"""
 
 from __future__ import annotations
 

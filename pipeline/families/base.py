@@ -190,7 +190,7 @@ class Family:
 
     def decode_latents(self, pipe: Any, latents: Any, *, width: int, height: int, num_frames: int, generator: Any,
                        mode: Any) -> Any:
-        """Frames (float, frames × height × width × 3 in [0, 1]) from what __call__ returned with output_type="latent"."""
+        """Frames (float, frames × height × width × 3 in [0, 1]) from what __call__ gave with output_type="latent"."""
         raise NotImplementedError(f"{self.name} cannot decode latents separately")
 
 

@@ -1,4 +1,4 @@
-"""The unit files, rendered for this checkout by `vidrop install-systemd`: systemd accepts them, and they are hardened."""
+"""The unit files rendered for this checkout by `vidrop install-systemd`: systemd accepts them; they are hardened."""
 
 import re
 import shutil

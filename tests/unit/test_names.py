@@ -124,7 +124,7 @@ def a_job(key: str, path: str, output: str) -> Job:
 PATHS = [f"{LATIN1}/{LATIN1}.png", f"{LATIN1}/plain.png", "back\\slash/a\\xe9.png", "plain.png"]
 
 
-def test_the_ledger_keeps_undecodable_and_backslashed_paths_exactly(open_ledger):
+def test_the_ledger_keeps_undecodable_and_backslashed_paths_exactly(open_ledger):  # noqa: F811 (the fixture above)
     ledger = open_ledger()
     for index, path in enumerate(PATHS):
         assert ledger.enqueue(a_job(f"k{index:0<19}", path, path.rsplit(".", 1)[0]))
