@@ -54,21 +54,37 @@ FULL = Sizes(
     # One generation of the demo model at this size takes about 0.7 s on an idle 2-core CPU and 2 s or more
     # while others share it, most of it denoising; fewer steps would make the fixed cost per job look larger
     # than it is next to a real model.
-    overhead_images=20, overhead_rounds=3,
+    overhead_images=20,
+    overhead_rounds=3,
     overhead_request={"width": 64, "height": 64, "num_frames": 17, "steps": 10, "fps": 8},
     # Shorter than the shipped 2 s and 5 s so that 2 × 50 drops fit in the run; the goals are relative to them.
-    pickup_drops=50, pickup_settle=0.5, pickup_poll=1.0,
-    scale_folders=1000, scale_pairs_per_folder=50, scale_idle_seconds=60,
-    encoding_sizes=[(512, 512, 16), (1024, 576, 25)], encoding_repeats=5,
-    memory_jobs=200, memory_first=10, memory_request={"width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8},
+    pickup_drops=50,
+    pickup_settle=0.5,
+    pickup_poll=1.0,
+    scale_folders=1000,
+    scale_pairs_per_folder=50,
+    scale_idle_seconds=60,
+    encoding_sizes=[(512, 512, 16), (1024, 576, 25)],
+    encoding_repeats=5,
+    memory_jobs=200,
+    memory_first=10,
+    memory_request={"width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8},
 )
 QUICK = Sizes(
-    overhead_images=2, overhead_rounds=1,
+    overhead_images=2,
+    overhead_rounds=1,
     overhead_request={"width": 32, "height": 32, "num_frames": 9, "steps": 1, "fps": 8},
-    pickup_drops=3, pickup_settle=0.2, pickup_poll=0.5,
-    scale_folders=3, scale_pairs_per_folder=4, scale_idle_seconds=1,
-    encoding_sizes=[(64, 64, 4)], encoding_repeats=1,
-    memory_jobs=4, memory_first=2, memory_request={"width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8},
+    pickup_drops=3,
+    pickup_settle=0.2,
+    pickup_poll=0.5,
+    scale_folders=3,
+    scale_pairs_per_folder=4,
+    scale_idle_seconds=1,
+    encoding_sizes=[(64, 64, 4)],
+    encoding_repeats=1,
+    memory_jobs=4,
+    memory_first=2,
+    memory_request={"width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8},
     scale_timeout=300.0,
 )
 
@@ -77,23 +93,52 @@ def run_benchmark(name: str, work: Path, model: Path, sizes: Sizes, quick: bool)
     """One benchmark by name: its figures and its details."""
     if name == "overhead":
         from bench import overhead
-        return overhead.run(work, model, images=sizes.overhead_images, rounds=sizes.overhead_rounds,
-                            request=sizes.overhead_request, timeout=sizes.timeout * 4)
+
+        return overhead.run(
+            work,
+            model,
+            images=sizes.overhead_images,
+            rounds=sizes.overhead_rounds,
+            request=sizes.overhead_request,
+            timeout=sizes.timeout * 4,
+        )
     if name == "pickup":
         from bench import pickup
-        return pickup.run(work, model, drops=sizes.pickup_drops, settle=sizes.pickup_settle,
-                          poll=sizes.pickup_poll, timeout=sizes.timeout)
+
+        return pickup.run(
+            work,
+            model,
+            drops=sizes.pickup_drops,
+            settle=sizes.pickup_settle,
+            poll=sizes.pickup_poll,
+            timeout=sizes.timeout,
+        )
     if name == "scale":
         from bench import scale
-        return scale.run(work, model, folders=sizes.scale_folders, pairs_per_folder=sizes.scale_pairs_per_folder,
-                         idle_seconds=sizes.scale_idle_seconds, timeout=sizes.scale_timeout)
+
+        return scale.run(
+            work,
+            model,
+            folders=sizes.scale_folders,
+            pairs_per_folder=sizes.scale_pairs_per_folder,
+            idle_seconds=sizes.scale_idle_seconds,
+            timeout=sizes.scale_timeout,
+        )
     if name == "encoding":
         from bench import encoding
+
         return encoding.run(work, sizes=sizes.encoding_sizes, repeats=sizes.encoding_repeats)
     if name == "memory":
         from bench import memory
-        return memory.run(work, model, jobs=sizes.memory_jobs, first=sizes.memory_first,
-                          request=sizes.memory_request, timeout=sizes.timeout)
+
+        return memory.run(
+            work,
+            model,
+            jobs=sizes.memory_jobs,
+            first=sizes.memory_first,
+            request=sizes.memory_request,
+            timeout=sizes.timeout,
+        )
     if name == "gpu":
         return run_gpu(work, model, quick)
     raise ValueError(f"unknown benchmark {name!r}")
@@ -109,16 +154,39 @@ def run_gpu(work: Path, model: Path, quick: bool) -> tuple[list[Figure], Any]:
     output = work / "gpu-results.json"
     argv = ["--output", str(output)]
     if problem:  # quick, on the CPU: the run-book's own path with the tiny model
-        argv = [str(model), "--device", "cpu", "--width", "32", "--height", "32", "--frames", "2", "--steps", "1",
-                "--repeats", "1", "--compile", "off", "--offline", *argv]
+        argv = [
+            str(model),
+            "--device",
+            "cpu",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--frames",
+            "2",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--compile",
+            "off",
+            "--offline",
+            *argv,
+        ]
     status = gpu.main(argv)
     if status != 0:
         raise RuntimeError(f"bench.gpu exited with {status}")
     document = json.loads(output.read_text())
-    figures = [Figure("gpu", f"{run['dtype']}, compile {'on' if run['compile'] else 'off'}: seconds per video",
-                      "s", [run["seconds_per_video"]["median"]],
-                      note=f"{run['videos_per_hour']} videos/h, peak {run['peak_memory_bytes'] / 2**30:.2f} GiB")
-               for run in document["runs"]]
+    figures = [
+        Figure(
+            "gpu",
+            f"{run['dtype']}, compile {'on' if run['compile'] else 'off'}: seconds per video",
+            "s",
+            [run["seconds_per_video"]["median"]],
+            note=f"{run['videos_per_hour']} videos/h, peak {run['peak_memory_bytes'] / 2**30:.2f} GiB",
+        )
+        for run in document["runs"]
+    ]
     return figures, document
 
 
@@ -128,8 +196,19 @@ def print_table(figures: list[dict[str, Any]], stream=sys.stdout) -> None:
     rows = []
     for figure in figures:
         met = {True: "yes", False: "NO", None: ""}[figure["met"]]
-        rows.append((figure["benchmark"], figure["name"], _number(figure["median"]), _number(figure["min"]),
-                     _number(figure["max"]), str(figure["n"]), figure["unit"], figure["goal"], met))
+        rows.append(
+            (
+                figure["benchmark"],
+                figure["name"],
+                _number(figure["median"]),
+                _number(figure["min"]),
+                _number(figure["max"]),
+                str(figure["n"]),
+                figure["unit"],
+                figure["goal"],
+                met,
+            )
+        )
     widths = [max(len(str(row[index])) for row in [headers, *rows]) for index in range(len(headers))]
     for row in [headers, tuple("-" * width for width in widths), *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip(), file=stream)
@@ -146,7 +225,9 @@ def markdown_table(figures: list[dict[str, Any]]) -> str:
         value = "-" if figure["median"] is None else f"{_number(figure['median'])} {figure['unit']}"
         spread = "-" if figure["min"] is None else f"{_number(figure['min'])} – {_number(figure['max'])}"
         name = figure["name"] + (f" ({figure['note']})" if figure["note"] else "")
-        lines.append(f"| {figure['benchmark']} | {name} | {value} | {spread} | {figure['n']} | {figure['goal']} | {met} |")
+        lines.append(
+            f"| {figure['benchmark']} | {name} | {value} | {spread} | {figure['n']} | {figure['goal']} | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -159,9 +240,14 @@ def _number(value: float | None) -> str:
 def _machine() -> dict[str, Any]:
     import torch
 
-    return {"cpus": os.cpu_count(), "load_average": [round(value, 2) for value in os.getloadavg()],
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,10 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--workdir", type=Path, help="where inputs and outputs go (default: a temporary folder)")
-    parser.add_argument("--scale-timeout", type=float, help="seconds a daemon gets to catch up with the big tree "
-                        f"(default {FULL.scale_timeout:g}, so that the whole run stays under 15 minutes)")
-    parser.add_argument("--markdown", type=Path, metavar="RESULTS",
-                        help="print the table of an earlier run's results.json in Markdown, and run nothing")
+    parser.add_argument(
+        "--scale-timeout",
+        type=float,
+        help="seconds a daemon gets to catch up with the big tree "
+        f"(default {FULL.scale_timeout:g}, so that the whole run stays under 15 minutes)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="RESULTS",
+        help="print the table of an earlier run's results.json in Markdown, and run nothing",
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_table(json.loads(args.markdown.read_text())["figures"]))
@@ -189,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         import diffusers
         import transformers
 
-        from pipeline.demo_model import write_demo_model
+        from vidrop.pipeline.demo_model import write_demo_model
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -205,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                 document["benchmarks"][name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
             document["figures"] += figures_to_dicts(figures)
-            document["benchmarks"][name] = {"seconds": round(time.monotonic() - benchmark_started, 1),
-                                            "details": details}
+            document["benchmarks"][name] = {
+                "seconds": round(time.monotonic() - benchmark_started, 1),
+                "details": details,
+            }
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     document["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
@@ -219,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: FAILED: {outcome['error']}")
         elif "skipped" in outcome.get("details", {}):
             print(f"  {name}: skipped: {outcome['details']['skipped']}")
-    print(f"total {document['total_seconds']:.0f} s; load average {document['machine']['load_average']} at start, "
-          f"{document['machine']['load_average_at_end']} at end; wrote {args.output}")
+    print(
+        f"total {document['total_seconds']:.0f} s; load average {document['machine']['load_average']} at start, "
+        f"{document['machine']['load_average_at_end']} at end; wrote {args.output}"
+    )
     return 1 if failed else 0
 
 

@@ -51,11 +51,13 @@ def cuda_problem(device: str) -> str | None:
     if not device.startswith("cuda"):
         return None
     if not torch.cuda.is_available():
-        return (f"bench/gpu.py times the model on a CUDA GPU, and torch {torch.__version__} sees none "
-                f"(torch.cuda.is_available() is False; CUDA build: {torch.version.cuda or 'no, a CPU-only build'}). "
-                "Run it on a machine with an NVIDIA GPU, its driver and a CUDA build of torch "
-                "(`make` installs one where nvidia-smi is present), or pass --device cpu to check the run-book "
-                "itself with a tiny model (`vidrop demo-model DIR`).")
+        return (
+            f"bench/gpu.py times the model on a CUDA GPU, and torch {torch.__version__} sees none "
+            f"(torch.cuda.is_available() is False; CUDA build: {torch.version.cuda or 'no, a CPU-only build'}). "
+            "Run it on a machine with an NVIDIA GPU, its driver and a CUDA build of torch "
+            "(`make` installs one where nvidia-smi is present), or pass --device cpu to check the run-book "
+            "itself with a tiny model (`vidrop demo-model DIR`)."
+        )
     return None
 
 
@@ -75,9 +77,9 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
     from PIL import Image
 
     from bench.encoding import moving_frames
-    from config.settings import LimitSettings, MemorySettings
-    from pipeline.generate import VideoGenerator
-    from pipeline.loader import load_model
+    from vidrop.config.settings import LimitSettings, MemorySettings
+    from vidrop.pipeline.generate import VideoGenerator
+    from vidrop.pipeline.loader import load_model
 
     loaded = load_model(args.model, family=args.family, device=args.device, dtype=dtype, offline=args.offline)
     pipe = loaded.pipe
@@ -88,8 +90,15 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
     # As loaded, nothing offloaded, never unloaded or restarted: the model's own speed and footprint.
     memory = MemorySettings(mode="as_is", idle_unload_seconds=0, drift_restart_gb=0)
     generator = VideoGenerator(loaded, fit="crop", limits=LimitSettings(), memory=memory)
-    params = generator.resolve({"prompt": "a slow camera push-in on a lighthouse at dusk", "width": args.width,
-                                "height": args.height, "num_frames": args.frames, "steps": args.steps})
+    params = generator.resolve(
+        {
+            "prompt": "a slow camera push-in on a lighthouse at dusk",
+            "width": args.width,
+            "height": args.height,
+            "num_frames": args.frames,
+            "steps": args.steps,
+        }
+    )
     image = Image.fromarray(moving_frames(1, args.height, args.width)[0])
     started = time.monotonic()
     generator.generate(image, params, seed=0)  # warm-up: kernels, caches, and the compilation when compiled
@@ -102,16 +111,29 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
         peaks.append(result.facts["peak_memory_bytes"])
     median = statistics.median(seconds)
     run = {
-        "dtype": dtype, "compile": compiled, "attention": attention, "family": loaded.family.name,
-        "load_seconds": round(loaded.load_seconds, 2), "warmup_seconds": round(warmup, 2),
-        "seconds_per_video": {"median": round(median, 3), "min": round(min(seconds), 3),
-                              "max": round(max(seconds), 3), "n": len(seconds)},
+        "dtype": dtype,
+        "compile": compiled,
+        "attention": attention,
+        "family": loaded.family.name,
+        "load_seconds": round(loaded.load_seconds, 2),
+        "warmup_seconds": round(warmup, 2),
+        "seconds_per_video": {
+            "median": round(median, 3),
+            "min": round(min(seconds), 3),
+            "max": round(max(seconds), 3),
+            "n": len(seconds),
+        },
         "videos_per_hour": round(3600 / median, 1),
         "peak_memory_bytes": max(peaks),
-        "peak_memory_is": "VRAM (torch.cuda.max_memory_allocated)" if args.device.startswith("cuda")
+        "peak_memory_is": "VRAM (torch.cuda.max_memory_allocated)"
+        if args.device.startswith("cuda")
         else "process peak RSS",
-        "request": {"width": params.width, "height": params.height, "num_frames": params.num_frames,
-                    "steps": params.steps},
+        "request": {
+            "width": params.width,
+            "height": params.height,
+            "num_frames": params.num_frames,
+            "steps": params.steps,
+        },
     }
     del generator, loaded, pipe
     if args.device.startswith("cuda"):
@@ -136,12 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         for compiled in compiles:
             run = time_configuration(args, dtype, compiled)
             runs.append(run)
-            print(f"{dtype:9} compile={'on ' if compiled else 'off'} {run['seconds_per_video']['median']:9.2f} s/video "
-                  f"{run['videos_per_hour']:8.1f} videos/h  peak {run['peak_memory_bytes'] / 2**30:6.2f} GiB  "
-                  f"({run['attention']})", flush=True)
-    document = {"model": args.model, "device": args.device, "device_name": device_name,
-                "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
-                "runs": runs}
+            print(
+                f"{dtype:9} compile={'on ' if compiled else 'off'} {run['seconds_per_video']['median']:9.2f} s/video "
+                f"{run['videos_per_hour']:8.1f} videos/h  peak {run['peak_memory_bytes'] / 2**30:6.2f} GiB  "
+                f"({run['attention']})",
+                flush=True,
+            )
+    document = {
+        "model": args.model,
+        "device": args.device,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "runs": runs,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.output}")

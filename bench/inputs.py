@@ -16,8 +16,9 @@ def image_bytes(index: int, size: tuple[int, int] = (64, 64)) -> bytes:
     """A small PNG that differs by index: a coloured disc on a coloured background."""
     image = Image.new("RGB", size, ((index * 37) % 256, (index * 91) % 256, 160))
     width, height = size
-    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4),
-                                  fill=(250, (index * 53) % 256, 40))
+    ImageDraw.Draw(image).ellipse(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(250, (index * 53) % 256, 40)
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -37,8 +38,9 @@ def drop(path: Path, data: bytes) -> float:
     return time.time()
 
 
-def write_pairs(folder: Path, count: int, request: dict[str, Any], *, size: tuple[int, int] = (64, 64),
-                first_index: int = 0) -> list[Path]:
+def write_pairs(
+    folder: Path, count: int, request: dict[str, Any], *, size: tuple[int, int] = (64, 64), first_index: int = 0
+) -> list[Path]:
     """count images with their sidecars (seed = index) in folder; the image paths."""
     folder.mkdir(parents=True, exist_ok=True)
     images = []

@@ -24,8 +24,9 @@ def idle_rss(daemon: DaemonProcess) -> float:
     return statistics.median(readings)
 
 
-def run(work: Path, model: Path, *, jobs: int, first: int, request: dict[str, Any],
-        timeout: float) -> tuple[list[Figure], dict[str, Any]]:
+def run(
+    work: Path, model: Path, *, jobs: int, first: int, request: dict[str, Any], timeout: float
+) -> tuple[list[Figure], dict[str, Any]]:
     """Drop jobs in batches of `first` into one daemon; RSS after each batch, so after `first` and after `jobs`."""
     env = vidrop_env(work, model, INTAKE__SETTLE_SECONDS="0", OMP_NUM_THREADS="1")
     curve: dict[int, float] = {}
@@ -57,9 +58,14 @@ def run(work: Path, model: Path, *, jobs: int, first: int, request: dict[str, An
     figures = [
         Figure("memory", f"RSS after {early} jobs", "MiB", [curve[early]], note=f"median of {SAMPLES} readings"),
         Figure("memory", f"RSS after {jobs} jobs", "MiB", [curve[jobs]], note=f"median of {SAMPLES} readings"),
-        Figure("memory", f"growth from job {early} to job {jobs}", "MiB", [growth], goal="no growth beyond noise",
-               met=growth <= max(1.0, noise),
-               note=f"largest batch-to-batch swing {noise:.1f} MiB; trend {slope:+.1f} MiB per 100 jobs"),
+        Figure(
+            "memory",
+            f"growth from job {early} to job {jobs}",
+            "MiB",
+            [growth],
+            goal="no growth beyond noise",
+            met=growth <= max(1.0, noise),
+            note=f"largest batch-to-batch swing {noise:.1f} MiB; trend {slope:+.1f} MiB per 100 jobs",
+        ),
     ]
-    return figures, {"curve_mib": {str(count): round(value, 2) for count, value in curve.items()},
-                     "request": request}
+    return figures, {"curve_mib": {str(count): round(value, 2) for count, value in curve.items()}, "request": request}

@@ -23,8 +23,13 @@ from bench.report import Figure, LedgerReader
 def run_plain(model: Path, images: Path, out: Path, timeout: float) -> tuple[float, dict[str, Any]]:
     """The plain script as a fresh process; its wall time and what it printed."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "bench.plain_loop", str(model), str(images), str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.plain_loop", str(model), str(images), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"the plain loop exited with {result.returncode}: {result.stderr[-3000:]}")
@@ -46,8 +51,9 @@ def run_vidrop(model: Path, images: Path, root: Path, timeout: float) -> tuple[f
     return elapsed, max(job.finished_at for job in jobs) - min(job.started_at for job in jobs)
 
 
-def run(work: Path, model: Path, *, images: int, rounds: int, request: dict[str, Any],
-        timeout: float) -> tuple[list[Figure], dict[str, Any]]:
+def run(
+    work: Path, model: Path, *, images: int, rounds: int, request: dict[str, Any], timeout: float
+) -> tuple[list[Figure], dict[str, Any]]:
     """Alternate the two for `rounds` rounds on `images` images; per-job times and their ratios."""
     sources = work / "images"
     write_pairs(sources, images, request, size=(request["width"], request["height"]))
@@ -72,14 +78,31 @@ def run(work: Path, model: Path, *, images: int, rounds: int, request: dict[str,
         shutil.rmtree(work / f"vidrop{index}")
     what = f"{images} images, {request['width']}×{request['height']}×{request['num_frames']}, {request['steps']} steps"
     figures = [
-        Figure("overhead", f"plain loop: wall time per job ({what})", "s", plain_job,
-               note="whole process: imports and model load included"),
+        Figure(
+            "overhead",
+            f"plain loop: wall time per job ({what})",
+            "s",
+            plain_job,
+            note="whole process: imports and model load included",
+        ),
         Figure("overhead", "vidrop once: wall time per job", "s", vidrop_job, note="the same"),
-        Figure("overhead", "ratio vidrop once / plain loop (whole process)", "×", ratios, goal="≤ 1.05",
-               met=statistics.median(ratios) <= 1.05),
+        Figure(
+            "overhead",
+            "ratio vidrop once / plain loop (whole process)",
+            "×",
+            ratios,
+            goal="≤ 1.05",
+            met=statistics.median(ratios) <= 1.05,
+        ),
         Figure("overhead", "plain loop: per job inside the loop", "s", plain_loop),
         Figure("overhead", "vidrop: per job, first job start to last job end", "s", vidrop_loop),
-        Figure("overhead", "ratio inside the loop, vidrop / plain", "×", loop_ratios, goal="≤ 1.05",
-               met=statistics.median(loop_ratios) <= 1.05),
+        Figure(
+            "overhead",
+            "ratio inside the loop, vidrop / plain",
+            "×",
+            loop_ratios,
+            goal="≤ 1.05",
+            met=statistics.median(loop_ratios) <= 1.05,
+        ),
     ]
     return figures, {"images": images, "rounds": rounds, "request": request}

@@ -35,9 +35,15 @@ def main(model: str, images: Path, out: Path) -> None:
         image = Image.open(path).convert("RGB")
         torch.manual_seed(request["seed"])
         video = pipe(
-            image=image, prompt=request["prompt"], negative_prompt=NEGATIVE_PROMPT, width=request["width"],
-            height=request["height"], num_frames=request["num_frames"], num_inference_steps=request["steps"],
-            guidance_scale=GUIDANCE_SCALE, frame_rate=request["fps"],
+            image=image,
+            prompt=request["prompt"],
+            negative_prompt=NEGATIVE_PROMPT,
+            width=request["width"],
+            height=request["height"],
+            num_frames=request["num_frames"],
+            num_inference_steps=request["steps"],
+            guidance_scale=GUIDANCE_SCALE,
+            frame_rate=request["fps"],
             generator=torch.Generator().manual_seed(request["seed"]),
         ).frames[0]
         export_to_video(video, str(out / f"{path.stem}.mp4"), fps=request["fps"])

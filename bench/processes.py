@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def vidrop_command(*args: str) -> list[str]:
     """`vidrop ARGS` with this interpreter, so the benchmark measures the checkout it runs from."""
-    return [sys.executable, "-m", "daemon.cli", *args]
+    return [sys.executable, "-m", "vidrop.daemon.cli", *args]
 
 
 def vidrop_env(root: Path, model: Path, **settings: str) -> dict[str, str]:
@@ -28,15 +28,17 @@ def vidrop_env(root: Path, model: Path, **settings: str) -> dict[str, str]:
     The harness passes settings the way an operator does: VIDROP_* variables (config/settings.py reads them).
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith("VIDROP_")}
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "VIDROP_INBOX": str(root / "inbox"),
-        "VIDROP_OUTBOX": str(root / "outbox"),
-        "VIDROP_STATE_DIR": str(root / "state"),
-        "VIDROP_PIPELINE__MODEL": str(model),
-        "VIDROP_PIPELINE__DEVICE": "cpu",
-        "VIDROP_LOG_FORMAT": "json",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "VIDROP_INBOX": str(root / "inbox"),
+            "VIDROP_OUTBOX": str(root / "outbox"),
+            "VIDROP_STATE_DIR": str(root / "state"),
+            "VIDROP_PIPELINE__MODEL": str(model),
+            "VIDROP_PIPELINE__DEVICE": "cpu",
+            "VIDROP_LOG_FORMAT": "json",
+        }
+    )
     env.update({f"VIDROP_{name.upper()}": value for name, value in settings.items()})
     return env
 
@@ -46,8 +48,14 @@ class DaemonProcess:
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(vidrop_command(*(args or ("run",))), env=env, cwd=REPO,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            vidrop_command(*(args or ("run",))),
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.info = psutil.Process(self.process.pid)
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.other_lines: list[str] = []
@@ -75,8 +83,11 @@ class DaemonProcess:
 
     def count(self, name: str, **fields: Any) -> int:
         """How many `name` events with these field values were logged so far."""
-        return sum(1 for _, event in list(self.events) if event.get("event") == name
-                   and all(event.get(key) == value for key, value in fields.items()))
+        return sum(
+            1
+            for _, event in list(self.events)
+            if event.get("event") == name and all(event.get(key) == value for key, value in fields.items())
+        )
 
     def rss_bytes(self) -> int:
         """Resident memory now."""
@@ -120,8 +131,7 @@ class DaemonProcess:
 def run_vidrop_once(env: dict[str, str], timeout: float) -> float:
     """Run `vidrop once` to completion; its wall time in seconds. RuntimeError if it fails."""
     started = time.monotonic()
-    result = subprocess.run(vidrop_command("once"), env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(vidrop_command("once"), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"vidrop once exited with {result.returncode}: {result.stderr[-3000:]}")

@@ -25,9 +25,16 @@ class Figure:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"benchmark": self.benchmark, "name": self.name, "unit": self.unit, **summary(self.values),
-                "values": [round(value, 4) for value in self.values], "goal": self.goal, "met": self.met,
-                "note": self.note}
+        return {
+            "benchmark": self.benchmark,
+            "name": self.name,
+            "unit": self.unit,
+            **summary(self.values),
+            "values": [round(value, 4) for value in self.values],
+            "goal": self.goal,
+            "met": self.met,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,14 @@ class LedgerReader:
 
     def job(self, relative_input: str) -> JobTimes | None:
         """The job of one input path, if the daemon admitted it."""
-        row = self._db.execute("SELECT input, state, created_at, started_at, finished_at FROM jobs WHERE input = ?",
-                               (relative_input,)).fetchone()
+        row = self._db.execute(
+            "SELECT input, state, created_at, started_at, finished_at FROM jobs WHERE input = ?", (relative_input,)
+        ).fetchone()
         return None if row is None else JobTimes(*row)
 
-    def wait_finished(self, relative_input: str, *, timeout: float,
-                      process: subprocess.Popen | None = None) -> JobTimes:
+    def wait_finished(
+        self, relative_input: str, *, timeout: float, process: subprocess.Popen | None = None
+    ) -> JobTimes:
         """Wait until the input's job is done or failed; TimeoutError, or RuntimeError if the daemon exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -22,13 +22,13 @@ import numpy as np
 from bench.inputs import image_bytes, sidecar_bytes
 from bench.processes import DaemonProcess, vidrop_env
 from bench.report import Figure, LedgerReader
-from daemon.clock import SystemClock
-from daemon.gallery.writer import GalleryWriter
-from daemon.intake.admit import job_key
-from daemon.intake.readiness import FileSnapshot
-from daemon.ledger.base import Job, JobState, TakenInput
-from daemon.ledger.sqlite import SqliteLedger
-from pipeline.encode import write_thumbnail, write_video
+from vidrop.daemon.clock import SystemClock
+from vidrop.daemon.gallery.writer import GalleryWriter
+from vidrop.daemon.intake.admit import job_key
+from vidrop.daemon.intake.readiness import FileSnapshot
+from vidrop.daemon.ledger.base import Job, JobState, TakenInput
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.pipeline.encode import write_thumbnail, write_video
 
 REQUEST = {"width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8}
 MIB = 1024 * 1024
@@ -65,13 +65,35 @@ def build_processed_tree(root: Path, *, folders: int, pairs_per_folder: int, rem
                 outputs[name] = str(output)
             relative = f"{relative_folder}/{stem}.png"
             key = job_key(relative, image_sha256, sidecar_sha256)
-            jobs.append(Job(id=key[:16], key=key, input=relative, sidecar=f"{relative_folder}/{stem}.json",
-                            input_sha256=image_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=1,
-                            state=JobState.DONE, created_at=now, started_at=now, finished_at=now, attempts=1,
-                            outputs=outputs, output=f"{relative_folder}/{stem}"))
+            jobs.append(
+                Job(
+                    id=key[:16],
+                    key=key,
+                    input=relative,
+                    sidecar=f"{relative_folder}/{stem}.json",
+                    input_sha256=image_sha256,
+                    sidecar_sha256=sidecar_sha256,
+                    params={},
+                    seed=1,
+                    state=JobState.DONE,
+                    created_at=now,
+                    started_at=now,
+                    finished_at=now,
+                    attempts=1,
+                    outputs=outputs,
+                    output=f"{relative_folder}/{stem}",
+                )
+            )
             lines.append(json.dumps({"job_id": key[:16], "input": relative, "state": "done"}) + "\n")
-            taken.append(TakenInput(relative, FileSnapshot.of(source / f"{stem}.png").stamp,
-                                    FileSnapshot.of(source / f"{stem}.json").stamp, key, now))
+            taken.append(
+                TakenInput(
+                    relative,
+                    FileSnapshot.of(source / f"{stem}.png").stamp,
+                    FileSnapshot.of(source / f"{stem}.json").stamp,
+                    key,
+                    now,
+                )
+            )
         (target / "jobs.jsonl").write_text("".join(lines))
     ledger = SqliteLedger(state / "ledger.sqlite3")
     try:
@@ -95,8 +117,9 @@ def _sample_outputs(folder: Path) -> dict[str, Path]:
     return {"video": folder / "sample.mp4", "thumbnail": folder / "sample.jpg", "manifest": folder / "sample.json"}
 
 
-def measure_daemon(root: Path, model: Path, *, watch: str, idle_seconds: float, timeout: float,
-                   probe: str) -> dict[str, float | None]:
+def measure_daemon(
+    root: Path, model: Path, *, watch: str, idle_seconds: float, timeout: float, probe: str
+) -> dict[str, float | None]:
     """Start `vidrop run` on root: time to ready and to a new file's job, then idle CPU, RSS and peak RSS.
 
     The probe is a new image with its sidecar among the old files, older than the settle window: its job
@@ -120,8 +143,9 @@ def measure_daemon(root: Path, model: Path, *, watch: str, idle_seconds: float, 
             figures["ready_event_seconds"] = daemon.wait_event("daemon_ready", timeout)
             reader = LedgerReader(root / "state" / "ledger.sqlite3")
             try:
-                job = reader.wait_finished(f"probe/{probe}.png", timeout=max(1.0, deadline - time.monotonic()),
-                                           process=daemon.process)
+                job = reader.wait_finished(
+                    f"probe/{probe}.png", timeout=max(1.0, deadline - time.monotonic()), process=daemon.process
+                )
             finally:
                 reader.close()
             figures["caught_up_seconds"] = job.started_at - spawned
@@ -141,19 +165,30 @@ def measure_daemon(root: Path, model: Path, *, watch: str, idle_seconds: float, 
     return figures
 
 
-def run(work: Path, model: Path, *, folders: int, pairs_per_folder: int, idle_seconds: float,
-        timeout: float) -> tuple[list[Figure], dict[str, Any]]:
+def run(
+    work: Path, model: Path, *, folders: int, pairs_per_folder: int, idle_seconds: float, timeout: float
+) -> tuple[list[Figure], dict[str, Any]]:
     """The scale benchmark: an empty inbox, then the processed tree with inotify and with polling."""
-    empty = measure_daemon(work / "empty", model, watch="events", idle_seconds=min(idle_seconds, 5),
-                           timeout=timeout, probe="empty")
+    empty = measure_daemon(
+        work / "empty", model, watch="events", idle_seconds=min(idle_seconds, 5), timeout=timeout, probe="empty"
+    )
     started = time.monotonic()
     files = build_processed_tree(work / "tree", folders=folders, pairs_per_folder=pairs_per_folder)
     build_seconds = time.monotonic() - started
-    tree = {mode: measure_daemon(work / "tree", model, watch=mode, idle_seconds=idle_seconds, timeout=timeout,
-                                 probe=mode) for mode in ("events", "polling")}
+    tree = {
+        mode: measure_daemon(work / "tree", model, watch=mode, idle_seconds=idle_seconds, timeout=timeout, probe=mode)
+        for mode in ("events", "polling")
+    }
     label = f"{files:,} files in {folders:,} folders"
-    figures = [Figure("scale", "empty inbox: start to first job started", "s", [empty["caught_up_seconds"]],
-                      note="model load included; the baseline for the lines below")]
+    figures = [
+        Figure(
+            "scale",
+            "empty inbox: start to first job started",
+            "s",
+            [empty["caught_up_seconds"]],
+            note="model load included; the baseline for the lines below",
+        )
+    ]
     for mode, name in (("events", "inotify"), ("polling", "polling")):
         measured = tree[mode]
         caught_up = measured["caught_up_seconds"]
@@ -161,32 +196,71 @@ def run(work: Path, model: Path, *, folders: int, pairs_per_folder: int, idle_se
         # taken off. Not caught up by the deadline: the figure is a lower bound.
         baseline = empty["caught_up_seconds"] or 0.0
         if caught_up is None:
-            ready = [Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [],
-                            note=f"not within {timeout:.0f} s: still going through the old files"),
-                     Figure("scale", f"{label}, {name}: what the tree adds to the start", "s",
-                            [timeout - baseline], goal="< 10 s", met=False,
-                            note=f"at least this: not caught up within {timeout:.0f} s")]
+            ready = [
+                Figure(
+                    "scale",
+                    f"{label}, {name}: start to a new file's job started",
+                    "s",
+                    [],
+                    note=f"not within {timeout:.0f} s: still going through the old files",
+                ),
+                Figure(
+                    "scale",
+                    f"{label}, {name}: what the tree adds to the start",
+                    "s",
+                    [timeout - baseline],
+                    goal="< 10 s",
+                    met=False,
+                    note=f"at least this: not caught up within {timeout:.0f} s",
+                ),
+            ]
         else:
-            ready = [Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [caught_up]),
-                     Figure("scale", f"{label}, {name}: what the tree adds to the start", "s",
-                            [caught_up - baseline], goal="< 10 s", met=caught_up - baseline < 10,
-                            note="start to a new file's job, minus the same on an empty inbox")]
+            ready = [
+                Figure("scale", f"{label}, {name}: start to a new file's job started", "s", [caught_up]),
+                Figure(
+                    "scale",
+                    f"{label}, {name}: what the tree adds to the start",
+                    "s",
+                    [caught_up - baseline],
+                    goal="< 10 s",
+                    met=caught_up - baseline < 10,
+                    note="start to a new file's job, minus the same on an empty inbox",
+                ),
+            ]
         figures += [
-            Figure("scale", f"{label}, {name}: start to daemon_ready", "s",
-                   [] if measured["ready_event_seconds"] is None else [measured["ready_event_seconds"]],
-                   note="" if measured["ready_event_seconds"] is not None else f"not within {timeout:.0f} s"),
+            Figure(
+                "scale",
+                f"{label}, {name}: start to daemon_ready",
+                "s",
+                [] if measured["ready_event_seconds"] is None else [measured["ready_event_seconds"]],
+                note="" if measured["ready_event_seconds"] is not None else f"not within {timeout:.0f} s",
+            ),
             *ready,
-            Figure("scale", f"{label}, {name}: idle CPU over {idle_seconds:.0f} s", "% of a core",
-                   [measured["idle_cpu_percent"]], goal="< 1 %" if mode == "events" else "< 5 %",
-                   met=measured["idle_cpu_percent"] < (1 if mode == "events" else 5),
-                   note="" if caught_up is not None else "not idle: still going through the old files"),
+            Figure(
+                "scale",
+                f"{label}, {name}: idle CPU over {idle_seconds:.0f} s",
+                "% of a core",
+                [measured["idle_cpu_percent"]],
+                goal="< 1 %" if mode == "events" else "< 5 %",
+                met=measured["idle_cpu_percent"] < (1 if mode == "events" else 5),
+                note="" if caught_up is not None else "not idle: still going through the old files",
+            ),
             Figure("scale", f"{label}, {name}: peak RSS", "MiB", [measured["peak_rss_mib"]]),
-            Figure("scale", f"{label}, {name}: SIGTERM to exit", "s", [measured["stop_seconds"]],
-                   note=f"killed: it did not stop within {STOP_TIMEOUT:g} s" if measured["stop_status"] == -9 else ""),
-            Figure("scale", f"{label}, {name}: RSS growth over the empty inbox", "MiB",
-                   [measured["rss_mib"] - empty["rss_mib"]], goal="< 100 MB",
-                   met=(measured["rss_mib"] - empty["rss_mib"]) * MIB < 100e6),
+            Figure(
+                "scale",
+                f"{label}, {name}: SIGTERM to exit",
+                "s",
+                [measured["stop_seconds"]],
+                note=f"killed: it did not stop within {STOP_TIMEOUT:g} s" if measured["stop_status"] == -9 else "",
+            ),
+            Figure(
+                "scale",
+                f"{label}, {name}: RSS growth over the empty inbox",
+                "MiB",
+                [measured["rss_mib"] - empty["rss_mib"]],
+                goal="< 100 MB",
+                met=(measured["rss_mib"] - empty["rss_mib"]) * MIB < 100e6,
+            ),
         ]
-    details = {"files": files, "folders": folders, "build_seconds": round(build_seconds, 1),
-               "empty": empty, **tree}
+    details = {"files": files, "folders": folders, "build_seconds": round(build_seconds, 1), "empty": empty, **tree}
     return figures, details

@@ -39,8 +39,9 @@ class GenerationFields(BaseModel):
     height: int | None = Field(None, ge=8, description="video height in pixels")
     format: VideoFormat | None = Field(None, description="video container")
     preset: Preset | None = Field(
-        None, description="the family's steps, frames, size and guidance for fast, standard or high quality; "
-        "fields set explicitly win"
+        None,
+        description="the family's steps, frames, size and guidance for fast, standard or high quality; "
+        "fields set explicitly win",
     )
 
 
@@ -52,12 +53,14 @@ class RequestFields(GenerationFields):
     """The fields one request (a sidecar, or one of its variants) may set: the generation fields, its seed
     and its model. Every field is optional; unset fields take the defaults."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True,
-                              alias_generator=AliasGenerator(validation_alias=_aliases))
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=AliasGenerator(validation_alias=_aliases)
+    )
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same video; absent: random")
     model: str | None = Field(
-        None, max_length=64, description="which of the models on offer makes it (`vidrop check` lists them); "
-        "absent: the default model"
+        None,
+        max_length=64,
+        description="which of the models on offer makes it (`vidrop check` lists them); absent: the default model",
     )
 
 

@@ -20,9 +20,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from config.errors import ConfigError
-from config.request import GenerationFields
-from config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRESETS, MemoryMode
+from vidrop.config.errors import ConfigError
+from vidrop.config.request import GenerationFields
+from vidrop.config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRESETS, MemoryMode
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "vidrop.toml"
 CONFIG_ENV_VAR = "VIDROP_CONFIG"
@@ -42,13 +42,20 @@ DEFAULT_MODEL_NAME = "default"
 class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
-    model: str = Field("Lightricks/LTX-Video", description="the model used when a request names none: a name "
-                                                           "from `models`, or a local directory or model id")
-    models: dict[str, str] = Field(default_factory=dict, description="the models a sidecar may pick with "
-                                                                     "\"model\": name → local directory or model id")
+    model: str = Field(
+        "Lightricks/LTX-Video",
+        description="the model used when a request names none: a name from `models`, or a local directory or model id",
+    )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description='the models a sidecar may pick with "model": name → local directory or model id',
+    )
     switch_after_seconds: float = Field(
-        300.0, ge=0, description="jobs for a model already loaded go first, unless a job for another model "
-                                 "(of the same priority) has waited this long")
+        300.0,
+        ge=0,
+        description="jobs for a model already loaded go first, unless a job for another model "
+        "(of the same priority) has waited this long",
+    )
     family: Literal[("auto", *FAMILY_NAMES)] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -87,8 +94,10 @@ class PipelineSettings(_Section):
         if self.model in self.models:
             return {self.model: self.models[self.model], **self.models}
         if DEFAULT_MODEL_NAME in self.models:
-            raise ValueError(f"pipeline.model is a folder or model id, so the name {DEFAULT_MODEL_NAME!r} is "
-                             "taken by it; give the entry in pipeline.models another name")
+            raise ValueError(
+                f"pipeline.model is a folder or model id, so the name {DEFAULT_MODEL_NAME!r} is "
+                "taken by it; give the entry in pipeline.models another name"
+            )
         return {DEFAULT_MODEL_NAME: self.model, **self.models}
 
 
@@ -111,8 +120,18 @@ class LimitSettings(_Section):
 
 DEFAULT_IGNORE = (
     ".*",  # rsync's .name.XXXXXX, .DS_Store, ._AppleDouble, .syncthing.*.tmp, .goutputstream-*, .~lock.*
-    "~syncthing~*", "*~", "~$*", "*.part", "*.crdownload", "*.tmp", "*.swp", "Thumbs.db", "desktop.ini",
-    "@eaDir", "$RECYCLE.BIN", "System Volume Information",
+    "~syncthing~*",
+    "*~",
+    "~$*",
+    "*.part",
+    "*.crdownload",
+    "*.tmp",
+    "*.swp",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "$RECYCLE.BIN",
+    "System Volume Information",
 )
 
 
@@ -120,21 +139,30 @@ class IntakeSettings(_Section):
     """How files in the inbox are noticed, judged complete and paired."""
 
     watch: Literal["auto", "events", "polling"] = Field(
-        "auto", description="auto: inotify events on local disks, polling on network mounts (NFS, SMB, FUSE)")
+        "auto", description="auto: inotify events on local disks, polling on network mounts (NFS, SMB, FUSE)"
+    )
     poll_seconds: float = Field(5.0, gt=0, description="how often the inbox is scanned when polling")
     reconcile_seconds: float = Field(30.0, gt=0, description="full reconcile scan interval, always on (jittered)")
     reconcile_cpu_share: float = Field(
-        0.005, gt=0, le=1, description="the most of one core the full reconcile may use: on a large inbox it runs "
-                                       "less often than reconcile_seconds (a 0.8 s scan: every 160 s)")
+        0.005,
+        gt=0,
+        le=1,
+        description="the most of one core the full reconcile may use: on a large inbox it runs "
+        "less often than reconcile_seconds (a 0.8 s scan: every 160 s)",
+    )
     settle_seconds: float = Field(2.0, ge=0, description="a file must stay unchanged this long (local disks)")
     network_settle_seconds: float = Field(
-        10.0, ge=0, description="the same on network mounts, where attributes are also re-read after open()")
+        10.0, ge=0, description="the same on network mounts, where attributes are also re-read after open()"
+    )
     decode_grace_seconds: float = Field(
-        60.0, ge=0, description="a file that does not decode or looks unfinished waits until seen unchanged this long")
+        60.0, ge=0, description="a file that does not decode or looks unfinished waits until seen unchanged this long"
+    )
     pairing_seconds: float = Field(30.0, ge=0, description="how long an image waits for its sidecar")
     tick_seconds: float = Field(0.5, gt=0, le=10, description="main loop tick")
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
-                              description="file and folder names never taken (shell patterns, case-insensitive)")
+    ignore: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE),
+        description="file and folder names never taken (shell patterns, case-insensitive)",
+    )
     on_success: Literal["keep", "move", "delete"] = "keep"
     on_failure: Literal["keep", "move"] = "keep"
     done_dir: Path = Field(Path("done"), description="where on_success = move puts inputs, mirroring the tree")
@@ -164,40 +192,59 @@ class HookSettings(_Section):
     def is_configured(self) -> bool:
         """Whether there is anything to call."""
         return bool(self.command or self.urls)
+
+
 class RecoverySettings(_Section):
     """Leases for a fleet of instances, and how long to wait for an outbox or a ledger that is unavailable."""
 
-    lease_seconds: float = Field(30.0, ge=1, description="a claimed job is another instance's after this "
-                                                         "long without a heartbeat")
-    outbox_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable "
-                                                               "outbox again; doubles each time")
+    lease_seconds: float = Field(
+        30.0, ge=1, description="a claimed job is another instance's after this long without a heartbeat"
+    )
+    outbox_retry_seconds: float = Field(
+        2.0, gt=0, description="first wait before trying an unavailable outbox again; doubles each time"
+    )
     outbox_retry_max_seconds: float = Field(120.0, gt=0, description="longest wait between two tries")
-    max_attempts: int = Field(3, ge=1, description="a job whose process died or lost its lease this many times "
-                                                   "is failed (set aside) instead of run again; `vidrop retry` "
-                                                   "queues it once more")
-    ledger_retry_seconds: float = Field(2.0, gt=0, description="first wait before trying an unavailable ledger "
-                                                               "(full disk, lock, database down) again; doubles")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="a job whose process died or lost its lease this many times "
+        "is failed (set aside) instead of run again; `vidrop retry` "
+        "queues it once more",
+    )
+    ledger_retry_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="first wait before trying an unavailable ledger (full disk, lock, database down) again; doubles",
+    )
     ledger_retry_max_seconds: float = Field(60.0, gt=0, description="longest wait between two tries of the ledger")
-    ledger_busy_seconds: float = Field(10.0, gt=0, description="how long one SQLite statement waits for another "
-                                                               "process's lock before the ledger counts as unavailable")
+    ledger_busy_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how long one SQLite statement waits for another "
+        "process's lock before the ledger counts as unavailable",
+    )
 
 
 class MemorySettings(_Section):
     """How vidrop shares the device: admission, waiting, recovery, idle unload, drift restarts."""
 
     mode: Literal[("auto", *(mode.value for mode in MemoryMode))] = Field(
-        "auto", description="auto picks the fastest mode that fits; a name forces that mode")
+        "auto", description="auto picks the fastest mode that fits; a name forces that mode"
+    )
     reserve_gb: float = Field(1.0, ge=0, description="free memory left for other programs")
     max_wait_seconds: float = Field(1800.0, ge=0, description="a job waiting for memory longer than this fails")
     wait_poll_seconds: float = Field(5.0, gt=0, description="first pause between memory checks while waiting")
     wait_poll_max_seconds: float = Field(60.0, gt=0, description="longest pause between memory checks")
     idle_unload_seconds: float = Field(600.0, ge=0, description="unload the model after this long idle; 0 = never")
     drift_restart_gb: float = Field(
-        2.0, ge=0, description="restart the worker when usage after a job grows by more than this; 0 = never")
+        2.0, ge=0, description="restart the worker when usage after a job grows by more than this; 0 = never"
+    )
     warmup_jobs: int = Field(3, ge=1, description="jobs before the usage baseline is taken")
     max_resident_models: int = Field(
-        0, ge=0, description="models kept loaded at once, the least recently used unloaded first; 0 = as many "
-                             "as memory allows")
+        0,
+        ge=0,
+        description="models kept loaded at once, the least recently used unloaded first; 0 = as many as memory allows",
+    )
     cuda_alloc_conf: str = Field("expandable_segments:True", description="PYTORCH_CUDA_ALLOC_CONF unless already set")
 
     @property
@@ -217,9 +264,12 @@ class GallerySettings(_Section):
 class OutputSettings(_Section):
     """How the videos are encoded."""
 
-    x264_preset: Literal[X264_PRESETS] = Field(DEFAULT_X264_PRESET, description="libx264 speed against file size "
-                                               "for MP4 (crf 18): veryfast is 2-2.5x faster than medium, files "
-                                               "8-15 % larger")
+    x264_preset: Literal[X264_PRESETS] = Field(
+        DEFAULT_X264_PRESET,
+        description="libx264 speed against file size "
+        "for MP4 (crf 18): veryfast is 2-2.5x faster than medium, files "
+        "8-15 % larger",
+    )
 
 
 class ServiceSettings(_Section):
@@ -357,8 +407,10 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                              f"offset {exc.start}); save it as UTF-8") from None
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                f"offset {exc.start}); save it as UTF-8"
+            ) from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc}") from None
 
@@ -387,10 +439,12 @@ def _with_derived_values(settings: Settings) -> Settings:
             "inbox": settings.inbox.expanduser().resolve(),
             "outbox": settings.outbox.expanduser().resolve(),
             "state_dir": settings.state_dir.expanduser().absolute(),
-            "intake": settings.intake.model_copy(update={
-                "done_dir": settings.intake.done_dir.expanduser().absolute(),
-                "failed_dir": settings.intake.failed_dir.expanduser().absolute(),
-            }),
+            "intake": settings.intake.model_copy(
+                update={
+                    "done_dir": settings.intake.done_dir.expanduser().absolute(),
+                    "failed_dir": settings.intake.failed_dir.expanduser().absolute(),
+                }
+            ),
             "pipeline": settings.pipeline.model_copy(update={"offline": offline}),
         }
     )
@@ -477,7 +531,11 @@ def reloaded(current: Settings, fresh: Settings) -> Reloaded:
     before, after = flat_settings(current), flat_settings(fresh)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
     live_sections = {prefix.rstrip(".") for prefix in LIVE_SETTINGS}
-    updated = current.model_copy(update={name: getattr(fresh, name) for name in live_sections
-                                         if name in type(current).model_fields})
-    return Reloaded(updated, [name for name in changed if is_live_setting(name)],
-                    [name for name in changed if not is_live_setting(name)])
+    updated = current.model_copy(
+        update={name: getattr(fresh, name) for name in live_sections if name in type(current).model_fields}
+    )
+    return Reloaded(
+        updated,
+        [name for name in changed if is_live_setting(name)],
+        [name for name in changed if not is_live_setting(name)],
+    )

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from config.errors import SidecarError
-from config.request import ALIASES, SEED_MAX, RequestFields
+from vidrop.config.errors import SidecarError
+from vidrop.config.request import ALIASES, SEED_MAX, RequestFields
 
 MAX_VARIANTS = 16
 # The smallest sidecar worth showing in a fix.
@@ -35,7 +35,8 @@ class Sidecar(RequestFields):
             "description": "Put NAME.json next to NAME.png in the inbox (or NAME.json alone for a text-to-video "
             "model). Unknown keys are refused. "
             "Aliases accepted: "
-            + ", ".join(f"{alias} for {name}" for name, aliases in ALIASES.items() for alias in aliases) + ". "
+            + ", ".join(f"{alias} for {name}" for name, aliases in ALIASES.items() for alias in aliases)
+            + ". "
             "A _defaults.json with the same fields applies to every image in its folder and below; "
             "{stem} and {folder} in a prompt become the image's name and its folder's name."
         },

@@ -8,14 +8,14 @@ from typing import Callable
 
 import structlog
 
-from config.settings import ConfigError, Settings, flat_settings, reloaded
-from daemon.intake.watch import STOP
-from daemon.ledger.base import Job, LedgerUnavailable
-from daemon.logs import set_level
-from daemon.outbox import OutboxUnavailable
-from daemon.runner import InboxUnavailable
-from daemon.stop import StopRequest
-from daemon.wiring import Services, Wiring
+from vidrop.config.settings import ConfigError, Settings, flat_settings, reloaded
+from vidrop.daemon.intake.watch import STOP
+from vidrop.daemon.ledger.base import Job, LedgerUnavailable
+from vidrop.daemon.logs import set_level
+from vidrop.daemon.outbox import OutboxUnavailable
+from vidrop.daemon.runner import InboxUnavailable
+from vidrop.daemon.stop import StopRequest
+from vidrop.daemon.wiring import Services, Wiring
 
 log = structlog.get_logger()
 
@@ -68,8 +68,9 @@ class Daemon:
         self.services.status.announce_stopping()
         counts = self.services.close()
         outcomes = self.services.recorder.outcomes
-        log.info("daemon_stopped", finished=outcomes["done"] + outcomes["failed"], failed=outcomes["failed"],
-                 counts=counts)
+        log.info(
+            "daemon_stopped", finished=outcomes["done"] + outcomes["failed"], failed=outcomes["failed"], counts=counts
+        )
         self.services.ledger.close()
 
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -106,11 +107,17 @@ class Daemon:
         self.settings = result.settings
         set_level(self.settings.log_level)
         self.services.apply(self.settings)
-        log.info("settings_reloaded", changed=result.changed,
-                 values={name: flat_settings(fresh).get(name) for name in result.changed})
+        log.info(
+            "settings_reloaded",
+            changed=result.changed,
+            values={name: flat_settings(fresh).get(name) for name in result.changed},
+        )
         if result.needs_restart:
-            log.warning("settings_need_restart", settings=result.needs_restart,
-                        fix="restart vidrop (systemctl restart vidrop) to apply them")
+            log.warning(
+                "settings_need_restart",
+                settings=result.needs_restart,
+                fix="restart vidrop (systemctl restart vidrop) to apply them",
+            )
         self.notifier.ready()
         self.services.status.idle()
 
@@ -162,8 +169,11 @@ class Daemon:
         if services is None or services.ledger_pause.is_paused:  # nothing to do; or all waits for the ledger
             return services is None
         try:
-            return (services.intake.is_idle() and services.ledger.queued_count() == 0
-                    and not services.outbox_pause.is_paused)
+            return (
+                services.intake.is_idle()
+                and services.ledger.queued_count() == 0
+                and not services.outbox_pause.is_paused
+            )
         except LedgerUnavailable as exc:
             services.status.ledger_paused(exc)
             return False

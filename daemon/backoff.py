@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.clock import Clock
+from vidrop.daemon.clock import Clock
 
 
 class Backoff:

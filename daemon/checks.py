@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from config.errors import VidropError
-from config.settings import LoadedSettings
+from vidrop.config.errors import VidropError
+from vidrop.config.settings import LoadedSettings
 
 
 def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> int:
@@ -48,13 +48,17 @@ def _check_folder(role: str, folder: Path, *, writable: bool) -> tuple[bool, str
 
 def _check_models(settings) -> list[tuple[bool, str]]:
     """One line per model on offer (the default first): found, and its family."""
-    from pipeline.loader import detect_family
+    from vidrop.pipeline.loader import detect_family
 
     pipeline = settings.pipeline
     offered = pipeline.offered_models()
     lines = []
     for name, model in offered.items():
-        label = "model" if len(offered) == 1 else f"model {name}{' (default)' if name == pipeline.default_model_name else ''}"
+        label = (
+            "model"
+            if len(offered) == 1
+            else f"model {name}{' (default)' if name == pipeline.default_model_name else ''}"
+        )
         try:
             family = detect_family(model, pipeline.family_of(name), offline=pipeline.offline)
         except VidropError as exc:
@@ -64,11 +68,10 @@ def _check_models(settings) -> list[tuple[bool, str]]:
     return lines
 
 
-
 def _check_device(requested: str) -> tuple[bool, str]:
     import torch
 
-    from pipeline.loader import resolve_device
+    from vidrop.pipeline.loader import resolve_device
 
     try:
         device = resolve_device(requested)
@@ -84,9 +87,9 @@ def _check_device(requested: str) -> tuple[bool, str]:
 
 def _check_memory(settings) -> list[tuple[bool, str]]:
     """Free memory on the device, and the estimate and mode for the default job size."""
-    from pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
-    from pipeline.loader import DTYPES, detect_family, resolve_device, resolve_dtype
-    from pipeline.memory import GB, probe_for
+    from vidrop.pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
+    from vidrop.pipeline.loader import DTYPES, detect_family, resolve_device, resolve_dtype
+    from vidrop.pipeline.memory import GB, probe_for
 
     try:
         device = resolve_device(settings.pipeline.device)
@@ -96,29 +99,57 @@ def _check_memory(settings) -> list[tuple[bool, str]]:
     except VidropError:
         return []  # the model and device lines already say why
     snapshot = probe_for(device).snapshot()
-    lines = [(True, f"memory: {device}, {snapshot.free_bytes / GB:.1f} GB free of {snapshot.total_bytes / GB:.1f} GB"
-                    f"{', held by: ' + snapshot.held_by() if snapshot.is_gpu else ''}")]
+    lines = [
+        (
+            True,
+            f"memory: {device}, {snapshot.free_bytes / GB:.1f} GB free of {snapshot.total_bytes / GB:.1f} GB"
+            f"{', held by: ' + snapshot.held_by() if snapshot.is_gpu else ''}",
+        )
+    ]
     folder = _model_folder(model)
     if folder is None:
         return [*lines, (True, "memory: no estimate: the model is not downloaded yet")]
     dtype = resolve_dtype(settings.pipeline.dtype, device, family)
-    estimator = MemoryEstimator(family, ModelFootprint.of_files(folder), offloads_weights=device.startswith("cuda"),
-                                dtype_bytes=DTYPES[dtype].itemsize)
+    estimator = MemoryEstimator(
+        family,
+        ModelFootprint.of_files(folder),
+        offloads_weights=device.startswith("cuda"),
+        dtype_bytes=DTYPES[dtype].itemsize,
+    )
     generation, defaults = settings.generation, family.defaults
-    size = family.fit(generation.width or defaults.width, generation.height or defaults.height,
-                      generation.num_frames or defaults.num_frames)
+    size = family.fit(
+        generation.width or defaults.width,
+        generation.height or defaults.height,
+        generation.num_frames or defaults.num_frames,
+    )
     reserve = int(settings.memory.reserve_gb * GB)
-    admission = choose_mode(estimator, snapshot, width=size.width, height=size.height, frames=size.num_frames,
-                            resident_now=0, reserve_bytes=reserve, forced=settings.memory.forced_mode)
+    admission = choose_mode(
+        estimator,
+        snapshot,
+        width=size.width,
+        height=size.height,
+        frames=size.num_frames,
+        resident_now=0,
+        reserve_bytes=reserve,
+        forced=settings.memory.forced_mode,
+    )
     job = f"default job {size.width}x{size.height}, {size.num_frames} frames ({family.name}, {dtype})"
     estimates = ", ".join(f"{mode} {need / GB:.1f} GB" for mode, need in admission.needs.items())
     if admission.fits:
-        return [*lines, (True, f"memory: {job}: needs about {admission.need_bytes / GB:.1f} GB, mode "
-                               f"{admission.mode.value} (reserve {settings.memory.reserve_gb:g} GB; {estimates})")]
+        return [
+            *lines,
+            (
+                True,
+                f"memory: {job}: needs about {admission.need_bytes / GB:.1f} GB, mode "
+                f"{admission.mode.value} (reserve {settings.memory.reserve_gb:g} GB; {estimates})",
+            ),
+        ]
     could_ever_fit = admission.waiting_for_bytes <= snapshot.total_bytes
     verdict = "jobs would wait until it frees" if could_ever_fit else "it can never fit on this device"
-    return [*lines, (could_ever_fit, f"memory: {job}: no mode fits now ({estimates}); {admission.waiting_text()}; "
-                                     f"{verdict}")]
+    return [
+        *lines,
+        (could_ever_fit, f"memory: {job}: no mode fits now ({estimates}); {admission.waiting_text()}; {verdict}"),
+    ]
 
 
 def _model_folder(model: str) -> Path | None:

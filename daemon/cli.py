@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from config.settings import Settings
-    from daemon.wiring import GeneratorFactory
-    from pipeline.generate import Generator
+    from vidrop.config.settings import Settings
+    from vidrop.daemon.wiring import GeneratorFactory
+    from vidrop.pipeline.generate import Generator
 
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
@@ -21,7 +21,7 @@ EX_TEMPFAIL = 75
 
 def production_generator(settings: Settings) -> Generator:
     """The models on offer, loaded through the production loader."""
-    from pipeline.model_set import open_models
+    from vidrop.pipeline.model_set import open_models
 
     return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
 
@@ -29,7 +29,7 @@ def production_generator(settings: Settings) -> Generator:
 def main(argv: list[str] | None = None, *, generator_factory: GeneratorFactory = production_generator) -> int:
     """Entry point of the `vidrop` console script. The daemon gets its generator from generator_factory:
     the composition root chooses (the test harness passes one that wraps the production generator)."""
-    from daemon.ledger.base import LedgerUnavailable
+    from vidrop.daemon.ledger.base import LedgerUnavailable
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -59,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     units = commands.add_parser("install-systemd", help="write vidrop.service and vidrop@.service for this install")
     units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"), help="where to write the units")
     units.add_argument("--user", help="the account the service runs as (default: root)")
-    units.add_argument("--watchdog-seconds", type=int, default=None,
-                       help="WatchdogSec=: how long a silent main loop may last (default 300)")
+    units.add_argument(
+        "--watchdog-seconds",
+        type=int,
+        default=None,
+        help="WatchdogSec=: how long a silent main loop may last (default 300)",
+    )
     units.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     units.set_defaults(handler=_install_systemd)
     status = commands.add_parser("status", help="the queue, each instance and its job, recent failures, throughput")
@@ -74,8 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     retry.set_defaults(handler=_retry)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
-    demo.add_argument("--family", choices=_DemoModels(), metavar="FAMILY", default="ltx",
-                      help="which tiny pipeline: %(choices)s (default %(default)s)")
+    demo.add_argument(
+        "--family",
+        choices=_DemoModels(),
+        metavar="FAMILY",
+        default="ltx",
+        help="which tiny pipeline: %(choices)s (default %(default)s)",
+    )
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser
@@ -85,7 +94,7 @@ class _DemoModels:
     """The names `vidrop demo-model` builds, read from its builders only when asked: they import torch."""
 
     def __iter__(self):
-        from pipeline.demo_model import BUILDERS
+        from vidrop.pipeline.demo_model import BUILDERS
 
         return iter(BUILDERS)
 
@@ -94,8 +103,8 @@ class _DemoModels:
 
 
 def _load(args):
-    from config.errors import ConfigError
-    from config.settings import load_settings
+    from vidrop.config.errors import ConfigError
+    from vidrop.config.settings import load_settings
 
     try:
         return load_settings(args.config)
@@ -109,17 +118,17 @@ def _serve(args, *, once: bool) -> int:
     settings = loaded.settings
     import faulthandler
 
-    from config.settings import apply_process_environment, load_settings, service_manager
-    from daemon.logs import configure_logging
+    from vidrop.config.settings import apply_process_environment, load_settings, service_manager
+    from vidrop.daemon.logs import configure_logging
 
     # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
     faulthandler.enable()
     configure_logging(settings.log_level, settings.log_format, manager=service_manager())
     apply_process_environment(settings)
-    from config.errors import ModelUnavailable
-    from daemon.app import Daemon
-    from daemon.systemd import SystemdNotifier
-    from daemon.wiring import Wiring
+    from vidrop.config.errors import ModelUnavailable
+    from vidrop.daemon.app import Daemon
+    from vidrop.daemon.systemd import SystemdNotifier
+    from vidrop.daemon.wiring import Wiring
 
     wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier())
     daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)
@@ -150,14 +159,14 @@ def _once(args) -> int:
 
 
 def _check(args) -> int:
-    from daemon.checks import run_checks
+    from vidrop.daemon.checks import run_checks
 
     loaded = _load(args)
     return run_checks(loaded)
 
 
 def _config(args) -> int:
-    from config.settings import flat_settings
+    from vidrop.config.settings import flat_settings
 
     loaded = _load(args)
     print(f"# config file: {loaded.config_file or '(none)'}")
@@ -167,26 +176,33 @@ def _config(args) -> int:
 
 
 def _schema(args) -> int:
-    from config.sidecar import sidecar_schema
+    from vidrop.config.sidecar import sidecar_schema
 
     print(json.dumps(sidecar_schema(), indent=2))
     return 0
 
 
 def _gallery(args) -> int:
-    from daemon.clock import SystemClock
-    from daemon.gallery.writer import INDEX, GalleryWriter
-    from daemon.ledger.sqlite import SqliteLedger
+    from vidrop.daemon.clock import SystemClock
+    from vidrop.daemon.gallery.writer import INDEX, GalleryWriter
+    from vidrop.daemon.ledger.sqlite import SqliteLedger
 
     settings = _load(args).settings
     if not settings.ledger_path.exists():
-        print(f"vidrop: no ledger at {settings.ledger_path}: nothing has been processed with these settings yet",
-              file=sys.stderr)
+        print(
+            f"vidrop: no ledger at {settings.ledger_path}: nothing has been processed with these settings yet",
+            file=sys.stderr,
+        )
         return EX_CONFIG
     ledger = SqliteLedger(settings.ledger_path)
     try:
-        writer = GalleryWriter(ledger=ledger, outbox=settings.outbox, clock=SystemClock(),
-                               page_size=settings.gallery.page_size, refresh_seconds=settings.gallery.refresh_seconds)
+        writer = GalleryWriter(
+            ledger=ledger,
+            outbox=settings.outbox,
+            clock=SystemClock(),
+            page_size=settings.gallery.page_size,
+            refresh_seconds=settings.gallery.refresh_seconds,
+        )
         folders = writer.rebuild()
     finally:
         ledger.close()
@@ -195,8 +211,14 @@ def _gallery(args) -> int:
 
 
 def _install_systemd(args) -> int:
-    from daemon.units import (DEFAULT_WATCHDOG_SECONDS, UnitError, UnitOptions, render_units, systemctl_lines,
-                              write_units)
+    from vidrop.daemon.units import (
+        DEFAULT_WATCHDOG_SECONDS,
+        UnitError,
+        UnitOptions,
+        render_units,
+        systemctl_lines,
+        write_units,
+    )
 
     loaded = _load(args)
     options = UnitOptions(user=args.user, watchdog_seconds=args.watchdog_seconds or DEFAULT_WATCHDOG_SECONDS)
@@ -210,11 +232,13 @@ def _install_systemd(args) -> int:
     print("now run:")
     for line in systemctl_lines(args.output):
         print(f"  {line}")
+
+
 def _status(args) -> int:
     import time
 
-    from daemon.ledger import open_ledger
-    from daemon.report import render_status
+    from vidrop.daemon.ledger import open_ledger
+    from vidrop.daemon.report import render_status
 
     settings = _load(args).settings
     ledger = open_ledger(settings.ledger_url, settings.state_dir)
@@ -227,8 +251,8 @@ def _status(args) -> int:
 
 
 def _retry(args) -> int:
-    from daemon.ledger import open_ledger
-    from daemon.report import describe_requeued, relative_inputs
+    from vidrop.daemon.ledger import open_ledger
+    from vidrop.daemon.report import describe_requeued, relative_inputs
 
     settings = _load(args).settings
     if not args.paths and not args.failed:
@@ -252,7 +276,7 @@ def _retry(args) -> int:
 
 
 def _demo_model(args) -> int:
-    from pipeline.demo_model import DEMO_NOTE, write_demo_model
+    from vidrop.pipeline.demo_model import DEMO_NOTE, write_demo_model
 
     path = write_demo_model(args.directory, args.family)
     print(f"wrote a tiny {args.family} pipeline to {path}")

@@ -14,9 +14,9 @@ from typing import Any
 
 import structlog
 
-from config.settings import HookSettings, child_environment
-from daemon.ledger.base import Job, JobState
-from daemon.names import json_text
+from vidrop.config.settings import HookSettings, child_environment
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.names import json_text
 
 log = structlog.get_logger()
 
@@ -90,11 +90,23 @@ class HookDispatcher:
                 self._send(delivery)
             except HookFailed as exc:
                 error = str(exc)
-                log.warning("hook_attempt_failed", hook=delivery.kind, target=delivery.target,
-                            job_id=delivery.job_id, attempt=attempt, error=error)
+                log.warning(
+                    "hook_attempt_failed",
+                    hook=delivery.kind,
+                    target=delivery.target,
+                    job_id=delivery.job_id,
+                    attempt=attempt,
+                    error=error,
+                )
             else:
-                log.info("hook_delivered", hook=delivery.kind, target=delivery.target, job_id=delivery.job_id,
-                         state=delivery.state, attempt=attempt)
+                log.info(
+                    "hook_delivered",
+                    hook=delivery.kind,
+                    target=delivery.target,
+                    job_id=delivery.job_id,
+                    state=delivery.state,
+                    attempt=attempt,
+                )
                 return
             if attempt < attempts and self._stop_now.wait(self.settings.backoff_seconds * 2 ** (attempt - 1)):
                 break
@@ -109,13 +121,27 @@ class HookDispatcher:
             _post(delivery.target, body, delivery.state, timeout)
 
     def _give_up(self, delivery: Delivery, *, attempts: int, error: str) -> None:
-        line = {"hook": delivery.kind, "target": delivery.target, "job_id": delivery.job_id,
-                "state": delivery.state, "attempts": attempts, "error": error, "payload": delivery.payload}
+        line = {
+            "hook": delivery.kind,
+            "target": delivery.target,
+            "job_id": delivery.job_id,
+            "state": delivery.state,
+            "attempts": attempts,
+            "error": error,
+            "payload": delivery.payload,
+        }
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         with open(self.dead_letter, "a", encoding="utf-8") as handle:
             handle.write(json_text(line) + "\n")
-        log.error("hook_dead_lettered", hook=delivery.kind, target=delivery.target, job_id=delivery.job_id,
-                  attempts=attempts, error=error, dead_letter=str(self.dead_letter))
+        log.error(
+            "hook_dead_lettered",
+            hook=delivery.kind,
+            target=delivery.target,
+            job_id=delivery.job_id,
+            attempts=attempts,
+            error=error,
+            dead_letter=str(self.dead_letter),
+        )
 
 
 def _describe(job: Job, state: JobState, details: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -124,8 +150,9 @@ def _describe(job: Job, state: JobState, details: dict[str, Any]) -> tuple[dict[
     if state is JobState.DONE:
         outputs = details.get("outputs", {})
         payload = _read_json(outputs.get("manifest")) or details.get("manifest", {})
-        environment.update({"VIDROP_JOB_VIDEO": outputs.get("video", ""),
-                            "VIDROP_JOB_MANIFEST": outputs.get("manifest", "")})
+        environment.update(
+            {"VIDROP_JOB_VIDEO": outputs.get("video", ""), "VIDROP_JOB_MANIFEST": outputs.get("manifest", "")}
+        )
     else:
         payload = dict(details.get("error", {}))
         payload["error_file"] = details.get("error_file")
@@ -144,8 +171,9 @@ def _read_json(path: str | None) -> dict[str, Any] | None:
 
 def _run_command(argv: list[str], body: bytes, environment: dict[str, str], timeout: float) -> None:
     try:
-        result = subprocess.run(argv, input=body, env=child_environment(environment), capture_output=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            argv, input=body, env=child_environment(environment), capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         raise HookFailed(f"no answer within {timeout} s") from None
     except OSError as exc:
@@ -156,8 +184,12 @@ def _run_command(argv: list[str], body: bytes, environment: dict[str, str], time
 
 
 def _post(url: str, body: bytes, state: str, timeout: float) -> None:
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "vidrop", "X-Vidrop-Event": f"job.{state}"})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "vidrop", "X-Vidrop-Event": f"job.{state}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()

@@ -15,11 +15,11 @@ from typing import Any, Iterator, Protocol
 
 import structlog
 
-from config.settings import Settings
-from daemon.intake.admit import sha256_of
-from daemon.intake.variants import VARIANT
-from daemon.ledger.base import Job, JobState
-from daemon.names import NAME_MAX, fit_stem, name_bytes
+from vidrop.config.settings import Settings
+from vidrop.daemon.intake.admit import sha256_of
+from vidrop.daemon.intake.variants import VARIANT
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.names import NAME_MAX, fit_stem, name_bytes
 
 log = structlog.get_logger()
 
@@ -39,8 +39,9 @@ class InputBytes:
 
     def belongs_to(self, job: Job) -> bool:
         """Whether these are the bytes the job (its manifest, its jobs.jsonl line) names."""
-        sidecar_matches = job.sidecar is None or job.sidecar == job.input or self.sidecar_sha256 in (
-            None, job.sidecar_sha256)  # a sidecar gone since is no new request: the job's params are stored
+        sidecar_matches = (
+            job.sidecar is None or job.sidecar == job.input or self.sidecar_sha256 in (None, job.sidecar_sha256)
+        )  # a sidecar gone since is no new request: the job's params are stored
         return self.sha256 == job.input_sha256 and sidecar_matches
 
 
@@ -74,7 +75,7 @@ class MovedInput:
         old_stem, name = PurePosixPath(job.input).stem, PurePosixPath(job.output).name
         new_stem = PurePosixPath(self.input).stem
         if name.startswith(old_stem):
-            name = new_stem + name[len(old_stem):]
+            name = new_stem + name[len(old_stem) :]
         return str(PurePosixPath(self.input).parent / name)
 
 
@@ -107,8 +108,12 @@ def find_moved_by_ledger(inbox: Path, job: Job, same_content: list[Job]) -> Move
     image and its sidecar there are still the same bytes: moved to any folder, not only a renamed one."""
     variant = job.params.get(VARIANT, "")
     for other in same_content:
-        if (other.id == job.id or other.created_at < job.created_at or other.params.get(VARIANT, "") != variant
-                or (other.input_sha256, other.sidecar_sha256) != (job.input_sha256, job.sidecar_sha256)):
+        if (
+            other.id == job.id
+            or other.created_at < job.created_at
+            or other.params.get(VARIANT, "") != variant
+            or (other.input_sha256, other.sidecar_sha256) != (job.input_sha256, job.sidecar_sha256)
+        ):
             continue
         found = read_input(inbox, other)
         if found.data is not None and found.belongs_to(other):
@@ -128,7 +133,7 @@ def _candidates(inbox: Path, old: PurePosixPath) -> Iterator[Path]:
     depth = len(parts) - 1
     while depth > 0 and not inbox.joinpath(*parts[:depth]).is_dir():
         depth -= 1
-    ancestor, tail = inbox.joinpath(*parts[:depth]), parts[depth + 1:]
+    ancestor, tail = inbox.joinpath(*parts[:depth]), parts[depth + 1 :]
     siblings = [p for p in _listing(ancestor) if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
     yield from (sibling.joinpath(*tail, old.name) for sibling in siblings[:MAX_CANDIDATES])
 
@@ -188,8 +193,11 @@ class InputDisposal:
             self._decide(job)
 
     def _decide(self, job: Job) -> None:
-        siblings = [other for other in self.ledger.jobs_for_input(job.input)
-                    if (other.input_sha256, other.sidecar_sha256) == (job.input_sha256, job.sidecar_sha256)]
+        siblings = [
+            other
+            for other in self.ledger.jobs_for_input(job.input)
+            if (other.input_sha256, other.sidecar_sha256) == (job.input_sha256, job.sidecar_sha256)
+        ]
         if not siblings or any(other.state not in ENDED for other in siblings):
             return  # the last of them decides
         if any(other.state is JobState.FAILED for other in siblings):
@@ -205,8 +213,13 @@ class InputDisposal:
         sources = [(relative, _inbox_path(self.inbox, relative), sha) for relative, sha in paths]
         for relative, source, sha in sources:
             if source.is_file() and _sha256_or_none(source) != sha:
-                log.info("input_kept", job_id=job.id, input=relative, action=action,
-                         reason="changed since it was taken; its new bytes are a job of their own")
+                log.info(
+                    "input_kept",
+                    job_id=job.id,
+                    input=relative,
+                    action=action,
+                    reason="changed since it was taken; its new bytes are a job of their own",
+                )
                 return
         for relative, source, _ in sources:
             if not source.is_file():
@@ -230,8 +243,11 @@ class InputDisposal:
     def _is_shared(self, job: Job) -> bool:
         """Whether another image still in the folder uses the same sidecar (a.png and a.jpg share a.json)."""
         image = _inbox_path(self.inbox, job.input)
-        return any(p.stem == image.stem and p != image for p in image.parent.glob(f"{glob.escape(image.stem)}.*")
-                   if p.suffix.lower() != ".json")
+        return any(
+            p.stem == image.stem and p != image
+            for p in image.parent.glob(f"{glob.escape(image.stem)}.*")
+            if p.suffix.lower() != ".json"
+        )
 
 
 def _sha256_or_none(path: Path) -> str | None:

@@ -6,15 +6,22 @@ import os
 import secrets
 import socket
 
-from daemon.ledger.base import Instance
+from vidrop.daemon.ledger.base import Instance
 
 
 def this_instance(device: str, now: float) -> Instance:
     """A fresh identity for this process; the token makes a restarted pid a new instance."""
     host = socket.gethostname()
     token = secrets.token_hex(4)
-    return Instance(id=f"{host}:{os.getpid()}:{token}", host=host, pid=os.getpid(), device=device,
-                    started_at=now, seen_at=now, status="starting")
+    return Instance(
+        id=f"{host}:{os.getpid()}:{token}",
+        host=host,
+        pid=os.getpid(),
+        device=device,
+        started_at=now,
+        seen_at=now,
+        status="starting",
+    )
 
 
 def instance_token(instance_id: str) -> str:

@@ -7,8 +7,8 @@ from typing import Callable
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.ledger.base import Ledger, LedgerUnavailable
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.ledger.base import Ledger, LedgerUnavailable
 
 log = structlog.get_logger()
 
@@ -22,8 +22,9 @@ class LeaseLost(Exception):
 class LeaseKeeper:
     """A timer thread renews the lease every lease/3 seconds; the step callback and the commit check it."""
 
-    def __init__(self, ledger: Ledger, *, instance_id: str, clock: Clock, lease_seconds: float,
-                 describe: Callable[[], str]) -> None:
+    def __init__(
+        self, ledger: Ledger, *, instance_id: str, clock: Clock, lease_seconds: float, describe: Callable[[], str]
+    ) -> None:
         self.ledger = ledger
         self.instance_id = instance_id
         self.clock = clock

@@ -6,9 +6,9 @@ from typing import Callable, TypeVar
 
 import structlog
 
-from daemon.backoff import Backoff
-from daemon.clock import Clock
-from daemon.ledger.base import LedgerUnavailable
+from vidrop.daemon.backoff import Backoff
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.ledger.base import LedgerUnavailable
 
 log = structlog.get_logger()
 
@@ -41,8 +41,14 @@ class LedgerPause:
         """Pause (or stay paused, waiting longer); return the seconds until the next try."""
         wait = self.backoff.failed(is_first=self.reason is None)
         self.reason = reason
-        log.warning("ledger_unavailable", reason=reason.reason, detail=reason.detail, fix=reason.fix,
-                    retry_in_seconds=round(wait, 1), paused_seconds=round(self.backoff.seconds_since_start(), 1))
+        log.warning(
+            "ledger_unavailable",
+            reason=reason.reason,
+            detail=reason.detail,
+            fix=reason.fix,
+            retry_in_seconds=round(wait, 1),
+            paused_seconds=round(self.backoff.seconds_since_start(), 1),
+        )
         return wait
 
     def seconds_to_next_try(self) -> float:
@@ -73,12 +79,21 @@ class LedgerPause:
     def describe(self) -> str:
         if self.reason is None:
             return "ledger available"
-        return (f"ledger unavailable: {self.reason.reason} ({self.reason.detail}); "
-                f"next try in {self.seconds_to_next_try():.0f} s")
+        return (
+            f"ledger unavailable: {self.reason.reason} ({self.reason.detail}); "
+            f"next try in {self.seconds_to_next_try():.0f} s"
+        )
 
 
-def wait_out(step: Callable[[], T], *, clock: Clock, first_wait: float, longest_wait: float,
-             wait: Callable[[float], bool], say: Callable[[str], None]) -> T | None:
+def wait_out(
+    step: Callable[[], T],
+    *,
+    clock: Clock,
+    first_wait: float,
+    longest_wait: float,
+    wait: Callable[[float], bool],
+    say: Callable[[str], None],
+) -> T | None:
     """Run a ledger step, trying again with back-off while the ledger is unavailable (at start: a database
     still starting, a full state disk); say why while waiting. None if wait says to stop (it returns True)."""
     result: list[T] = []

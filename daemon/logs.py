@@ -11,8 +11,8 @@ from typing import Any, Callable, Literal, TextIO
 
 import structlog
 
-from config.settings import ServiceManager
-from daemon.names import printable
+from vidrop.config.settings import ServiceManager
+from vidrop.daemon.names import printable
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # syslog priorities, as journald wants them in PRIORITY (journalctl -p err = 3 and below).
@@ -23,9 +23,13 @@ SYSLOG_IDENTIFIER = "vidrop"
 JournalSend = Callable[..., None]
 
 
-def configure_logging(level: str = "info", fmt: Literal["auto", "json", "console", "journal"] = "auto",
-                      stream: TextIO | None = None, manager: ServiceManager | None = None,
-                      journal_send: JournalSend | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    fmt: Literal["auto", "json", "console", "journal"] = "auto",
+    stream: TextIO | None = None,
+    manager: ServiceManager | None = None,
+    journal_send: JournalSend | None = None,
+) -> None:
     """Configure structlog once at start: contextvars → level → exc_info → ISO UTC time → renderer or journald."""
     stream = stream or sys.stderr
     if fmt == "journal" or (fmt == "auto" and manager is not None and is_stderr_journal(manager, stream)):
@@ -119,8 +123,13 @@ def journal_fields(event_dict: dict[str, Any]) -> dict[str, str]:
     if exception:
         message = f"{message}\n{exception}"
         fields["EXCEPTION"] = str(exception)
-    fields.update(MESSAGE=message, EVENT=name, PRIORITY=str(PRIORITIES.get(level, 6)),
-                  LEVEL=level, SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+    fields.update(
+        MESSAGE=message,
+        EVENT=name,
+        PRIORITY=str(PRIORITIES.get(level, 6)),
+        LEVEL=level,
+        SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
+    )
     return fields
 
 
@@ -140,8 +149,14 @@ class JournalLogger:
         self._send = send
         self._fallback = fallback
         if send is None:
-            self._write_json({"event": "journal_unreachable", "level": "warning", "socket": JOURNAL_SOCKET,
-                              "error": "journald does not listen; logging to stderr"})
+            self._write_json(
+                {
+                    "event": "journal_unreachable",
+                    "level": "warning",
+                    "socket": JOURNAL_SOCKET,
+                    "error": "journald does not listen; logging to stderr",
+                }
+            )
 
     @property
     def is_sending_to_journal(self) -> bool:

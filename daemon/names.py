@@ -144,7 +144,7 @@ def ledger_text(text: str) -> str:
     parts = []
     for index, char in enumerate(text):
         if "\udc80" <= char <= "\udcff":
-            parts.append(f"\\x{ord(char) - 0xdc00:02x}")
+            parts.append(f"\\x{ord(char) - 0xDC00:02x}")
         elif char == "\\" and _AMBIGUOUS_AFTER_BACKSLASH.match(text, index + 1):
             parts.append("\\\\")
         else:
@@ -156,5 +156,4 @@ def from_ledger_text(text: str) -> str:
     """The path `ledger_text` stored."""
     if "\\" not in text:
         return text
-    return _LEDGER_ESCAPE.sub(lambda match: "\\" if match[1] == "\\" else chr(0xdc00 + int(match[1][1:], 16)),
-                              text)
+    return _LEDGER_ESCAPE.sub(lambda match: "\\" if match[1] == "\\" else chr(0xDC00 + int(match[1][1:], 16)), text)

@@ -13,13 +13,19 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
-from daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
-from pipeline.encode import (DEFAULT_X264_PRESET, check_thumbnail, check_video, start_video, write_preview,
-                             write_thumbnail)
-from config.errors import TRY_AGAIN_FIX, GenerationError, VidropError
-from config.request import VIDEO_FORMATS
-from pipeline.generate import GenerationResult, JobParams
-from pipeline.images import IMAGE_SUFFIXES
+from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, VidropError
+from vidrop.config.request import VIDEO_FORMATS
+from vidrop.daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
+from vidrop.pipeline.encode import (
+    DEFAULT_X264_PRESET,
+    check_thumbnail,
+    check_video,
+    start_video,
+    write_preview,
+    write_thumbnail,
+)
+from vidrop.pipeline.generate import GenerationResult, JobParams
+from vidrop.pipeline.images import IMAGE_SUFFIXES
 
 TEMP_PREFIX = ".vidrop-tmp-"
 JOBS_LOG = "jobs.jsonl"
@@ -36,8 +42,18 @@ STEM_MAX_BYTES = NAME_MAX - len(TEMP_PREFIX) - 2 * (_TOKEN_CHARS + 1) - len(PREV
 OUTPUT_LIKE_ENDINGS = (".error", ".preview")
 OUTPUT_LIKE_STEMS = (GALLERY_STATUS.removesuffix(".json"),)
 # Errors that say the outbox's disk or share is full or gone, not that the job is bad: wait, then go on.
-UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.EIO, errno.EACCES, errno.EPERM,
-                      errno.ESTALE, errno.EROFS, errno.ENOTCONN, errno.EHOSTDOWN}
+UNAVAILABLE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOENT,
+    errno.EIO,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ESTALE,
+    errno.EROFS,
+    errno.ENOTCONN,
+    errno.EHOSTDOWN,
+}
 # Below this much free space a failed write is taken for a full disk, whatever the encoder said.
 MIN_FREE_BYTES = 1 << 20
 
@@ -47,10 +63,14 @@ class OutboxUnavailable(VidropError):
 
     def __init__(self, code: int, path: Path, detail: str = "") -> None:
         name = errno.errorcode.get(code, str(code))
-        reason = ("The outbox is full." if code in (errno.ENOSPC, errno.EDQUOT)
-                  else f"The outbox cannot be written ({name}).")
-        super().__init__(reason, detail=detail or f"{path}: {os.strerror(code)}",
-                         fix="Free space on the outbox's disk, or mount the share again; vidrop goes on by itself.")
+        reason = (
+            "The outbox is full." if code in (errno.ENOSPC, errno.EDQUOT) else f"The outbox cannot be written ({name})."
+        )
+        super().__init__(
+            reason,
+            detail=detail or f"{path}: {os.strerror(code)}",
+            fix="Free space on the outbox's disk, or mount the share again; vidrop goes on by itself.",
+        )
         self.code = code
         self.errno_name = name
         self.path = path
@@ -95,8 +115,15 @@ class OutputNames:
     @property
     def file_names(self) -> frozenset[str]:
         """Every name these outputs may have in their folder (any video format)."""
-        return frozenset({*(self.video(fmt).name for fmt in VIDEO_FORMATS), self.thumbnail.name, self.preview.name,
-                          self.manifest.name, self.error.name})
+        return frozenset(
+            {
+                *(self.video(fmt).name for fmt in VIDEO_FORMATS),
+                self.thumbnail.name,
+                self.preview.name,
+                self.manifest.name,
+                self.error.name,
+            }
+        )
 
 
 def is_output_like(stem: str) -> bool:
@@ -130,8 +157,9 @@ class Outbox:
             raise ValueError(f"output {output!r} is not inside the outbox")
         return OutputNames(folder=self.root.joinpath(*relative.parent.parts), stem=relative.name)
 
-    def copy_results(self, *, source: dict[str, str], names: OutputNames, fmt: str,
-                     manifest: dict[str, Any]) -> dict[str, str] | None:
+    def copy_results(
+        self, *, source: dict[str, str], names: OutputNames, fmt: str, manifest: dict[str, Any]
+    ) -> dict[str, str] | None:
         """Copy another job's video and thumbnail under these names, with this manifest; None if they are gone."""
         video, thumbnail = Path(source.get("video", "")), Path(source.get("thumbnail", ""))
         if not (video.is_file() and thumbnail.is_file()):
@@ -200,8 +228,9 @@ class Outbox:
         if free < MIN_FREE_BYTES:
             raise OutboxUnavailable(errno.ENOSPC, self.root, f"{free} bytes free; {type(exc).__name__}: {exc}") from exc
 
-    def find_committed(self, names: OutputNames, job_id: str,
-                       request: dict[str, Any] | None = None) -> dict[str, str] | None:
+    def find_committed(
+        self, names: OutputNames, job_id: str, request: dict[str, Any] | None = None
+    ) -> dict[str, str] | None:
         """The outputs an earlier run of this job already renamed into place, if they are all there and sound.
 
         With request (the `input` block, `parameters` and `seed_was_random` its manifest would have), only
@@ -244,8 +273,9 @@ class Outbox:
 
     def remove_stale_temporaries(self, *, live_owners: set[str] = frozenset()) -> list[Path]:
         """Delete temporary files left by writers that are gone (not ours, not a live owner's)."""
-        return self._remove_temporaries(self.root, lambda owner, final: owner not in live_owners | {self.owner},
-                                        recursive=True)
+        return self._remove_temporaries(
+            self.root, lambda owner, final: owner not in live_owners | {self.owner}, recursive=True
+        )
 
     def remove_job_temporaries(self, names: OutputNames) -> list[Path]:
         """Delete any writer's temporary files for these outputs: whoever wrote them lost the job's lease."""
@@ -260,7 +290,7 @@ class Outbox:
             for name in files:
                 if not name.startswith(TEMP_PREFIX):
                     continue
-                owner, _random, final = (name[len(TEMP_PREFIX):].split("-", 2) + ["", ""])[:3]
+                owner, _random, final = (name[len(TEMP_PREFIX) :].split("-", 2) + ["", ""])[:3]
                 if is_stale(owner, final):
                     path = Path(folder) / name
                     path.unlink(missing_ok=True)
@@ -269,8 +299,15 @@ class Outbox:
                 break
         return removed
 
-    def commit_success(self, *, names: OutputNames, result: GenerationResult, params: JobParams,
-                       manifest: dict[str, Any], before_rename: Callable[[], None] | None = None) -> dict[str, str]:
+    def commit_success(
+        self,
+        *,
+        names: OutputNames,
+        result: GenerationResult,
+        params: JobParams,
+        manifest: dict[str, Any],
+        before_rename: Callable[[], None] | None = None,
+    ) -> dict[str, str]:
         """Write video, thumbnail and manifest under temporary names, check them, rename them into place.
 
         before_rename runs once all is written and checked, right before the first rename; whatever it raises
@@ -278,24 +315,45 @@ class Outbox:
         """
         video = names.video(params.format)
         video_tmp, thumb_tmp, preview_tmp, manifest_tmp = (
-            self._temporary(names.folder, path.name) for path in (video, names.thumbnail, names.preview, names.manifest))
+            self._temporary(names.folder, path.name) for path in (video, names.thumbnail, names.preview, names.manifest)
+        )
         try:
             with self._writing():
-                outputs = self._write_outputs(names, result, params, manifest, video, video_tmp, thumb_tmp,
-                                              preview_tmp, manifest_tmp, before_rename)
+                outputs = self._write_outputs(
+                    names,
+                    result,
+                    params,
+                    manifest,
+                    video,
+                    video_tmp,
+                    thumb_tmp,
+                    preview_tmp,
+                    manifest_tmp,
+                    before_rename,
+                )
         finally:
             for path in (video_tmp, thumb_tmp, preview_tmp, manifest_tmp):
                 path.unlink(missing_ok=True)
         return outputs
 
-    def _write_outputs(self, names: OutputNames, result: GenerationResult, params: JobParams,
-                       manifest: dict[str, Any], video: Path, video_tmp: Path, thumb_tmp: Path,
-                       preview_tmp: Path, manifest_tmp: Path,
-                       before_rename: Callable[[], None] | None) -> dict[str, str]:
+    def _write_outputs(
+        self,
+        names: OutputNames,
+        result: GenerationResult,
+        params: JobParams,
+        manifest: dict[str, Any],
+        video: Path,
+        video_tmp: Path,
+        thumb_tmp: Path,
+        preview_tmp: Path,
+        manifest_tmp: Path,
+        before_rename: Callable[[], None] | None,
+    ) -> dict[str, str]:
         names.folder.mkdir(parents=True, exist_ok=True)
         # The thumbnail and the preview are made from the frames in memory while ffmpeg encodes the video.
-        encoding = start_video(result.frames, video_tmp, fps=params.fps, fmt=params.format,
-                               x264_preset=self.x264_preset)
+        encoding = start_video(
+            result.frames, video_tmp, fps=params.fps, fmt=params.format, x264_preset=self.x264_preset
+        )
         try:
             write_thumbnail(result.frames, thumb_tmp)
             check_thumbnail(thumb_tmp)
@@ -307,14 +365,28 @@ class Outbox:
         encoding.finish()
         written = check_video(video_tmp, fmt=params.format)
         if written.frames != result.frames.shape[0]:
-            raise GenerationError("The video file is missing frames.",
-                                  detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
-                                  fix=TRY_AGAIN_FIX)
-        outputs = {"video": video.name, "thumbnail": names.thumbnail.name, "preview": names.preview.name,
-                   "manifest": names.manifest.name}
-        manifest = {**manifest, "outputs": outputs,
-                    "video": {"frames": written.frames, "width": written.width, "height": written.height,
-                              "fps": params.fps, "format": params.format}}
+            raise GenerationError(
+                "The video file is missing frames.",
+                detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
+                fix=TRY_AGAIN_FIX,
+            )
+        outputs = {
+            "video": video.name,
+            "thumbnail": names.thumbnail.name,
+            "preview": names.preview.name,
+            "manifest": names.manifest.name,
+        }
+        manifest = {
+            **manifest,
+            "outputs": outputs,
+            "video": {
+                "frames": written.frames,
+                "width": written.width,
+                "height": written.height,
+                "fps": params.fps,
+                "format": params.format,
+            },
+        }
         _write_json(manifest_tmp, manifest)
         _fsync_path(video_tmp)
         _fsync_path(thumb_tmp)
@@ -394,8 +466,6 @@ def _temporary(folder: Path, final_name: str, owner: str = "page") -> Path:
 def iso_time(timestamp: float) -> str:
     """A UTC ISO-8601 timestamp."""
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

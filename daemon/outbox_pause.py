@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from daemon.backoff import Backoff
-from daemon.clock import Clock
-from daemon.outbox import Outbox, OutboxUnavailable
+from vidrop.daemon.backoff import Backoff
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.outbox import Outbox, OutboxUnavailable
 
 
 class OutboxPause:

@@ -16,14 +16,14 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.intake.variants import VARIANT
-from daemon.lease import LeaseLost
-from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
-from daemon.ledger_pause import LedgerPause
-from daemon.outbox import Outbox, OutboxUnavailable, OutputNames, iso_time
-from config.errors import InputError, VidropError
-from pipeline.generate import GenerationResult, JobParams
+from vidrop.config.errors import InputError, VidropError
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.intake.variants import VARIANT
+from vidrop.daemon.lease import LeaseLost
+from vidrop.daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
+from vidrop.daemon.ledger_pause import LedgerPause
+from vidrop.daemon.outbox import Outbox, OutboxUnavailable, OutputNames, iso_time
+from vidrop.pipeline.generate import GenerationResult, JobParams
 
 log = structlog.get_logger()
 
@@ -32,8 +32,19 @@ Waiter = Callable[[float], bool]
 T = TypeVar("T")
 # How each job_finished came about (its `how` field).
 GENERATED, DUPLICATE, RECONCILED, REFUSED, FAILED = "generated", "duplicate", "reconciled", "refused", "failed"
-_GENERATION_FACTS = ("generate_ms", "encode_ms", "frames", "peak_memory_bytes", "memory_mode", "estimated_bytes",
-                     "measured_bytes", "recovery_steps", "allocated_bytes", "reserved_bytes", "rss_bytes")
+_GENERATION_FACTS = (
+    "generate_ms",
+    "encode_ms",
+    "frames",
+    "peak_memory_bytes",
+    "memory_mode",
+    "estimated_bytes",
+    "measured_bytes",
+    "recovery_steps",
+    "allocated_bytes",
+    "reserved_bytes",
+    "rss_bytes",
+)
 
 
 class JobListener(Protocol):
@@ -57,10 +68,20 @@ class LeaseGuard(Protocol):
 class Recorder:
     """Writes every job's outcome, and tells the listeners about every change of a job's state."""
 
-    def __init__(self, *, ledger: Ledger, outbox: Outbox, clock: Clock, owner: str | None = None,
-                 listeners: Sequence[JobListener] = (), lease: LeaseGuard | None = None, lease_seconds: float = 30.0,
-                 ledger_pause: LedgerPause | None = None, wait: Waiter | None = None,
-                 on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        outbox: Outbox,
+        clock: Clock,
+        owner: str | None = None,
+        listeners: Sequence[JobListener] = (),
+        lease: LeaseGuard | None = None,
+        lease_seconds: float = 30.0,
+        ledger_pause: LedgerPause | None = None,
+        wait: Waiter | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.clock = clock
@@ -96,8 +117,16 @@ class Recorder:
 
     def queued(self, job: Job) -> None:
         """A job was stored in the ledger as queued."""
-        log.info("job_queued", job_id=job.id, input=job.input, sidecar=job.sidecar, seed=job.seed,
-                 priority=job.priority, output=job.output, stage="intake")
+        log.info(
+            "job_queued",
+            job_id=job.id,
+            input=job.input,
+            sidecar=job.sidecar,
+            seed=job.seed,
+            priority=job.priority,
+            output=job.output,
+            stage="intake",
+        )
         self.notify(job, JobState.QUEUED)
 
     def started(self, job: Job) -> None:
@@ -113,8 +142,13 @@ class Recorder:
         names = self.names(job)
         self._confirm_lease(job)
         try:
-            outputs = self.outbox.commit_success(names=names, result=result, params=params, manifest=manifest,
-                                                 before_rename=lambda: self._confirm_lease(job))
+            outputs = self.outbox.commit_success(
+                names=names,
+                result=result,
+                params=params,
+                manifest=manifest,
+                before_rename=lambda: self._confirm_lease(job),
+            )
         except OutboxUnavailable:
             # An instance that took the job over removes the temporaries of the one it took it from:
             # a stalled holder then finds its files gone, which is a lost lease, not a missing outbox.
@@ -122,15 +156,24 @@ class Recorder:
             raise
         now, duration = self.clock.time(), self.clock.monotonic() - started
         # The line before the ledger: a kill between the two is reconciled without a second line.
-        self._record(job, JobState.DONE, lambda: self._line(names, job, JobState.DONE, now, duration, outputs=outputs),
-                     lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims))
+        self._record(
+            job,
+            JobState.DONE,
+            lambda: self._line(names, job, JobState.DONE, now, duration, outputs=outputs),
+            lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims),
+        )
         memory = result.facts["memory"]
-        facts = {"generate_ms": round(result.facts["timings"]["generate_seconds"] * 1000),
-                 "encode_ms": round((self.clock.monotonic() - encode_started) * 1000),
-                 "frames": result.facts["frames"], "peak_memory_bytes": result.facts["peak_memory_bytes"],
-                 "memory_mode": memory["mode"], "estimated_bytes": memory["estimated_bytes"],
-                 "measured_bytes": memory["measured_bytes"], "recovery_steps": len(memory["recovery"]),
-                 **memory["after_job"]}
+        facts = {
+            "generate_ms": round(result.facts["timings"]["generate_seconds"] * 1000),
+            "encode_ms": round((self.clock.monotonic() - encode_started) * 1000),
+            "frames": result.facts["frames"],
+            "peak_memory_bytes": result.facts["peak_memory_bytes"],
+            "memory_mode": memory["mode"],
+            "estimated_bytes": memory["estimated_bytes"],
+            "measured_bytes": memory["measured_bytes"],
+            "recovery_steps": len(memory["recovery"]),
+            **memory["after_job"],
+        }
         self._finished(job, JobState.DONE, GENERATED, output=outputs["video"], duration=duration, **facts)
         self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
         return JobState.DONE
@@ -160,22 +203,42 @@ class Recorder:
         """
         manifest = intact_manifest(earlier)
         if manifest is None:
-            log.info("duplicate_not_reused", job_id=job.id, input=job.input, earlier_job_id=earlier.id,
-                     earlier_input=earlier.input, reason="the earlier results are gone or belong to another job now")
+            log.info(
+                "duplicate_not_reused",
+                job_id=job.id,
+                input=job.input,
+                earlier_job_id=earlier.id,
+                earlier_input=earlier.input,
+                reason="the earlier results are gone or belong to another job now",
+            )
             return False
-        manifest.update({"job_id": job.id, "duplicate_of": {"job_id": earlier.id, "input": earlier.input},
-                         "input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
-                                   "sidecar_sha256": job.sidecar_sha256}})
+        manifest.update(
+            {
+                "job_id": job.id,
+                "duplicate_of": {"job_id": earlier.id, "input": earlier.input},
+                "input": {
+                    "path": job.input,
+                    "sha256": job.input_sha256,
+                    "sidecar": job.sidecar,
+                    "sidecar_sha256": job.sidecar_sha256,
+                },
+            }
+        )
         names = self.names(job)
         # Stored as running under this instance's lease first: of several instances that found the
         # same duplicate, only the one whose row went in writes the copies.
         owner = self.owner or "local"
-        job.state, job.lease_owner, job.lease_expires_at = JobState.RUNNING, owner, self.clock.time() + self.lease_seconds
+        job.state, job.lease_owner, job.lease_expires_at = (
+            JobState.RUNNING,
+            owner,
+            self.clock.time() + self.lease_seconds,
+        )
         if not self.ledger.enqueue(job):
             return True
         try:
-            outputs = self.outbox.copy_results(source=earlier.outputs, names=names,
-                                               fmt=JobParams.from_dict(job.params).format, manifest=manifest)
+            outputs = self.outbox.copy_results(
+                source=earlier.outputs, names=names, fmt=JobParams.from_dict(job.params).format, manifest=manifest
+            )
         except OutboxUnavailable:
             self.ledger.release(job.id, owner)
             raise
@@ -199,8 +262,12 @@ class Recorder:
             if not self.outbox.has_job_line(names, job.id, JobState.DONE.value):
                 self._line(names, job, JobState.DONE, now, 0.0, outputs=outputs)
 
-        self._record(job, JobState.DONE, write_line,
-                     lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims))
+        self._record(
+            job,
+            JobState.DONE,
+            write_line,
+            lambda: self.ledger.finish(job.id, now, outputs, owner=self.owner, token=job.claims),
+        )
         log.info("job_reconciled", state=JobState.DONE.value, output=outputs["video"])
         self._finished(job, JobState.DONE, RECONCILED, output=outputs["video"], duration=0.0)
         self.notify(job, JobState.DONE, {"outputs": outputs, "reconciled": True})
@@ -216,9 +283,14 @@ class Recorder:
         """Re-exported while the job waited: intake admits the new bytes as their own job; this one ends quietly
         (no error file: nothing is wrong with the input)."""
         self.ledger.forget(job.id)
-        log.info("job_superseded", input_sha256=job.input_sha256, found_sha256=found_sha256,
-                 sidecar_sha256=job.sidecar_sha256, found_sidecar_sha256=found_sidecar_sha256,
-                 reason="the input changed while its job waited; its new bytes are a job of their own")
+        log.info(
+            "job_superseded",
+            input_sha256=job.input_sha256,
+            found_sha256=found_sha256,
+            sidecar_sha256=job.sidecar_sha256,
+            found_sidecar_sha256=found_sidecar_sha256,
+            reason="the input changed while its job waited; its new bytes are a job of their own",
+        )
         self.notify(job, JobState.QUEUED, {"superseded": True})  # pages: the job is gone
 
     # -- writing -------------------------------------------------------------------------------
@@ -226,9 +298,17 @@ class Recorder:
     def _fail(self, job: Job, error: VidropError, duration: float, *, how: str) -> Path:
         now, names = self.clock.time(), self.names(job)
         kind = "input" if isinstance(error, InputError) else "generation"
-        document = {"state": JobState.FAILED.value, "input": job.input, "sidecar": job.sidecar, "job_id": job.id,
-                    "error": error.reason, "what_to_do": error.fix, "detail": error.detail, "kind": kind,
-                    "failed_at": iso_time(now)}
+        document = {
+            "state": JobState.FAILED.value,
+            "input": job.input,
+            "sidecar": job.sidecar,
+            "job_id": job.id,
+            "error": error.reason,
+            "what_to_do": error.fix,
+            "detail": error.detail,
+            "kind": kind,
+            "failed_at": iso_time(now),
+        }
         is_running = job.state is JobState.RUNNING
         if is_running:
             self._confirm_lease(job)
@@ -238,38 +318,92 @@ class Recorder:
             self._line(names, job, JobState.FAILED, now, duration, error=error.reason, error_file=path.name)
 
         def write_ledger() -> None:
-            self.ledger.fail(job.id, now, {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
-                             owner=self.owner if is_running else None, token=job.claims)
+            self.ledger.fail(
+                job.id,
+                now,
+                {key: document[key] for key in ("error", "what_to_do", "detail", "kind")},
+                owner=self.owner if is_running else None,
+                token=job.claims,
+            )
 
         if is_running:
             self._record(job, JobState.FAILED, write_line, write_ledger)
         else:
             write_line()
             write_ledger()
-        self._finished(job, JobState.FAILED, how, output=str(path), duration=duration, error=error.reason,
-                       detail=error.detail, kind=kind)
+        self._finished(
+            job,
+            JobState.FAILED,
+            how,
+            output=str(path),
+            duration=duration,
+            error=error.reason,
+            detail=error.detail,
+            kind=kind,
+        )
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
         return path
 
-    def _line(self, names: OutputNames, job: Job, state: JobState, now: float, duration: float, *,
-              outputs: dict[str, str] | None = None, error: str | None = None, error_file: str | None = None,
-              duplicate_of: str | None = None) -> None:
+    def _line(
+        self,
+        names: OutputNames,
+        job: Job,
+        state: JobState,
+        now: float,
+        duration: float,
+        *,
+        outputs: dict[str, str] | None = None,
+        error: str | None = None,
+        error_file: str | None = None,
+        duplicate_of: str | None = None,
+    ) -> None:
         """The job's line in its folder's jobs.jsonl: the same keys for every outcome."""
-        self.outbox.append_job_line(names, {
-            "job_id": job.id, "input": job.input, "state": state.value,
-            "seed": job.seed if state is JobState.DONE else None,
-            "outputs": {name: Path(path).name for name, path in (outputs or {}).items()} or None,
-            "error": error, "error_file": error_file, "duplicate_of": duplicate_of,
-            "finished_at": iso_time(now), "duration_seconds": round(duration, 3),
-        })
+        self.outbox.append_job_line(
+            names,
+            {
+                "job_id": job.id,
+                "input": job.input,
+                "state": state.value,
+                "seed": job.seed if state is JobState.DONE else None,
+                "outputs": {name: Path(path).name for name, path in (outputs or {}).items()} or None,
+                "error": error,
+                "error_file": error_file,
+                "duplicate_of": duplicate_of,
+                "finished_at": iso_time(now),
+                "duration_seconds": round(duration, 3),
+            },
+        )
 
-    def _finished(self, job: Job, state: JobState, how: str, *, output: str, duration: float,
-                  error: str | None = None, detail: str | None = None, kind: str | None = None,
-                  duplicate_of: str | None = None, **facts: Any) -> None:
+    def _finished(
+        self,
+        job: Job,
+        state: JobState,
+        how: str,
+        *,
+        output: str,
+        duration: float,
+        error: str | None = None,
+        detail: str | None = None,
+        kind: str | None = None,
+        duplicate_of: str | None = None,
+        **facts: Any,
+    ) -> None:
         """The one job_finished event: the same fields on every path (None where they do not apply)."""
-        fields = {"job_id": job.id, "input": job.input, "state": state.value, "how": how, "output": output,
-                  "duration_ms": round(duration * 1000), "attempt": job.attempts, "error": error, "detail": detail,
-                  "kind": kind, "duplicate_of": duplicate_of, **dict.fromkeys(_GENERATION_FACTS), **facts}
+        fields = {
+            "job_id": job.id,
+            "input": job.input,
+            "state": state.value,
+            "how": how,
+            "output": output,
+            "duration_ms": round(duration * 1000),
+            "attempt": job.attempts,
+            "error": error,
+            "detail": detail,
+            "kind": kind,
+            "duplicate_of": duplicate_of,
+            **dict.fromkeys(_GENERATION_FACTS),
+            **facts,
+        }
         (log.warning if state is JobState.FAILED else log.info)("job_finished", **fields)
         self.outcomes[state.value] += 1
 
@@ -297,8 +431,9 @@ class Recorder:
         if self.ledger_pause is not None:
             self.ledger_pause.resume()
 
-    def _record(self, job: Job, state: JobState, write_line: Callable[[], None],
-                write_ledger: Callable[[], object]) -> None:
+    def _record(
+        self, job: Job, state: JobState, write_line: Callable[[], None], write_ledger: Callable[[], object]
+    ) -> None:
         """A running job's outcome: its jobs.jsonl line, then the ledger, only while this instance holds the job.
 
         While the ledger is unavailable both wait (the outputs are in the outbox already); once it is back it
@@ -312,11 +447,19 @@ class Recorder:
                 current = self.ledger.get(job.id)
                 if progress["sent"] and current is not None and current.state is state:
                     return  # the last try went through; only its answer was lost with the connection
-                if (current is None or current.state is not JobState.RUNNING or current.lease_owner != self.owner
-                        or current.claims != job.claims):  # taken over, even by a claim of this very instance
-                    log.error("job_lease_lost", job_id=job.id, instance=self.owner,
-                              holder=None if current is None else current.lease_owner,
-                              state=None if current is None else current.state.value)
+                if (
+                    current is None
+                    or current.state is not JobState.RUNNING
+                    or current.lease_owner != self.owner
+                    or current.claims != job.claims
+                ):  # taken over, even by a claim of this very instance
+                    log.error(
+                        "job_lease_lost",
+                        job_id=job.id,
+                        instance=self.owner,
+                        holder=None if current is None else current.lease_owner,
+                        state=None if current is None else current.state.value,
+                    )
                     raise LeaseLost(job.id)
             if not progress["line"]:
                 write_line()
@@ -350,9 +493,16 @@ def _request(job: Job, params: JobParams) -> dict[str, Any]:
     """What a manifest of this job says it was made from: the input block and the effective parameters."""
     parameters = {**params.to_dict(), "seed": job.seed}
     parameters.pop("adjustments")
-    return {"input": {"path": job.input, "sha256": job.input_sha256, "sidecar": job.sidecar,
-                      "sidecar_sha256": job.sidecar_sha256},
-            "parameters": parameters, "seed_was_random": params.seed is None}
+    return {
+        "input": {
+            "path": job.input,
+            "sha256": job.input_sha256,
+            "sidecar": job.sidecar,
+            "sidecar_sha256": job.sidecar_sha256,
+        },
+        "parameters": parameters,
+        "seed_was_random": params.seed is None,
+    }
 
 
 def _manifest(job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, Any]:
@@ -393,8 +543,12 @@ def intact_manifest(earlier: Job) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         return None
     recorded = manifest.get("input") or {}
-    belongs = (manifest.get("job_id") == earlier.id and manifest.get("state") == JobState.DONE.value
-               and recorded.get("sha256") == earlier.input_sha256
-               and recorded.get("sidecar_sha256") == earlier.sidecar_sha256
-               and (manifest.get("outputs") or {}).get("video") == video.name and is_video_older)
+    belongs = (
+        manifest.get("job_id") == earlier.id
+        and manifest.get("state") == JobState.DONE.value
+        and recorded.get("sha256") == earlier.input_sha256
+        and recorded.get("sidecar_sha256") == earlier.sidecar_sha256
+        and (manifest.get("outputs") or {}).get("video") == video.name
+        and is_video_older
+    )
     return manifest if belongs else None

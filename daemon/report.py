@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.ledger.base import Job, LedgerStatus
-from daemon.names import shown
+from vidrop.daemon.ledger.base import Job, LedgerStatus
+from vidrop.daemon.names import shown
 
 
 def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str:
     """The queue, each instance and what it runs, recent failures, and throughput over the last hour."""
     counts = status.counts
-    lines = [f"queue: {counts['queued']} queued, {counts['running']} running, {counts['done']} done, "
-             f"{counts['failed']} failed",
-             f"throughput: {status.done_last_hour} done in the last hour", "", "instances:"]
+    lines = [
+        f"queue: {counts['queued']} queued, {counts['running']} running, {counts['done']} done, "
+        f"{counts['failed']} failed",
+        f"throughput: {status.done_last_hour} done in the last hour",
+        "",
+        "instances:",
+    ]
     running_by_owner = {running.job.lease_owner: running.job for running in status.running}
     for instance in status.instances:
         silent = now - instance.seen_at
@@ -26,11 +30,13 @@ def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str
     orphans = [running.job for running in status.running if running.instance is None]
     for job in orphans:
         left = (job.lease_expires_at or now) - now
-        lines.append(f"  (gone) {job.lease_owner}: held {job.id} {shown(job.input)}; "
-                     f"lease ends in {max(left, 0):.0f} s")
+        lines.append(
+            f"  (gone) {job.lease_owner}: held {job.id} {shown(job.input)}; lease ends in {max(left, 0):.0f} s"
+        )
     lines += ["", "recent failures:"]
-    lines += [f"  {shown(job.input)} ({job.id}): {(job.error or {}).get('error', '?')}"
-              for job in status.recent_failures]
+    lines += [
+        f"  {shown(job.input)} ({job.id}): {(job.error or {}).get('error', '?')}" for job in status.recent_failures
+    ]
     if not status.recent_failures:
         lines.append("  (none)")
     return "\n".join(lines)

@@ -9,20 +9,20 @@ from typing import Callable
 
 import structlog
 
-from config.settings import MemorySettings, Settings
-from daemon.clock import Clock
-from daemon.inputs import InputBytes, MovedInput, find_moved, find_moved_by_ledger, read_input
-from daemon.intake.admit import job_key
-from daemon.intake.variants import VARIANT
-from daemon.lease import LeaseLost
-from daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
-from daemon.outbox import OutboxUnavailable
-from daemon.recorder import JobInterrupted, Recorder, Waiter
-from pipeline.admission import MemoryAdmission
-from config.errors import TRY_AGAIN_FIX, GenerationError, InputError
-from pipeline.generate import TEXT, JobParams, JobRunning
-from pipeline.images import load_image
-from pipeline.memory import GB
+from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, InputError
+from vidrop.config.settings import MemorySettings, Settings
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.inputs import InputBytes, MovedInput, find_moved, find_moved_by_ledger, read_input
+from vidrop.daemon.intake.admit import job_key
+from vidrop.daemon.intake.variants import VARIANT
+from vidrop.daemon.lease import LeaseLost
+from vidrop.daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
+from vidrop.daemon.outbox import OutboxUnavailable
+from vidrop.daemon.recorder import JobInterrupted, Recorder, Waiter
+from vidrop.pipeline.admission import MemoryAdmission
+from vidrop.pipeline.generate import TEXT, JobParams, JobRunning
+from vidrop.pipeline.images import load_image
+from vidrop.pipeline.memory import GB
 
 log = structlog.get_logger()
 
@@ -36,10 +36,21 @@ class InboxUnavailable(Exception):
 class Runner:
     """Runs one claimed job at a time; every outcome goes to the recorder."""
 
-    def __init__(self, *, recorder: Recorder, ledger: Ledger, generator: JobRunning, inbox: Path, clock: Clock,
-                 settings: Settings, on_progress: ProgressListener | None = None, wait: Waiter | None = None,
-                 on_status: Callable[[str], None] | None = None, owner: str | None = None,
-                 on_input_changed: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        recorder: Recorder,
+        ledger: Ledger,
+        generator: JobRunning,
+        inbox: Path,
+        clock: Clock,
+        settings: Settings,
+        on_progress: ProgressListener | None = None,
+        wait: Waiter | None = None,
+        on_status: Callable[[str], None] | None = None,
+        owner: str | None = None,
+        on_input_changed: Callable[[str], None] | None = None,
+    ) -> None:
         self.recorder = recorder
         self.ledger = ledger
         self.generator = generator
@@ -70,8 +81,9 @@ class Runner:
         try:
             return self._run(job, self.clock.monotonic())
         except JobInterrupted:
-            self.recorder.requeued(job, event="job_abandoned", reason="stopping",
-                                   stop_timeout_seconds=self.stop_timeout_seconds)
+            self.recorder.requeued(
+                job, event="job_abandoned", reason="stopping", stop_timeout_seconds=self.stop_timeout_seconds
+            )
             self._say(f"stopping; {job.input} queued again")
         except LeaseLost:
             log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
@@ -101,16 +113,31 @@ class Runner:
             self.recorder.started(job)
             params = JobParams.from_dict(job.params)
             # Decoded from the bytes just hashed: the video is made from what the manifest names.
-            image = None if params.mode == TEXT else load_image(found.data, name=job.input,
-                                                                 max_pixels=self.max_image_pixels)
+            image = (
+                None
+                if params.mode == TEXT
+                else load_image(found.data, name=job.input, max_pixels=self.max_image_pixels)
+            )
             admission = self.wait_for_memory(job, params)
             structlog.contextvars.bind_contextvars(stage="generate")
-            log.info("generation_started", attempt=job.attempts, instance=self.owner, width=params.width,
-                     height=params.height, num_frames=params.num_frames, steps=params.steps,
-                     memory_mode=admission.mode.value if admission.mode is not None else None,
-                     model=job.params.get("model"))
-            result = self.generator.generate(image, params, job.seed, admission=admission,
-                                             on_step=lambda step, total: self._progress(job, step, total))
+            log.info(
+                "generation_started",
+                attempt=job.attempts,
+                instance=self.owner,
+                width=params.width,
+                height=params.height,
+                num_frames=params.num_frames,
+                steps=params.steps,
+                memory_mode=admission.mode.value if admission.mode is not None else None,
+                model=job.params.get("model"),
+            )
+            result = self.generator.generate(
+                image,
+                params,
+                job.seed,
+                admission=admission,
+                on_step=lambda step, total: self._progress(job, step, total),
+            )
             structlog.contextvars.bind_contextvars(stage="encode")
             return self.recorder.done(job, params, result, started=started)
         except (JobInterrupted, LeaseLost, OutboxUnavailable, InboxUnavailable, LedgerUnavailable):
@@ -119,9 +146,11 @@ class Runner:
             return self.recorder.failed(job, exc, duration=self.clock.monotonic() - started)
         except Exception as exc:  # the one broad catch: around one job, so the queue goes on
             log.exception("job_crashed")
-            error = GenerationError("Something went wrong inside vidrop while making this video.",
-                                    detail=f"{type(exc).__name__}: {exc}",
-                                    fix=TRY_AGAIN_FIX)
+            error = GenerationError(
+                "Something went wrong inside vidrop while making this video.",
+                detail=f"{type(exc).__name__}: {exc}",
+                fix=TRY_AGAIN_FIX,
+            )
             return self.recorder.failed(job, error, duration=self.clock.monotonic() - started)
 
     def _say(self, text: str) -> None:
@@ -137,15 +166,19 @@ class Runner:
         try:
             found = read_input(self.inbox, job)
         except OSError as exc:  # there, but not readable (permissions, a damaged share)
-            raise InputError("vidrop could not read this file.", detail=f"{type(exc).__name__}: {exc}",
-                             fix="Check that the file can be read on the share, then `vidrop retry` it.") from None
+            raise InputError(
+                "vidrop could not read this file.",
+                detail=f"{type(exc).__name__}: {exc}",
+                fix="Check that the file can be read on the share, then `vidrop retry` it.",
+            ) from None
         if found.data is None:
             if not self.inbox.is_dir():
                 raise InboxUnavailable(str(self.inbox))
             moved = None
             if may_follow:
-                moved = (find_moved(self.inbox, job)
-                         or find_moved_by_ledger(self.inbox, job, self.ledger.jobs_by_content(job.content_key)))
+                moved = find_moved(self.inbox, job) or find_moved_by_ledger(
+                    self.inbox, job, self.ledger.jobs_by_content(job.content_key)
+                )
             if moved is None:
                 return found
             if not self._follow(job, moved):
@@ -166,9 +199,10 @@ class Runner:
         key = job_key(moved.input, job.input_sha256, job.sidecar_sha256, job.params.get(VARIANT, ""))
         output = moved.output_for(job)
         followed = self.ledger.move_job(job.id, key=key, input=moved.input, sidecar=moved.sidecar, output=output)
-        log.info("job_followed", from_input=job.input, to_input=moved.input, output=output,
-                 has_job_there=not followed)
-        self.recorder.notify(dataclasses.replace(job), JobState.QUEUED, {"moved_to": moved.input})  # the old folder's page
+        log.info("job_followed", from_input=job.input, to_input=moved.input, output=output, has_job_there=not followed)
+        self.recorder.notify(
+            dataclasses.replace(job), JobState.QUEUED, {"moved_to": moved.input}
+        )  # the old folder's page
         if followed:
             job.key, job.input, job.sidecar, job.output = key, moved.input, moved.sidecar, output
             structlog.contextvars.bind_contextvars(input=job.input)
@@ -189,8 +223,13 @@ class Runner:
                 return admission
             if waited >= self.memory.max_wait_seconds:
                 raise self._memory_timeout(params, admission, waited)
-            log.info("memory_wait", **admission.to_dict(), waiting_for_bytes=admission.waiting_for_bytes,
-                     held_by=admission.snapshot.held_by(), waited_seconds=round(waited, 3))
+            log.info(
+                "memory_wait",
+                **admission.to_dict(),
+                waiting_for_bytes=admission.waiting_for_bytes,
+                held_by=admission.snapshot.held_by(),
+                waited_seconds=round(waited, 3),
+            )
             self._say(f"job {job.id}: {admission.waiting_text()}")
             if self.wait(min(pause, max(0.0, self.memory.max_wait_seconds - waited))):
                 raise JobInterrupted(job.id)
@@ -201,15 +240,19 @@ class Runner:
         kind = snapshot.kind
         return GenerationError(
             f"There was not enough free {kind} for this video after waiting {waited:.0f} s.",
-            detail=(f"needs {admission.waiting_for_bytes / GB:.1f} GB free {kind} "
-                    f"({admission.need_bytes / GB:.1f} GB for the job in its leanest mode plus the "
-                    f"{admission.reserve_bytes / GB:.1f} GB reserve), {snapshot.free_bytes / GB:.1f} GB free of "
-                    f"{snapshot.total_bytes / GB:.1f} GB, held by: {snapshot.held_by()}; "
-                    f"{params.width}x{params.height}, {params.num_frames} frames"),
-            fix=(f"Close programs holding {kind} ({snapshot.held_by()}), or ask for fewer frames or a smaller size "
-                 f"(num_frames, width, height in the sidecar), or let vidrop wait longer "
-                 f"(memory.max_wait_seconds, now {self.memory.max_wait_seconds}) or keep less in reserve "
-                 f"(memory.reserve_gb, now {self.memory.reserve_gb})."),
+            detail=(
+                f"needs {admission.waiting_for_bytes / GB:.1f} GB free {kind} "
+                f"({admission.need_bytes / GB:.1f} GB for the job in its leanest mode plus the "
+                f"{admission.reserve_bytes / GB:.1f} GB reserve), {snapshot.free_bytes / GB:.1f} GB free of "
+                f"{snapshot.total_bytes / GB:.1f} GB, held by: {snapshot.held_by()}; "
+                f"{params.width}x{params.height}, {params.num_frames} frames"
+            ),
+            fix=(
+                f"Close programs holding {kind} ({snapshot.held_by()}), or ask for fewer frames or a smaller size "
+                f"(num_frames, width, height in the sidecar), or let vidrop wait longer "
+                f"(memory.max_wait_seconds, now {self.memory.max_wait_seconds}) or keep less in reserve "
+                f"(memory.reserve_gb, now {self.memory.reserve_gb})."
+            ),
         )
 
     def _set_aside(self, job: Job) -> GenerationError:
@@ -218,11 +261,15 @@ class Runner:
         log.warning("job_set_aside", lost_attempts=times, max_attempts=self.max_lost_attempts)
         return GenerationError(
             f"This input stopped vidrop {times} times, so it is set aside and not tried again by itself.",
-            detail=(f"{times} attempts ended with the vidrop process dying or losing its lease while it ran this job "
-                    "(killed for using too much memory, a crash inside a library, or a hang the watchdog ended); "
-                    f"recovery.max_attempts = {self.max_lost_attempts}"),
-            fix=("Ask for a smaller size, fewer frames or fewer steps, or ask the operator to look at the log; "
-                 f"then run `vidrop retry {job.input}` to try again."),
+            detail=(
+                f"{times} attempts ended with the vidrop process dying or losing its lease while it ran this job "
+                "(killed for using too much memory, a crash inside a library, or a hang the watchdog ended); "
+                f"recovery.max_attempts = {self.max_lost_attempts}"
+            ),
+            fix=(
+                "Ask for a smaller size, fewer frames or fewer steps, or ask the operator to look at the log; "
+                f"then run `vidrop retry {job.input}` to try again."
+            ),
         )
 
 
@@ -230,7 +277,7 @@ def _removed_error(job: Job) -> InputError:
     return InputError(
         "This file was removed from the inbox before its turn, so no video was made from it.",
         detail=f"{job.input} was not in the inbox when its job started, nor under another name in its folder "
-               "or in a renamed folder",
+        "or in a renamed folder",
         fix="Put the file back into the inbox to have it made (it is taken again); "
-            "if it was removed on purpose, there is nothing to do.",
+        "if it was removed on purpose, there is nothing to do.",
     )

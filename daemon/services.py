@@ -8,26 +8,26 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from config.settings import Settings
-from daemon.clock import Clock
-from daemon.gallery.writer import GalleryWriter
-from daemon.hooks import HookDispatcher
-from daemon.inputs import InputDisposal
-from daemon.instance import Instance
-from daemon.intake.intake import Intake
-from daemon.intake.store import InputStore
-from daemon.intake.taken import TakenInputs
-from daemon.lease import LeaseKeeper
-from daemon.ledger.base import Job, Ledger, LedgerUnavailable
-from daemon.ledger_pause import LedgerPause
-from daemon.outbox import Outbox, OutboxUnavailable
-from daemon.outbox_pause import OutboxPause
-from daemon.recorder import Recorder
-from daemon.runner import Runner
-from daemon.status import ServiceStatus
-from daemon.steps import BetweenSteps
-from daemon.systemd import Notifier
-from pipeline.generate import Generator
+from vidrop.config.settings import Settings
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.gallery.writer import GalleryWriter
+from vidrop.daemon.hooks import HookDispatcher
+from vidrop.daemon.inputs import InputDisposal
+from vidrop.daemon.instance import Instance
+from vidrop.daemon.intake.intake import Intake
+from vidrop.daemon.intake.store import InputStore
+from vidrop.daemon.intake.taken import TakenInputs
+from vidrop.daemon.lease import LeaseKeeper
+from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
+from vidrop.daemon.ledger_pause import LedgerPause
+from vidrop.daemon.outbox import Outbox, OutboxUnavailable
+from vidrop.daemon.outbox_pause import OutboxPause
+from vidrop.daemon.recorder import Recorder
+from vidrop.daemon.runner import Runner
+from vidrop.daemon.status import ServiceStatus
+from vidrop.daemon.steps import BetweenSteps
+from vidrop.daemon.systemd import Notifier
+from vidrop.pipeline.generate import Generator
 
 log = structlog.get_logger()
 
@@ -91,8 +91,14 @@ class Services:
     def outbox_unavailable(self, exc: OutboxUnavailable) -> float:
         """Pause the jobs (intake goes on), say why; how long until the outbox is tried again."""
         wait = self.outbox_pause.pause(exc)
-        log.warning("outbox_unavailable", reason=exc.reason, errno=exc.errno_name, detail=exc.detail,
-                    fix=exc.fix, retry_in_seconds=round(wait, 1))
+        log.warning(
+            "outbox_unavailable",
+            reason=exc.reason,
+            errno=exc.errno_name,
+            detail=exc.detail,
+            fix=exc.fix,
+            retry_in_seconds=round(wait, 1),
+        )
         self.status.idle()
         return self.outbox_pause.wait
 
@@ -104,9 +110,13 @@ class Services:
             return None
         if self.outbox_pause.is_paused and not self.outbox_is_back():
             return None
-        return self.ledger.claim_next(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds,
-                                      prefer_models=self.generator.resident_models(),
-                                      patience_seconds=self.settings.pipeline.switch_after_seconds)
+        return self.ledger.claim_next(
+            self.instance.id,
+            self.clock.time(),
+            self.settings.recovery.lease_seconds,
+            prefer_models=self.generator.resident_models(),
+            patience_seconds=self.settings.pipeline.switch_after_seconds,
+        )
 
     def try_ledger_again(self) -> None:
         """While the ledger is unavailable, when its pause is due: probe it; still unavailable, say so."""

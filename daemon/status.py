@@ -6,17 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.gallery.pages import duration
-from daemon.ledger.base import Job, Ledger, LedgerUnavailable
-from daemon.names import shown
-from daemon.stop import StopRequest
-from daemon.systemd import Notifier
+from vidrop.daemon.gallery.pages import duration
+from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
+from vidrop.daemon.names import shown
+from vidrop.daemon.stop import StopRequest
+from vidrop.daemon.systemd import Notifier
 
 if TYPE_CHECKING:
-    from daemon.gallery.writer import GalleryWriter
-    from daemon.intake.intake import Intake
-    from daemon.ledger_pause import LedgerPause
-    from daemon.outbox_pause import OutboxPause
+    from vidrop.daemon.gallery.writer import GalleryWriter
+    from vidrop.daemon.intake.intake import Intake
+    from vidrop.daemon.ledger_pause import LedgerPause
+    from vidrop.daemon.outbox_pause import OutboxPause
 
 
 @dataclass
@@ -38,7 +38,7 @@ class StatusLine:
         self._progress = None
 
     def idle(self, queued: int, settling: int) -> str:
-        """"idle, 0 queued" (and how many files still settle), or "job 1 of 3 done, 2 queued" between two jobs;
+        """ "idle, 0 queued" (and how many files still settle), or "job 1 of 3 done, 2 queued" between two jobs;
         a busy stretch ends when nothing is queued."""
         waiting = f", {settling} settling" if settling else ""
         if queued and self.position:
@@ -48,7 +48,7 @@ class StatusLine:
         return f"idle, {queued} queued{waiting}"
 
     def step(self, *, job_input: str, step: int, total: int, queued: int, now: float) -> str:
-        """"job 3 of 12: a/b/photo.png, step 17/50, ETA 40 s"."""
+        """ "job 3 of 12: a/b/photo.png, step 17/50, ETA 40 s"."""
         if self._progress is None:
             self._progress = _Progress(step, now)
         text = f"job {self.position} of {self.position + queued}: {shown(job_input)}, step {step}/{total}"
@@ -63,8 +63,16 @@ class ServiceStatus:
     """What the service says about itself: STATUS= for systemd, the text each instance leaves in the ledger,
     the gallery's notice while the ledger is unavailable."""
 
-    def __init__(self, *, notifier: Notifier, stop: StopRequest, ledger: Ledger, ledger_pause: LedgerPause,
-                 outbox_pause: OutboxPause, gallery: GalleryWriter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        notifier: Notifier,
+        stop: StopRequest,
+        ledger: Ledger,
+        ledger_pause: LedgerPause,
+        outbox_pause: OutboxPause,
+        gallery: GalleryWriter | None = None,
+    ) -> None:
         self.notifier = notifier
         self.stop = stop
         self.ledger = ledger
@@ -113,8 +121,9 @@ class ServiceStatus:
                 self.queued = self.ledger.queued_count()
             except LedgerUnavailable as exc:  # the job goes on; recording its outcome waits for the ledger
                 self.ledger_pause.pause(exc)
-        text = self.line.step(job_input=job.input, step=step, total=total, queued=self.queued,
-                              now=self.stop.clock.monotonic())
+        text = self.line.step(
+            job_input=job.input, step=step, total=total, queued=self.queued, now=self.stop.clock.monotonic()
+        )
         if self.stop.is_requested:
             self.announce_stopping()
             text = f"stopping after this job or in {self.stop.seconds_left():.0f} s; {text}"

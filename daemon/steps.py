@@ -7,16 +7,16 @@ from typing import Protocol
 
 import structlog
 
-from config.settings import Settings
-from daemon.clock import Clock
-from daemon.gallery.writer import GalleryWriter
-from daemon.intake.store import InputStore
-from daemon.ledger.base import Job, LedgerUnavailable
-from daemon.ledger_pause import LedgerPause
-from daemon.recorder import JobInterrupted
-from daemon.status import ServiceStatus
-from daemon.stop import StopRequest
-from daemon.systemd import Notifier
+from vidrop.config.settings import Settings
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.gallery.writer import GalleryWriter
+from vidrop.daemon.intake.store import InputStore
+from vidrop.daemon.ledger.base import Job, LedgerUnavailable
+from vidrop.daemon.ledger_pause import LedgerPause
+from vidrop.daemon.recorder import JobInterrupted
+from vidrop.daemon.status import ServiceStatus
+from vidrop.daemon.stop import StopRequest
+from vidrop.daemon.systemd import Notifier
 
 log = structlog.get_logger()
 
@@ -31,9 +31,19 @@ class LeaseCheck(Protocol):
 class BetweenSteps:
     """The runner's step and waiting callbacks, on the main loop's thread."""
 
-    def __init__(self, *, stop: StopRequest, lease: LeaseCheck, status: ServiceStatus, notifier: Notifier,
-                 store: InputStore, ledger_pause: LedgerPause, clock: Clock, tick_seconds: float,
-                 gallery: GalleryWriter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        stop: StopRequest,
+        lease: LeaseCheck,
+        status: ServiceStatus,
+        notifier: Notifier,
+        store: InputStore,
+        ledger_pause: LedgerPause,
+        clock: Clock,
+        tick_seconds: float,
+        gallery: GalleryWriter | None = None,
+    ) -> None:
         self.stop = stop
         self.lease = lease
         self.status = status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from daemon.clock import Clock
+from vidrop.daemon.clock import Clock
 
 
 class StopRequest:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.settings import LoadedSettings
+from vidrop.config.settings import LoadedSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "systemd"
@@ -49,8 +49,10 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
     readable = [vidrop, config, *interpreter, *(model.absolute() for model in models if model.exists())]
     for path in writable + readable:
         if any(path.is_relative_to(root) for root in PRIVATE_TMP_ROOTS):
-            raise UnitError(f"{path} is in a temporary folder, which the service cannot see (PrivateTmp=yes); "
-                            "move it outside /tmp and /var/tmp")
+            raise UnitError(
+                f"{path} is in a temporary folder, which the service cannot see (PrivateTmp=yes); "
+                "move it outside /tmp and /var/tmp"
+            )
     under_home = any(path.is_relative_to(root) for path in writable + readable for root in HOME_ROOTS)
     values = {
         "README": str(REPO / "README.md"),
@@ -81,9 +83,13 @@ def write_units(units: dict[str, str], directory: Path) -> list[Path]:
 
 def systemctl_lines(directory: Path) -> list[str]:
     """What to run after writing the units."""
-    lines = ["systemctl daemon-reload", "systemctl enable --now vidrop.service",
-             "# or one instance per GPU instead: systemctl enable --now vidrop@0.service vidrop@1.service",
-             "systemctl status vidrop.service", "journalctl -u vidrop.service -f"]
+    lines = [
+        "systemctl daemon-reload",
+        "systemctl enable --now vidrop.service",
+        "# or one instance per GPU instead: systemctl enable --now vidrop@0.service vidrop@1.service",
+        "systemctl status vidrop.service",
+        "journalctl -u vidrop.service -f",
+    ]
     if directory != Path("/etc/systemd/system"):
         lines.insert(0, f"# the units are in {directory}; systemd reads /etc/systemd/system")
     return lines

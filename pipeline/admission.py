@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from pipeline.families.base import Family
-from pipeline.memory import GB, MemorySnapshot
-from pipeline.modes import LADDER, MemoryMode, pipeline_modules
+from vidrop.pipeline.families.base import Family
+from vidrop.pipeline.memory import GB, MemorySnapshot
+from vidrop.pipeline.modes import LADDER, MemoryMode, pipeline_modules
 
 # The VAE's spatial tile when tiling is on (diffusers' defaults are 512 px tiles).
 TILE_PIXELS = 512 * 512
@@ -33,8 +33,11 @@ class ModelFootprint:
         """Measure a loaded pipeline's components."""
         sizes = [_module_bytes(module) for module in pipeline_modules(pipe)]
         leaves = [_module_bytes(leaf, recurse=False) for module in pipeline_modules(pipe) for leaf in module.modules()]
-        return cls(total_bytes=sum(sizes), largest_component_bytes=max(sizes, default=0),
-                   largest_leaf_bytes=max(leaves, default=0))
+        return cls(
+            total_bytes=sum(sizes),
+            largest_component_bytes=max(sizes, default=0),
+            largest_leaf_bytes=max(leaves, default=0),
+        )
 
     @classmethod
     def of_files(cls, folder: Path) -> ModelFootprint:
@@ -43,15 +46,22 @@ class ModelFootprint:
         for sub in (path for path in folder.iterdir() if path.is_dir()):
             per_component[sub.name] = sum(f.stat().st_size for pattern in WEIGHT_FILES for f in sub.rglob(pattern))
         total = sum(per_component.values())
-        return cls(total_bytes=total, largest_component_bytes=max(per_component.values(), default=0),
-                   largest_leaf_bytes=total // 50)
+        return cls(
+            total_bytes=total,
+            largest_component_bytes=max(per_component.values(), default=0),
+            largest_leaf_bytes=total // 50,
+        )
 
 
 def weights_on_device(pipe: Any, device: str) -> int:
     """Bytes of the pipeline's weights that sit on `device` right now (offloaded ones do not)."""
     kind = torch.device(device).type
-    return sum(tensor.numel() * tensor.element_size() for module in pipeline_modules(pipe)
-               for tensor in (*module.parameters(), *module.buffers()) if tensor.device.type == kind)
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in pipeline_modules(pipe)
+        for tensor in (*module.parameters(), *module.buffers())
+        if tensor.device.type == kind
+    )
 
 
 @dataclass
@@ -134,18 +144,34 @@ class MemoryAdmission:
 
     def waiting_text(self) -> str:
         """'waiting for 9.1 GB free GPU memory, 6.2 GB free, held by: blender (pid 4121)'."""
-        return (f"waiting for {self.waiting_for_bytes / GB:.1f} GB free {self.snapshot.kind}, "
-                f"{self.snapshot.free_bytes / GB:.1f} GB free, held by: {self.snapshot.held_by()}")
+        return (
+            f"waiting for {self.waiting_for_bytes / GB:.1f} GB free {self.snapshot.kind}, "
+            f"{self.snapshot.free_bytes / GB:.1f} GB free, held by: {self.snapshot.held_by()}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the manifest and the log."""
-        return {"mode": self.mode.value if self.mode else None, "need_bytes": self.need_bytes,
-                "reserve_bytes": self.reserve_bytes, "free_bytes": self.snapshot.free_bytes,
-                "total_bytes": self.snapshot.total_bytes, "needs_by_mode": self.needs}
+        return {
+            "mode": self.mode.value if self.mode else None,
+            "need_bytes": self.need_bytes,
+            "reserve_bytes": self.reserve_bytes,
+            "free_bytes": self.snapshot.free_bytes,
+            "total_bytes": self.snapshot.total_bytes,
+            "needs_by_mode": self.needs,
+        }
 
 
-def choose_mode(estimator: MemoryEstimator, snapshot: MemorySnapshot, *, width: int, height: int, frames: int,
-                resident_now: int, reserve_bytes: int, forced: MemoryMode | None = None) -> MemoryAdmission:
+def choose_mode(
+    estimator: MemoryEstimator,
+    snapshot: MemorySnapshot,
+    *,
+    width: int,
+    height: int,
+    frames: int,
+    resident_now: int,
+    reserve_bytes: int,
+    forced: MemoryMode | None = None,
+) -> MemoryAdmission:
     """The cheapest mode (fastest) whose need fits free memory minus the reserve; None when none does."""
     candidates = (forced,) if forced is not None else LADDER
     available = snapshot.free_bytes - reserve_bytes

@@ -59,23 +59,45 @@ def build_ltx():
         LTXImageToVideoPipeline,
         LTXVideoTransformer3DModel,
     )
+
     tokenizer = _t5_tokenizer()
     torch.manual_seed(0)
     text_encoder = _tiny_t5(tokenizer)
     transformer = LTXVideoTransformer3DModel(
-        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
-        cross_attention_dim=32, num_layers=1, caption_channels=32,
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
     )
     vae = AutoencoderKLLTXVideo(
-        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
-        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
-        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
     )
     return LTXImageToVideoPipeline(
-        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
     )
 
@@ -95,29 +117,64 @@ def build_i2vgen_xl():
     tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=4, intermediate_size=16,
-                       num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
-                       max_position_embeddings=TOKEN_LENGTH, projection_dim=32)
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=4,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=TOKEN_LENGTH,
+            projection_dim=32,
+        )
     )
     image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                         intermediate_size=16, patch_size=4)
+        CLIPVisionConfig(
+            hidden_size=4,
+            projection_dim=4,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            intermediate_size=16,
+            patch_size=4,
+        )
     )
     unet = I2VGenXLUNet(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=4, attention_head_dim=4, num_attention_heads=None, norm_num_groups=2,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=4,
+        attention_head_dim=4,
+        num_attention_heads=None,
+        norm_num_groups=2,
     )
     vae = AutoencoderKL(
-        block_out_channels=(8, 8), in_channels=3, out_channels=3,
+        block_out_channels=(8, 8),
+        in_channels=3,
+        out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=32, norm_num_groups=2,
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=32,
+        norm_num_groups=2,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
     return I2VGenXLPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
-        feature_extractor=CLIPImageProcessor(crop_size=32, size=32), unet=unet, scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        image_encoder=image_encoder,
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        unet=unet,
+        scheduler=scheduler,
     )
 
 
@@ -134,33 +191,72 @@ def build_svd():
     torch.manual_seed(0)
     # Channel counts in multiples of 32: SVD's blocks use 32 normalisation groups.
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 32), layers_per_block=1, sample_size=32, in_channels=8, out_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=32,
-        num_attention_heads=(2, 2), projection_class_embeddings_input_dim=96, addition_time_embed_dim=32,
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32,
+        num_attention_heads=(2, 2),
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
     )
     vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 32, 32), in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(32, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
     )
     # The pipeline resizes the image to 224×224 for its encoder, so the encoder must be built for that.
     image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=4,
-                         image_size=224, intermediate_size=37, patch_size=32)
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=224,
+            intermediate_size=37,
+            patch_size=32,
+        )
     )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
     )
     return StableVideoDiffusionPipeline(
-        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=scheduler,
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
     )
 
 
-_TINY_T5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 1, "num_heads": 4,
-            "relative_attention_num_buckets": 8, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+_TINY_T5 = {
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 37,
+    "num_layers": 1,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
 
 
 def _tiny_t5(tokenizer):
@@ -184,19 +280,37 @@ def _cogvideox(image_to_video: bool):
     # Like CogVideoX-5b-I2V, the image model has learned positional embeddings: it runs only at the
     # size it was built for (8×8 latents → 64×64 pixels). The text model uses sin-cos embeddings: any size.
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=8 if image_to_video else 4, out_channels=4,
-        time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=8, sample_height=8, sample_frames=9,
-        patch_size=2, temporal_compression_ratio=4, max_text_seq_length=COGVIDEOX_TOKEN_LENGTH,
-        use_rotary_positional_embeddings=image_to_video, use_learned_positional_embeddings=image_to_video,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8 if image_to_video else 4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=1,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=COGVIDEOX_TOKEN_LENGTH,
+        use_rotary_positional_embeddings=image_to_video,
+        use_learned_positional_embeddings=image_to_video,
     )
     vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
     )
     pipeline_class = CogVideoXImageToVideoPipeline if image_to_video else CogVideoXPipeline
-    return pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                          scheduler=DDIMScheduler())
+    return pipeline_class(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=DDIMScheduler()
+    )
 
 
 def build_cogvideox_i2v():
@@ -211,26 +325,47 @@ def build_cogvideox_t2v():
 
 def build_wan_i2v():
     """A tiny WanImageToVideoPipeline, Wan 2.1 style with a CLIP image encoder (multiples of 16, 4k+1 frames)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     tokenizer = _t5_tokenizer()
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(UMT5Config(**_TINY_T5, vocab_size=len(tokenizer)))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=1, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4,
     )
     image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(hidden_size=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                         intermediate_size=16, patch_size=4)
+        CLIPVisionConfig(
+            hidden_size=4, num_hidden_layers=2, num_attention_heads=2, image_size=32, intermediate_size=16, patch_size=4
+        )
     )
     return WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), image_encoder=image_encoder,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        image_encoder=image_encoder,
         image_processor=CLIPImageProcessor(crop_size=32, size=32),
     )
 
@@ -243,24 +378,50 @@ def build_animatediff():
     tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 32), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=2,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=2,
     )
-    motion_adapter = MotionAdapter(block_out_channels=(32, 32), motion_layers_per_block=1, motion_norm_num_groups=2,
-                                   motion_num_attention_heads=2)
+    motion_adapter = MotionAdapter(
+        block_out_channels=(32, 32), motion_layers_per_block=1, motion_norm_num_groups=2, motion_num_attention_heads=2
+    )
     vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8), in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4, norm_num_groups=2,
+        block_out_channels=(8, 8, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        norm_num_groups=2,
     )
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-                       num_attention_heads=4, num_hidden_layers=1, vocab_size=len(tokenizer),
-                       max_position_embeddings=TOKEN_LENGTH)
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=1,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=TOKEN_LENGTH,
+        )
     )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False)
-    return AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                               motion_adapter=motion_adapter, scheduler=scheduler)
+    return AnimateDiffPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        motion_adapter=motion_adapter,
+        scheduler=scheduler,
+    )
 
 
 BUILDERS = {

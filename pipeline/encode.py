@@ -14,8 +14,8 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from config.errors import TRY_AGAIN_FIX, GenerationError
-from config.vocabulary import DEFAULT_X264_PRESET, X264_PRESETS
+from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError
+from vidrop.config.vocabulary import DEFAULT_X264_PRESET, X264_PRESETS
 
 THUMBNAIL_LONGEST_SIDE = 320
 # The looping preview shown in galleries: small enough to load quickly from a network share.
@@ -42,14 +42,14 @@ def even_frames(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def write_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str,
-                x264_preset: str = DEFAULT_X264_PRESET) -> None:
+def write_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str, x264_preset: str = DEFAULT_X264_PRESET) -> None:
     """Write frames (uint8, F×H×W×3) to path in the given format."""
     start_video(frames, path, fps=fps, fmt=fmt, x264_preset=x264_preset).finish()
 
 
-def start_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str,
-                x264_preset: str = DEFAULT_X264_PRESET) -> VideoWriting:
+def start_video(
+    frames: np.ndarray, path: Path, *, fps: int, fmt: str, x264_preset: str = DEFAULT_X264_PRESET
+) -> VideoWriting:
     """Begin writing frames to path; `finish()` waits for the file. An MP4 is encoded by ffmpeg meanwhile,
     so thumbnails and previews can be made while it runs; GIF and WebP are written before this returns."""
     if fmt == "mp4":
@@ -63,8 +63,9 @@ def start_video(frames: np.ndarray, path: Path, *, fps: int, fmt: str,
 class VideoWriting:
     """One ffmpeg process encoding frames to H.264 in yuv420p with the index at the front (+faststart)."""
 
-    def __init__(self, frames: np.ndarray | None, path: Path | None, *, fps: int = 0,
-                 preset: str = DEFAULT_X264_PRESET) -> None:
+    def __init__(
+        self, frames: np.ndarray | None, path: Path | None, *, fps: int = 0, preset: str = DEFAULT_X264_PRESET
+    ) -> None:
         self._process: subprocess.Popen | None = None
         self._stderr = b""
         if frames is None or path is None:
@@ -74,18 +75,43 @@ class VideoWriting:
         frames = np.ascontiguousarray(even_frames(frames))
         height, width = frames.shape[1:3]
         command = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-            "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(X264_CRF), "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart",
-            "-f", "mp4",  # the temporary name has no .mp4 suffix
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            preset,
+            "-crf",
+            str(X264_CRF),
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",  # the temporary name has no .mp4 suffix
             str(path),
         ]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         # A thread feeds the pipe (and drains stderr) so that the caller can work while ffmpeg encodes.
-        self._feeder = threading.Thread(target=self._feed, args=(memoryview(frames).cast("B"),),
-                                        name="vidrop-encode", daemon=True)
+        self._feeder = threading.Thread(
+            target=self._feed, args=(memoryview(frames).cast("B"),), name="vidrop-encode", daemon=True
+        )
         self._feeder.start()
 
     @classmethod
@@ -117,8 +143,11 @@ class VideoWriting:
         returncode = self._process.wait()
         if returncode != 0:
             message = self._stderr.decode("utf-8", "replace").strip()[-2000:]
-            raise GenerationError("The video could not be encoded.",
-                                  detail=f"ffmpeg exited with {returncode}: {message}", fix=TRY_AGAIN_FIX)
+            raise GenerationError(
+                "The video could not be encoded.",
+                detail=f"ffmpeg exited with {returncode}: {message}",
+                fix=TRY_AGAIN_FIX,
+            )
 
     def abandon(self) -> None:
         """Stop ffmpeg (something else in the commit failed) and wait for it; the caller removes the file."""
@@ -136,8 +165,9 @@ def _write_animation(frames: np.ndarray, path: Path, *, fps: int, fmt: str) -> N
     images = [Image.fromarray(frame) for frame in frames]
     duration_ms = round(1000 / fps)
     options = {"lossless": False, "quality": 80} if fmt == "webp" else {"optimize": False}
-    images[0].save(path, format=fmt.upper(), save_all=True, append_images=images[1:], duration=duration_ms,
-                   loop=0, **options)
+    images[0].save(
+        path, format=fmt.upper(), save_all=True, append_images=images[1:], duration=duration_ms, loop=0, **options
+    )
 
 
 def write_thumbnail(frames: np.ndarray, path: Path) -> None:
@@ -157,8 +187,17 @@ def write_preview(frames: np.ndarray, path: Path, *, fps: int) -> None:
         image.thumbnail((PREVIEW_LONGEST_SIDE, PREVIEW_LONGEST_SIDE), Image.Resampling.BILINEAR, reducing_gap=1.5)
         images.append(image)
     # method 2 of 0-6: about twice as fast as 4 for files a few per cent larger.
-    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=round(1000 * step / fps),
-                   loop=0, lossless=False, quality=PREVIEW_QUALITY, method=2)
+    images[0].save(
+        path,
+        format="WEBP",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 * step / fps),
+        loop=0,
+        lossless=False,
+        quality=PREVIEW_QUALITY,
+        method=2,
+    )
 
 
 def check_video(path: Path, *, fmt: str) -> VideoCheck:
@@ -178,8 +217,9 @@ def check_video(path: Path, *, fmt: str) -> VideoCheck:
         with Image.open(path) as image:
             return VideoCheck(frames=getattr(image, "n_frames", 1), width=image.width, height=image.height)
     except (OSError, ValueError, IndexError, struct.error) as exc:
-        raise GenerationError("The video file that was written cannot be played.", detail=f"{path}: {exc}",
-                              fix=TRY_AGAIN_FIX) from None
+        raise GenerationError(
+            "The video file that was written cannot be played.", detail=f"{path}: {exc}", fix=TRY_AGAIN_FIX
+        ) from None
 
 
 def _boxes(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -195,8 +235,10 @@ def _boxes(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[bytes, int, 
         elif size == 0:
             size = end - position
         if size < header or position + size > end:
-            raise ValueError(f"the {kind.decode('latin-1')!r} box at byte {position} ({size} bytes) runs past "
-                             f"byte {end}: the file is cut short")
+            raise ValueError(
+                f"the {kind.decode('latin-1')!r} box at byte {position} ({size} bytes) runs past "
+                f"byte {end}: the file is cut short"
+            )
         yield kind, position + header, position + size
         position += size
 
@@ -224,14 +266,15 @@ def _check_mp4(data: mmap.mmap) -> VideoCheck:
     for track in _children(data, *moov).get(b"trak", []):
         mdia = _children(data, *_one(_children(data, *track), b"mdia"))
         hdlr_start, _ = _one(mdia, b"hdlr")
-        if data[hdlr_start + 8:hdlr_start + 12] == b"vide":
+        if data[hdlr_start + 8 : hdlr_start + 12] == b"vide":
             stbl = _children(data, *_one(_children(data, *_one(mdia, b"minf")), b"stbl"))
             return _check_samples(data, stbl, media)
     raise ValueError("no video track")
 
 
-def _check_samples(data: mmap.mmap, stbl: dict[bytes, list[tuple[int, int]]],
-                   media: list[tuple[int, int]]) -> VideoCheck:
+def _check_samples(
+    data: mmap.mmap, stbl: dict[bytes, list[tuple[int, int]]], media: list[tuple[int, int]]
+) -> VideoCheck:
     # 1. The sample entry: H.264 with its coded size and the length of a NAL unit's size field.
     stsd_start, stsd_end = _one(stbl, b"stsd")
     entry = _children(data, stsd_start + 8, stsd_end)
@@ -253,7 +296,7 @@ def _check_samples(data: mmap.mmap, stbl: dict[bytes, list[tuple[int, int]]],
         chunks = struct.unpack_from(f">{struct.unpack_from('>I', data, stco_start + 4)[0]}I", data, stco_start + 8)
     stsc_start, _ = _one(stbl, b"stsc")
     runs = struct.unpack_from(f">{3 * struct.unpack_from('>I', data, stsc_start + 4)[0]}I", data, stsc_start + 8)
-    per_chunk = [runs[index:index + 2] for index in range(0, len(runs), 3)]  # (first chunk, frames per chunk)
+    per_chunk = [runs[index : index + 2] for index in range(0, len(runs), 3)]  # (first chunk, frames per chunk)
     stts_start, _ = _one(stbl, b"stts")
     timed = struct.unpack_from(f">{2 * struct.unpack_from('>I', data, stts_start + 4)[0]}I", data, stts_start + 8)
     if count == 0 or sum(timed[0::2]) != count:
@@ -272,7 +315,7 @@ def _check_samples(data: mmap.mmap, stbl: dict[bytes, list[tuple[int, int]]],
                 raise ValueError(f"frame {frame} (bytes {offset}-{end}) lies outside the media data")
             position = offset
             while position < end:
-                nal = int.from_bytes(data[position:position + length_size], "big")
+                nal = int.from_bytes(data[position : position + length_size], "big")
                 if nal == 0 or position + length_size + nal > end:
                     raise ValueError(f"frame {frame} is broken: a NAL unit at byte {position} of {nal} bytes")
                 position += length_size + nal
@@ -289,5 +332,6 @@ def check_thumbnail(path: Path) -> tuple[int, int]:
             image.load()
             return image.size
     except OSError as exc:
-        raise GenerationError("The thumbnail could not be written.", detail=f"{path}: {exc}",
-                              fix="Try again.") from None
+        raise GenerationError(
+            "The thumbnail could not be written.", detail=f"{path}: {exc}", fix="Try again."
+        ) from None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
@@ -12,22 +12,22 @@ import structlog
 import torch
 from PIL import Image
 
-from config.errors import TRY_AGAIN_FIX, GenerationError, InputError
-from config.request import REQUEST_FIELDS, Preset, VideoFormat
-from config.settings import DEFAULT_MODEL_NAME, LimitSettings, MemorySettings
-from config.vocabulary import MemoryMode
-from pipeline.admission import (
+from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, InputError
+from vidrop.config.request import REQUEST_FIELDS, Preset, VideoFormat
+from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, MemorySettings
+from vidrop.config.vocabulary import MemoryMode
+from vidrop.pipeline.admission import (
     MemoryAdmission,
     MemoryEstimator,
     ModelFootprint,
     choose_mode,
     weights_on_device,
 )
-from pipeline.families.base import Family, FamilyLimits
-from pipeline.images import fit_image
-from pipeline.loader import DTYPES, LoadedModel, load_model
-from pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
-from pipeline.modes import apply_mode, reset_mode
+from vidrop.pipeline.families.base import Family, FamilyLimits
+from vidrop.pipeline.images import fit_image
+from vidrop.pipeline.loader import DTYPES, LoadedModel, load_model
+from vidrop.pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
+from vidrop.pipeline.modes import apply_mode, reset_mode
 
 log = structlog.get_logger()
 
@@ -94,9 +94,14 @@ class JobRunning(Protocol):
 
     def admit(self, params: JobParams) -> MemoryAdmission: ...
 
-    def generate(self, image: Image.Image | None, params: JobParams, seed: int,
-                 on_step: ProgressCallback | None = None,
-                 admission: MemoryAdmission | None = None) -> GenerationResult: ...
+    def generate(
+        self,
+        image: Image.Image | None,
+        params: JobParams,
+        seed: int,
+        on_step: ProgressCallback | None = None,
+        admission: MemoryAdmission | None = None,
+    ) -> GenerationResult: ...
 
     def after_job(self) -> None: ...
 
@@ -115,8 +120,7 @@ class Generator(RequestRules, JobRunning, Protocol):
 class FamilyRules:
     """A model's request rules: its family's defaults, sizes, presets and modes, under the limits."""
 
-    def __init__(self, *, name: str, family: Family, model: str, modes: tuple[str, ...],
-                 limits: LimitSettings) -> None:
+    def __init__(self, *, name: str, family: Family, model: str, modes: tuple[str, ...], limits: LimitSettings) -> None:
         self.name = name
         self.family = family
         self.model = model
@@ -160,8 +164,14 @@ class FamilyRules:
         adjustments: list[dict[str, Any]] = []
         if not self.family.uses_prompt:
             if values["prompt"]:
-                adjustments.append({"field": "prompt", "requested": values["prompt"], "used": "",
-                                    "rule": f"{self.family.name} takes no prompt: the image alone drives the motion"})
+                adjustments.append(
+                    {
+                        "field": "prompt",
+                        "requested": values["prompt"],
+                        "used": "",
+                        "rule": f"{self.family.name} takes no prompt: the image alone drives the motion",
+                    }
+                )
             values["prompt"] = values["negative_prompt"] = ""
         elif not values["prompt"]:
             raise InputError(
@@ -178,7 +188,8 @@ class FamilyRules:
         self.family.check_limits(fitted.width, fitted.height, fitted.num_frames, steps, self.limits)
         return JobParams(
             prompt=values["prompt"],
-            negative_prompt=values["negative_prompt"] if values["negative_prompt"] is not None
+            negative_prompt=values["negative_prompt"]
+            if values["negative_prompt"] is not None
             else defaults.negative_prompt,
             width=fitted.width,
             height=fitted.height,
@@ -203,7 +214,8 @@ class FamilyRules:
             return
         needed = "an image and a prompt file" if mode == TEXT else "a prompt file alone, without an image"
         raise InputError(
-            "This model cannot make a video from a prompt alone." if mode == TEXT
+            "This model cannot make a video from a prompt alone."
+            if mode == TEXT
             else "This model makes videos from a prompt alone; it does not take an image.",
             detail=self.family.rule_for_mode(mode) + f" (model {self.model})",
             fix=f"Drop {needed}, or ask the operator for a model that does this.",
@@ -213,28 +225,42 @@ class FamilyRules:
 class VideoGenerator:
     """Runs one resident diffusers pipeline; one job at a time, in the memory mode that fits."""
 
-    def __init__(self, loaded: LoadedModel, *, fit: Literal["crop", "pad"], limits: LimitSettings,
-                 memory: MemorySettings | None = None, probe: MemoryProbe | None = None,
-                 reload: Callable[[], LoadedModel] | None = None, name: str = DEFAULT_MODEL_NAME) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        fit: Literal["crop", "pad"],
+        limits: LimitSettings,
+        memory: MemorySettings | None = None,
+        probe: MemoryProbe | None = None,
+        reload: Callable[[], LoadedModel] | None = None,
+        name: str = DEFAULT_MODEL_NAME,
+    ) -> None:
         """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
         self.name = name
         self.loaded = loaded
         self.family = loaded.family
         self.fit = fit
-        self.rules = FamilyRules(name=name, family=loaded.family, model=loaded.model, modes=loaded.modes,
-                                 limits=limits)
+        self.rules = FamilyRules(name=name, family=loaded.family, model=loaded.model, modes=loaded.modes, limits=limits)
         self.memory = memory or MemorySettings()
         self.probe = probe or probe_for(loaded.device)
         # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
         # (or in the hub cache) by now.
-        self.reload = reload or (lambda: load_model(loaded.model, family=loaded.family.name, device=loaded.device,
-                                                    dtype=loaded.dtype, offline=True))
+        self.reload = reload or (
+            lambda: load_model(
+                loaded.model, family=loaded.family.name, device=loaded.device, dtype=loaded.dtype, offline=True
+            )
+        )
         self.forced_mode = self.memory.forced_mode
-        self.estimator = MemoryEstimator(self.family, _footprint(loaded),
-                                         offloads_weights=loaded.device.startswith("cuda"),
-                                         dtype_bytes=DTYPES[loaded.dtype].itemsize)
-        self.drift = DriftWatch(threshold_bytes=int(self.memory.drift_restart_gb * GB),
-                                warmup_jobs=self.memory.warmup_jobs)
+        self.estimator = MemoryEstimator(
+            self.family,
+            _footprint(loaded),
+            offloads_weights=loaded.device.startswith("cuda"),
+            dtype_bytes=DTYPES[loaded.dtype].itemsize,
+        )
+        self.drift = DriftWatch(
+            threshold_bytes=int(self.memory.drift_restart_gb * GB), warmup_jobs=self.memory.warmup_jobs
+        )
         self.restart_due: dict[str, int] | None = None
 
     def set_limits(self, limits: LimitSettings) -> None:
@@ -283,13 +309,25 @@ class VideoGenerator:
     def admit(self, params: JobParams) -> MemoryAdmission:
         """The fastest memory mode this job fits in now, or what it has to wait for."""
         resident = weights_on_device(self.loaded.pipe, self.loaded.device) if self.is_loaded else 0
-        return choose_mode(self.estimator, self.probe.snapshot(), width=params.width, height=params.height,
-                           frames=params.num_frames, resident_now=resident,
-                           reserve_bytes=int(self.memory.reserve_gb * GB), forced=self.forced_mode)
+        return choose_mode(
+            self.estimator,
+            self.probe.snapshot(),
+            width=params.width,
+            height=params.height,
+            frames=params.num_frames,
+            resident_now=resident,
+            reserve_bytes=int(self.memory.reserve_gb * GB),
+            forced=self.forced_mode,
+        )
 
-    def generate(self, image: Image.Image | None, params: JobParams, seed: int,
-                 on_step: ProgressCallback | None = None,
-                 admission: MemoryAdmission | None = None) -> GenerationResult:
+    def generate(
+        self,
+        image: Image.Image | None,
+        params: JobParams,
+        seed: int,
+        on_step: ProgressCallback | None = None,
+        admission: MemoryAdmission | None = None,
+    ) -> GenerationResult:
         """Run the family's call for one job and return uint8 frames with timings and memory facts."""
         timings: dict[str, float] = {}
 
@@ -322,8 +360,16 @@ class VideoGenerator:
         frames = _to_uint8(floats)
         del floats
         peak = self.probe.peak_bytes()
-        memory_facts = self._memory_facts(params, admission, mode, peak=peak, floor=floor, resident=resident,
-                                          recovery=recovery, reload_seconds=reload_seconds)
+        memory_facts = self._memory_facts(
+            params,
+            admission,
+            mode,
+            peak=peak,
+            floor=floor,
+            resident=resident,
+            recovery=recovery,
+            reload_seconds=reload_seconds,
+        )
         return GenerationResult(
             frames=frames,
             facts={
@@ -337,9 +383,18 @@ class VideoGenerator:
             },
         )
 
-    def _memory_facts(self, params: JobParams, admission: MemoryAdmission, mode: MemoryMode, *, peak: int,
-                      floor: int, resident: int, recovery: list[dict[str, Any]],
-                      reload_seconds: float | None) -> dict[str, Any]:
+    def _memory_facts(
+        self,
+        params: JobParams,
+        admission: MemoryAdmission,
+        mode: MemoryMode,
+        *,
+        peak: int,
+        floor: int,
+        resident: int,
+        recovery: list[dict[str, Any]],
+        reload_seconds: float | None,
+    ) -> dict[str, Any]:
         """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
         estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
         measured = max(0, peak - floor)
@@ -365,8 +420,9 @@ class VideoGenerator:
         """Once the outputs are safe: restart the worker if memory after jobs drifted past the threshold."""
         if self.restart_due is None:
             return
-        log.warning("worker_restarting", reason="memory_drift", **self.restart_due,
-                    threshold_bytes=self.drift.threshold_bytes)
+        log.warning(
+            "worker_restarting", reason="memory_drift", **self.restart_due, threshold_bytes=self.drift.threshold_bytes
+        )
         self.restart_due = None
         self.unload()
         self._ensure_loaded()
@@ -396,9 +452,15 @@ class VideoGenerator:
         """Load the model now if it is not resident; the seconds it took, or None if it already was."""
         return self._ensure_loaded()
 
-    def _run_with_recovery(self, image: Image.Image | None, params: JobParams, seed: int,
-                           on_step: ProgressCallback | None, mode: MemoryMode,
-                           recovery: list[dict[str, Any]]) -> tuple[np.ndarray, MemoryMode]:
+    def _run_with_recovery(
+        self,
+        image: Image.Image | None,
+        params: JobParams,
+        seed: int,
+        on_step: ProgressCallback | None,
+        mode: MemoryMode,
+        recovery: list[dict[str, Any]],
+    ) -> tuple[np.ndarray, MemoryMode]:
         """Run in `mode`; on out-of-memory release everything, go one rung down and retry the same seed.
 
         Where the family can decode latents separately, the latents are kept, so a decode that runs out
@@ -419,14 +481,21 @@ class VideoGenerator:
                 return self._decode(latents, decode_rng, params, mode), mode
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):
-                    raise GenerationError("The model failed while making this video.",
-                                          detail=f"{type(exc).__name__}: {exc}",
-                                          fix=TRY_AGAIN_FIX) from exc
+                    raise GenerationError(
+                        "The model failed while making this video.",
+                        detail=f"{type(exc).__name__}: {exc}",
+                        fix=TRY_AGAIN_FIX,
+                    ) from exc
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             # Out of the except block: the traceback and the tensors its frames held are gone now.
             lower = mode.next_down()
-            step = {"phase": phase, "mode": mode.value, "error": error,
-                    "next_mode": lower.value if lower else None, "kept_latents": latents is not None}
+            step = {
+                "phase": phase,
+                "mode": mode.value,
+                "error": error,
+                "next_mode": lower.value if lower else None,
+                "kept_latents": latents is not None,
+            }
             recovery.append(step)
             log.warning("memory_recovery", **step)
             reset_mode(pipe, device)
@@ -439,17 +508,33 @@ class VideoGenerator:
                 )
             mode = lower
 
-    def _call(self, image: Image.Image | None, params: JobParams, seed: int, on_step: ProgressCallback | None,
-              mode: MemoryMode, *, output_type: str) -> tuple[Any, torch.Tensor]:
+    def _call(
+        self,
+        image: Image.Image | None,
+        params: JobParams,
+        seed: int,
+        on_step: ProgressCallback | None,
+        mode: MemoryMode,
+        *,
+        output_type: str,
+    ) -> tuple[Any, torch.Tensor]:
         # A seeded CPU generator, so the same seed gives the same video on any device and on every retry.
         # Some pipelines also draw from the global RNG (I2VGen-XL samples its image latents there).
         generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
         callback = _StepReporter(params.steps, on_step)
         arguments = self.family.call_arguments(
-            image=image, prompt=params.prompt, negative_prompt=params.negative_prompt, width=params.width,
-            height=params.height, num_frames=params.num_frames, steps=params.steps,
-            guidance_scale=params.guidance_scale, fps=params.fps, generator=generator, callback=callback,
+            image=image,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            width=params.width,
+            height=params.height,
+            num_frames=params.num_frames,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            fps=params.fps,
+            generator=generator,
+            callback=callback,
         )
         arguments.update(self.family.memory_arguments(mode), output_type=output_type)
         hook = None if self.family.has_step_callback else self._denoiser().register_forward_hook(callback.as_hook)
@@ -465,8 +550,15 @@ class VideoGenerator:
         generator = torch.Generator(device="cpu")
         generator.set_state(rng_state)  # a retried decode draws the same noise as the first try
         with torch.inference_mode():
-            return self.family.decode_latents(self.loaded.pipes[params.mode], latents, width=params.width, height=params.height,
-                                              num_frames=params.num_frames, generator=generator, mode=mode)
+            return self.family.decode_latents(
+                self.loaded.pipes[params.mode],
+                latents,
+                width=params.width,
+                height=params.height,
+                num_frames=params.num_frames,
+                generator=generator,
+                mode=mode,
+            )
 
     def _denoiser(self) -> torch.nn.Module:
         pipe = self.loaded.pipe
@@ -499,8 +591,8 @@ def unknown_model(model: str, offered: list[str]) -> InputError:
     return InputError(
         f"The model '{model}' is not one of the models this vidrop offers.",
         detail=f"model={model!r}; offered: {', '.join(offered)}",
-        fix=f"Set \"model\" to one of: {', '.join(offered)} (or leave it out for the default), "
-            "or ask the operator to add the model.",
+        fix=f'Set "model" to one of: {", ".join(offered)} (or leave it out for the default), '
+        "or ask the operator to add the model.",
     )
 
 
@@ -515,19 +607,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError, or the RuntimeError some CUDA paths (and the CPU allocator) raise instead."""
     text = str(exc).lower()
     return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
 
 
 def check_frames(frames: np.ndarray) -> None:
     """Refuse frames a failed-and-recovered run may leave: NaN, or every frame the same."""
     if np.isnan(frames).any():
-        raise GenerationError("The model produced broken frames (not-a-number values).",
-                              detail=f"NaN in {int(np.isnan(frames).sum())} values of {frames.shape}",
-                              fix=TRY_AGAIN_FIX)
+        raise GenerationError(
+            "The model produced broken frames (not-a-number values).",
+            detail=f"NaN in {int(np.isnan(frames).sum())} values of {frames.shape}",
+            fix=TRY_AGAIN_FIX,
+        )
     if frames.shape[0] > 1 and np.array_equal(frames.min(axis=0), frames.max(axis=0)):
-        raise GenerationError("The model produced a video whose frames are all the same.",
-                              detail=f"{frames.shape[0]} identical frames",
-                              fix=TRY_AGAIN_FIX)
+        raise GenerationError(
+            "The model produced a video whose frames are all the same.",
+            detail=f"{frames.shape[0]} identical frames",
+            fix=TRY_AGAIN_FIX,
+        )
 
 
 def _to_uint8(frames: Any) -> np.ndarray:

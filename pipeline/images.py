@@ -10,7 +10,7 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from config.errors import InputError
+from vidrop.config.errors import InputError
 
 try:  # HEIC/HEIF, what iPhones and macOS write
     import pillow_heif
@@ -24,36 +24,105 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency; without i
 READABLE_SUFFIXES = frozenset(
     {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
     | ({".heic", ".heif", ".hif"} if HAS_HEIF else set())
-    | ({".avif"} if features.check("avif") else set()))
+    | ({".avif"} if features.check("avif") else set())
+)
 # Names that are images vidrop cannot (or must not) decode: each one gets an error file naming its format
 # instead of being ignored (its sidecar would otherwise become a text-only job). A PSD is refused although
 # Pillow opens some: its stored composite is blank unless "Maximize compatibility" was on, a silent wrong result.
 UNREADABLE_FORMATS = {
-    ".psd": "Photoshop (PSD)", ".psb": "Photoshop (PSB)", ".svg": "SVG (vector)", ".svgz": "SVG (vector)",
-    ".ai": "Illustrator (AI)", ".eps": "EPS (vector)", ".xcf": "GIMP (XCF)", ".kra": "Krita (KRA)",
-    ".tga": "Targa (TGA)", ".exr": "OpenEXR", ".hdr": "Radiance HDR", ".jxl": "JPEG XL", ".ico": "icon (ICO)",
-    ".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF",  # only when this installation cannot decode them
-    **{suffix: f"camera RAW ({suffix[1:].upper()})" for suffix in (
-        ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".raf", ".rw2", ".pef",
-        ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".rwl")},
+    ".psd": "Photoshop (PSD)",
+    ".psb": "Photoshop (PSB)",
+    ".svg": "SVG (vector)",
+    ".svgz": "SVG (vector)",
+    ".ai": "Illustrator (AI)",
+    ".eps": "EPS (vector)",
+    ".xcf": "GIMP (XCF)",
+    ".kra": "Krita (KRA)",
+    ".tga": "Targa (TGA)",
+    ".exr": "OpenEXR",
+    ".hdr": "Radiance HDR",
+    ".jxl": "JPEG XL",
+    ".ico": "icon (ICO)",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",  # only when this installation cannot decode them
+    **{
+        suffix: f"camera RAW ({suffix[1:].upper()})"
+        for suffix in (
+            ".cr2",
+            ".cr3",
+            ".crw",
+            ".nef",
+            ".nrw",
+            ".arw",
+            ".srf",
+            ".sr2",
+            ".dng",
+            ".orf",
+            ".raf",
+            ".rw2",
+            ".pef",
+            ".srw",
+            ".x3f",
+            ".3fr",
+            ".iiq",
+            ".erf",
+            ".kdc",
+            ".mrw",
+            ".rwl",
+        )
+    },
 }
 IMAGE_SUFFIXES = READABLE_SUFFIXES | frozenset(UNREADABLE_FORMATS)
 # Content refused whatever the name says (Pillow would open some of them, with a wrong picture).
-REFUSED_CONTENT = frozenset({"Photoshop (PSD)", "camera RAW (CR2)", "camera RAW (CR3)", "camera RAW (RAF)",
-                             "camera RAW (ORF)", "camera RAW (RW2)", "SVG (vector)", "EPS (vector)", "GIMP (XCF)",
-                             "OpenEXR", "JPEG XL", "QOI"})
+REFUSED_CONTENT = frozenset(
+    {
+        "Photoshop (PSD)",
+        "camera RAW (CR2)",
+        "camera RAW (CR3)",
+        "camera RAW (RAF)",
+        "camera RAW (ORF)",
+        "camera RAW (RW2)",
+        "SVG (vector)",
+        "EPS (vector)",
+        "GIMP (XCF)",
+        "OpenEXR",
+        "JPEG XL",
+        "QOI",
+    }
+)
 EXPORT_FIX = "Export it as PNG or JPEG (File > Export) and drop that file with the same name instead."
 
 # Leading bytes of image formats, to name what a file really is (whatever it is called).
 _MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"8BPS", "Photoshop (PSD)"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
-    (b"\x76\x2f\x31\x01", "OpenEXR"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-    (b"FUJIFILMCCD-RAW", "camera RAW (RAF)"), (b"IIRO", "camera RAW (ORF)"), (b"IIU\x00", "camera RAW (RW2)"),
-    (b"gimp xcf", "GIMP (XCF)"), (b"%!PS-Adobe", "EPS (vector)"), (b"qoif", "QOI"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"8BPS", "Photoshop (PSD)"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"FUJIFILMCCD-RAW", "camera RAW (RAF)"),
+    (b"IIRO", "camera RAW (ORF)"),
+    (b"IIU\x00", "camera RAW (RW2)"),
+    (b"gimp xcf", "GIMP (XCF)"),
+    (b"%!PS-Adobe", "EPS (vector)"),
+    (b"qoif", "QOI"),
 )
-_BMFF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF",
-                b"avif": "AVIF", b"avis": "AVIF", b"crx ": "camera RAW (CR3)"}
+_BMFF_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+    b"crx ": "camera RAW (CR3)",
+}
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 ZERO_RUN = bytes(4096)  # a page never written: preallocated files are filled a page or more at a time
 ZERO_TAIL = bytes(256)  # the end of a file still being filled in
@@ -92,7 +161,7 @@ def find_unfinished(data: bytes) -> Unfinished | None:
     if kind == "PNG":
         if not data.endswith(PNG_END):
             end = data.rfind(PNG_END)
-            if end > 0 and not data[end + len(PNG_END):].strip(b"\x00"):
+            if end > 0 and not data[end + len(PNG_END) :].strip(b"\x00"):
                 return Unfinished("zero bytes follow the end of the PNG", is_certain=False)
             return Unfinished("the end of the PNG (its IEND chunk) is missing", is_certain=True)
         return None  # zeros inside a PNG fail its decode (zlib, chunk names)
@@ -161,7 +230,7 @@ def _jpeg_end(data: bytes) -> tuple[int | None, int]:
                     position += 1 if following == 0xFF else 2
                     continue
                 break
-    if position + 2 <= size and data[position:position + 2] == b"\xff\xd9":
+    if position + 2 <= size and data[position : position + 2] == b"\xff\xd9":
         return position + 2, scan_start
     return None, scan_start
 
@@ -173,10 +242,10 @@ def _chunks_are_whole(data: bytes, start: int, end: int, *, little_endian: bool)
         if position + 8 > end:
             return False
         if little_endian:
-            name, length = data[position:position + 4], struct.unpack_from("<I", data, position + 4)[0]
+            name, length = data[position : position + 4], struct.unpack_from("<I", data, position + 4)[0]
             length = 8 + length + (length & 1)
         else:
-            length, name = struct.unpack_from(">I", data, position)[0], data[position + 4:position + 8]
+            length, name = struct.unpack_from(">I", data, position)[0], data[position + 4 : position + 8]
             if length == 1 and position + 16 <= end:
                 length = struct.unpack_from(">Q", data, position + 8)[0]
             elif length == 0:
@@ -218,12 +287,15 @@ def check_readable(name: str, head: bytes) -> None:
     found = sniff_format(head) if head else None
     if suffix in READABLE_SUFFIXES and found not in REFUSED_CONTENT:
         return
-    named = found if found in REFUSED_CONTENT else (
-        UNREADABLE_FORMATS.get(suffix) or found or (f"{suffix[1:].upper()} file" if suffix else "unknown"))
+    named = (
+        found
+        if found in REFUSED_CONTENT
+        else (UNREADABLE_FORMATS.get(suffix) or found or (f"{suffix[1:].upper()} file" if suffix else "unknown"))
+    )
     raise InputError(
         f"vidrop cannot use {named} images.",
         detail=f"format {named} (extension {suffix or 'none'}, content {found or 'unknown'}); vidrop reads "
-               f"{', '.join(sorted(READABLE_SUFFIXES))}",
+        f"{', '.join(sorted(READABLE_SUFFIXES))}",
         fix=EXPORT_FIX,
     )
 
@@ -261,7 +333,8 @@ def open_image(source: Path | bytes, *, max_pixels: int, name: str | None = None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         found = sniff_format(_head_of(source))
         raise InputError(
-            "The file is not an image vidrop can read." if found is None
+            "The file is not an image vidrop can read."
+            if found is None
             else f"The file is not an image vidrop can read: it starts like a {found} but does not decode.",
             detail=f"format {found or 'unknown'}; {type(exc).__name__}: {exc}",
             fix="Export it again as PNG or JPEG; check that the copy finished and the file is not damaged.",

@@ -12,9 +12,9 @@ import diffusers
 import torch
 import transformers
 
-from config.errors import ModelUnavailable
-from pipeline.families import Family, family_by_name, family_for_pipeline_class
-from pipeline.memory import most_free_cuda_device
+from vidrop.config.errors import ModelUnavailable
+from vidrop.pipeline.families import Family, family_by_name, family_for_pipeline_class
+from vidrop.pipeline.memory import most_free_cuda_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,7 +50,7 @@ def resolve_device(requested: str) -> str:
         raise ModelUnavailable(
             f"The device {requested} was asked for, but torch sees no CUDA GPU.",
             detail=f"pipeline.device={requested}; torch.cuda.is_available() is False (torch {torch.__version__})",
-            fix="Set pipeline.device = \"auto\" or \"cpu\", or install a CUDA build of torch and the driver.",
+            fix='Set pipeline.device = "auto" or "cpu", or install a CUDA build of torch and the driver.',
         )
     return requested
 
@@ -102,9 +102,15 @@ def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: 
     chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
     classes = _pipeline_classes(chosen_family, class_name)
     chosen_device = resolve_device(device)
-    return LoadedModel(pipe=None, family=chosen_family, model=model, device=chosen_device,
-                       dtype=resolve_dtype(dtype, chosen_device, chosen_family), load_seconds=0.0,
-                       pipes={mode: None for mode in classes})
+    return LoadedModel(
+        pipe=None,
+        family=chosen_family,
+        model=model,
+        device=chosen_device,
+        dtype=resolve_dtype(dtype, chosen_device, chosen_family),
+        load_seconds=0.0,
+        pipes={mode: None for mode in classes},
+    )
 
 
 def _pipeline_classes(chosen_family: Family, class_name: str) -> dict[str, str]:
@@ -113,8 +119,8 @@ def _pipeline_classes(chosen_family: Family, class_name: str) -> dict[str, str]:
         raise ModelUnavailable(
             f"The model is a {class_name}, which the {chosen_family.name} family cannot run.",
             detail=f"pipeline class {class_name}; family {chosen_family.name} runs "
-                   f"{', '.join(chosen_family.pipeline_class_names)}",
-            fix="Set pipeline.family = \"auto\" or to the model's family.",
+            f"{', '.join(chosen_family.pipeline_class_names)}",
+            fix='Set pipeline.family = "auto" or to the model\'s family.',
         )
     return classes
 

@@ -119,8 +119,9 @@ class CpuProbe:
 
     def snapshot(self) -> MemorySnapshot:
         memory = psutil.virtual_memory()
-        return MemorySnapshot(device=self.device, free_bytes=int(memory.available), total_bytes=int(memory.total),
-                              ours_bytes=rss_bytes())
+        return MemorySnapshot(
+            device=self.device, free_bytes=int(memory.available), total_bytes=int(memory.total), ours_bytes=rss_bytes()
+        )
 
     def usage(self) -> Usage:
         return Usage(allocated_bytes=0, reserved_bytes=0, rss_bytes=rss_bytes())
@@ -158,13 +159,20 @@ class CudaProbe:
         free, total = torch.cuda.mem_get_info(self.index)
         # Our cache is reusable by us: it is not someone else's use.
         cached = torch.cuda.memory_reserved(self.index) - torch.cuda.memory_allocated(self.index)
-        return MemorySnapshot(device=self.device, free_bytes=int(free + max(0, cached)), total_bytes=int(total),
-                              ours_bytes=int(torch.cuda.memory_allocated(self.index)),
-                              others=self._nvml.others() if self._nvml else ())
+        return MemorySnapshot(
+            device=self.device,
+            free_bytes=int(free + max(0, cached)),
+            total_bytes=int(total),
+            ours_bytes=int(torch.cuda.memory_allocated(self.index)),
+            others=self._nvml.others() if self._nvml else (),
+        )
 
     def usage(self) -> Usage:
-        return Usage(allocated_bytes=int(torch.cuda.memory_allocated(self.index)),
-                     reserved_bytes=int(torch.cuda.memory_reserved(self.index)), rss_bytes=rss_bytes())
+        return Usage(
+            allocated_bytes=int(torch.cuda.memory_allocated(self.index)),
+            reserved_bytes=int(torch.cuda.memory_reserved(self.index)),
+            rss_bytes=rss_bytes(),
+        )
 
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.index)
@@ -197,8 +205,10 @@ class _Nvml:
     def others(self) -> tuple[ProcessUse, ...]:
         me = psutil.Process().pid
         try:
-            processes = [*self.pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle),
-                         *self.pynvml.nvmlDeviceGetGraphicsRunningProcesses(self.handle)]
+            processes = [
+                *self.pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle),
+                *self.pynvml.nvmlDeviceGetGraphicsRunningProcesses(self.handle),
+            ]
         except Exception:  # WDDM and some containers report nothing usable
             return ()
         found: dict[int, ProcessUse] = {}

@@ -17,12 +17,12 @@ from typing import Any, Callable
 import structlog
 from PIL import Image
 
-from config.settings import LimitSettings, MemorySettings, PipelineSettings
-from pipeline.admission import MemoryAdmission
-from pipeline.generate import GenerationResult, JobParams, ProgressCallback, VideoGenerator, unknown_model
-from pipeline.loader import inspect_model, load_model
-from pipeline.memory import GB, MemoryProbe, probe_for
-from pipeline.modes import LADDER
+from vidrop.config.settings import LimitSettings, MemorySettings, PipelineSettings
+from vidrop.pipeline.admission import MemoryAdmission
+from vidrop.pipeline.generate import GenerationResult, JobParams, ProgressCallback, VideoGenerator, unknown_model
+from vidrop.pipeline.loader import inspect_model, load_model
+from vidrop.pipeline.memory import GB, MemoryProbe, probe_for
+from vidrop.pipeline.modes import LADDER
 
 log = structlog.get_logger()
 
@@ -37,15 +37,26 @@ class ModelSwitch:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the manifest."""
-        return {"from": self.previous, "evicted": self.evicted,
-                "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3)}
+        return {
+            "from": self.previous,
+            "evicted": self.evicted,
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+        }
 
 
 class ModelSet:
     """The models on offer by name (the default first), with least-recently-used residency."""
 
-    def __init__(self, generators: dict[str, VideoGenerator], *, default: str, probe: MemoryProbe,
-                 reserve_bytes: int, max_resident: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        generators: dict[str, VideoGenerator],
+        *,
+        default: str,
+        probe: MemoryProbe,
+        reserve_bytes: int,
+        max_resident: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if default not in generators:
             raise ValueError(f"default model {default!r} is not among {list(generators)}")
         self.generators = generators
@@ -56,7 +67,8 @@ class ModelSet:
         self.clock = clock
         # Names of loaded models, least recently used first.
         self._recent: OrderedDict[str, None] = OrderedDict(
-            (name, None) for name, generator in generators.items() if generator.is_loaded)
+            (name, None) for name, generator in generators.items() if generator.is_loaded
+        )
         self._current: str | None = default if generators[default].is_loaded else None
         # The switch the next job of that model reports in its manifest (cleared after each job).
         self._switch: tuple[str, ModelSwitch] | None = None
@@ -85,9 +97,15 @@ class ModelSet:
         """The default model's facts, and every model on offer with whether it is loaded."""
         return {
             **self.generators[self.default].describe(),
-            "models": {name: {"model": generator.loaded.model, "family": generator.family.name,
-                              "modes": list(generator.loaded.modes), "resident": generator.is_loaded}
-                       for name, generator in self.generators.items()},
+            "models": {
+                name: {
+                    "model": generator.loaded.model,
+                    "family": generator.family.name,
+                    "modes": list(generator.loaded.modes),
+                    "resident": generator.is_loaded,
+                }
+                for name, generator in self.generators.items()
+            },
         }
 
     def resident_models(self) -> list[str]:
@@ -101,14 +119,20 @@ class ModelSet:
         generator = self._activate(params.model)
         admission = generator.admit(params)
         fastest = generator.forced_mode or LADDER[0]
-        while admission.mode is not fastest and self._evict_one(keep=params.model or self.default,
-                                                                 reason="job_needs_memory"):
+        while admission.mode is not fastest and self._evict_one(
+            keep=params.model or self.default, reason="job_needs_memory"
+        ):
             admission = generator.admit(params)
         return admission
 
-    def generate(self, image: Image.Image | None, params: JobParams, seed: int,
-                 on_step: ProgressCallback | None = None,
-                 admission: MemoryAdmission | None = None) -> GenerationResult:
+    def generate(
+        self,
+        image: Image.Image | None,
+        params: JobParams,
+        seed: int,
+        on_step: ProgressCallback | None = None,
+        admission: MemoryAdmission | None = None,
+    ) -> GenerationResult:
         """Run the job on its model; the facts say which model and what switching to it took."""
         generator = self._activate(params.model)
         result = generator.generate(image, params, seed, on_step=on_step, admission=admission)
@@ -153,9 +177,16 @@ class ModelSet:
         if previous is not None and previous != name:
             self.switches += 1
             self._switch = (name, ModelSwitch(previous=previous, evicted=evicted, load_seconds=load_seconds))
-            log.info("model_switched", model=name, previous=previous, evicted=evicted,
-                     load_ms=None if load_seconds is None else round(load_seconds * 1000),
-                     weight_bytes=generator.weight_bytes, resident=self.resident_models(), switches=self.switches)
+            log.info(
+                "model_switched",
+                model=name,
+                previous=previous,
+                evicted=evicted,
+                load_ms=None if load_seconds is None else round(load_seconds * 1000),
+                weight_bytes=generator.weight_bytes,
+                resident=self.resident_models(),
+                switches=self.switches,
+            )
         elif load_seconds is not None:
             self._switch = (name, ModelSwitch(previous=previous, evicted=evicted, load_seconds=load_seconds))
         self._recent.pop(name, None)
@@ -172,8 +203,12 @@ class ModelSet:
             free = self.probe.snapshot().free_bytes - self.reserve_bytes
             if not (too_many or free < weight_bytes):
                 return evicted
-            victim = self._evict_one(keep=name, reason="too_many_models" if too_many else "weights_do_not_fit",
-                                     needed_bytes=weight_bytes, free_bytes=free)
+            victim = self._evict_one(
+                keep=name,
+                reason="too_many_models" if too_many else "weights_do_not_fit",
+                needed_bytes=weight_bytes,
+                free_bytes=free,
+            )
             if victim is None:
                 return evicted  # nothing left to unload: load anyway; admission decides how the job runs
             evicted.append(victim)
@@ -186,16 +221,18 @@ class ModelSet:
             self.generators[name].unload()
             del self._recent[name]
             self.probe.release()
-            log.info("model_evicted", model=name, reason=reason, for_model=keep, **facts,
-                     resident=self.resident_models())
+            log.info(
+                "model_evicted", model=name, reason=reason, for_model=keep, **facts, resident=self.resident_models()
+            )
             if self._switch is not None and self._switch[0] == keep and name not in self._switch[1].evicted:
                 self._switch[1].evicted.append(name)
             return name
         return None
 
 
-def open_models(pipeline: PipelineSettings, *, limits: LimitSettings, memory: MemorySettings,
-                probe: MemoryProbe | None = None) -> ModelSet:
+def open_models(
+    pipeline: PipelineSettings, *, limits: LimitSettings, memory: MemorySettings, probe: MemoryProbe | None = None
+) -> ModelSet:
     """Every model on offer: the default one loaded now, the others looked at (found, family known) only.
 
     A model that is missing fails here, at start, not at the first job that names it.
@@ -204,10 +241,24 @@ def open_models(pipeline: PipelineSettings, *, limits: LimitSettings, memory: Me
     default = pipeline.default_model_name
     generators: dict[str, VideoGenerator] = {}
     for name, source in offered.items():
-        arguments = dict(family=pipeline.family_of(name), device=pipeline.device, dtype=pipeline.dtype, offline=pipeline.offline)
+        arguments = dict(
+            family=pipeline.family_of(name), device=pipeline.device, dtype=pipeline.dtype, offline=pipeline.offline
+        )
         loaded = load_model(source, **arguments) if name == default else inspect_model(source, **arguments)
-        generators[name] = VideoGenerator(loaded, fit=pipeline.fit, limits=limits, memory=memory, probe=probe,
-                                          reload=partial(load_model, source, **arguments), name=name)
+        generators[name] = VideoGenerator(
+            loaded,
+            fit=pipeline.fit,
+            limits=limits,
+            memory=memory,
+            probe=probe,
+            reload=partial(load_model, source, **arguments),
+            name=name,
+        )
     device = generators[default].loaded.device
-    return ModelSet(generators, default=default, probe=probe or probe_for(device),
-                    reserve_bytes=int(memory.reserve_gb * GB), max_resident=memory.max_resident_models)
+    return ModelSet(
+        generators,
+        default=default,
+        probe=probe or probe_for(device),
+        reserve_bytes=int(memory.reserve_gb * GB),
+        max_resident=memory.max_resident_models,
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from config.vocabulary import MemoryMode
+from vidrop.config.vocabulary import MemoryMode
 
 LADDER = tuple(MemoryMode)
 _GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
@@ -23,8 +23,9 @@ def apply_mode(pipe: Any, mode: MemoryMode, device: str) -> None:
     if mode is MemoryMode.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
     elif mode is MemoryMode.GROUP_OFFLOAD:
-        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                  offload_type="leaf_level")
+        pipe.enable_group_offload(
+            onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="leaf_level"
+        )
 
 
 def reset_mode(pipe: Any, device: str) -> None:

@@ -11,8 +11,15 @@ from html.parser import HTMLParser
 
 import pytest
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 
 
 def chromium(url: str, *args: str, timeout: float = 120) -> str:
@@ -21,8 +28,13 @@ def chromium(url: str, *args: str, timeout: float = 120) -> str:
     if executable is None:
         pytest.skip("Debian's chromium is not installed (`make test` installs it when run as root)")
     with tempfile.TemporaryDirectory(prefix="vidrop-chromium-") as profile:
-        process = subprocess.Popen([executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -77,5 +89,8 @@ class Page(HTMLParser):
 
     def scripts_or_handlers(self) -> list[tuple[str, dict]]:
         """Script elements, and any element with an on… event attribute."""
-        return [(tag, attrs) for tag, attrs in self.elements
-                if tag == "script" or any(name.lower().startswith("on") for name in attrs)]
+        return [
+            (tag, attrs)
+            for tag, attrs in self.elements
+            if tag == "script" or any(name.lower().startswith("on") for name in attrs)
+        ]

@@ -44,7 +44,7 @@ class _DemoModels(dict):
         self.root = root
 
     def __missing__(self, name: str) -> Path:
-        from pipeline.demo_model import write_demo_model
+        from vidrop.pipeline.demo_model import write_demo_model
 
         self[name] = write_demo_model(self.root / name, name)
         return self[name]
@@ -52,16 +52,16 @@ class _DemoModels(dict):
 
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny demo models by name (`pipeline.demo_model.BUILDERS`): ltx, i2vgen-xl, svd, cogvideox, wan, ..."""
+    """Tiny demo models by name (`vidrop.pipeline.demo_model.BUILDERS`): ltx, i2vgen-xl, svd, cogvideox, wan, ..."""
     return _DemoModels(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
 def ltx_generator(demo_models):
     """The tiny LTX model loaded once through the production loader."""
-    from config.settings import LimitSettings
-    from pipeline.generate import VideoGenerator
-    from pipeline.loader import load_model
+    from vidrop.config.settings import LimitSettings
+    from vidrop.pipeline.generate import VideoGenerator
+    from vidrop.pipeline.loader import load_model
 
     loaded = load_model(str(demo_models["ltx"]), family="auto", device="cpu", dtype="auto", offline=True)
     return VideoGenerator(loaded, fit="crop", limits=LimitSettings())
@@ -113,22 +113,24 @@ def folders(tmp_path) -> dict[str, Path]:
 def vidrop_env(folders: dict[str, Path], model: Path, **extra: str) -> dict[str, str]:
     """The environment for a `vidrop` process on these folders and this model."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("VIDROP_")}
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "VIDROP_INBOX": str(folders["inbox"]),
-        "VIDROP_OUTBOX": str(folders["outbox"]),
-        "VIDROP_STATE_DIR": str(folders["state"]),
-        "VIDROP_PIPELINE__MODEL": str(model),
-        "VIDROP_PIPELINE__DEVICE": "cpu",
-        "VIDROP_LOG_FORMAT": "json",
-        "VIDROP_INTAKE__SETTLE_SECONDS": "0.3",
-        "VIDROP_INTAKE__PAIRING_SECONDS": "2",
-        "VIDROP_INTAKE__TICK_SECONDS": "0.1",
-        "VIDROP_INTAKE__DECODE_GRACE_SECONDS": "1",
-        "VIDROP_INTAKE__POLL_SECONDS": "0.5",
-        "VIDROP_INTAKE__RECONCILE_SECONDS": "10",
-        "OMP_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "VIDROP_INBOX": str(folders["inbox"]),
+            "VIDROP_OUTBOX": str(folders["outbox"]),
+            "VIDROP_STATE_DIR": str(folders["state"]),
+            "VIDROP_PIPELINE__MODEL": str(model),
+            "VIDROP_PIPELINE__DEVICE": "cpu",
+            "VIDROP_LOG_FORMAT": "json",
+            "VIDROP_INTAKE__SETTLE_SECONDS": "0.3",
+            "VIDROP_INTAKE__PAIRING_SECONDS": "2",
+            "VIDROP_INTAKE__TICK_SECONDS": "0.1",
+            "VIDROP_INTAKE__DECODE_GRACE_SECONDS": "1",
+            "VIDROP_INTAKE__POLL_SECONDS": "0.5",
+            "VIDROP_INTAKE__RECONCILE_SECONDS": "10",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -143,13 +145,19 @@ def vidrop_command(env: dict[str, str], faults: Faults | None = None) -> tuple[l
 class VidropProcess:
     """A real `vidrop run` process whose JSON log lines are collected from stderr."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("run",), prefix: tuple[str, ...] = (),
-                 faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: tuple[str, ...] = ("run",),
+        prefix: tuple[str, ...] = (),
+        faults: Faults | None = None,
+    ) -> None:
         # prefix: a command that execs vidrop in its own process (unshare, setpriv), so the PID stays vidrop's;
         # faults: run it through the test harness, which injects them (the PID is still vidrop's)
         command, env = vidrop_command(env, faults)
-        self.process = subprocess.Popen([*prefix, *command, *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [*prefix, *command, *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.events: list[dict] = []
         self.other_lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True, name="vidrop-log-reader")
@@ -170,6 +178,7 @@ class VidropProcess:
             if self.process.poll() is not None and len(self.events_named(name)) < count:
                 pytest.fail(f"vidrop exited with {self.process.returncode} before {name}: {self.log_text()}")
             return len(self.events_named(name)) >= count
+
         wait_for(found, timeout, what=f"log event {name} x{count}")
         return self.events_named(name)
 
@@ -208,7 +217,7 @@ def start_vidrop():
 
 def ledger_jobs(state: Path) -> list:
     """Every job in a daemon's SQLite ledger (read while it runs: WAL allows it)."""
-    from daemon.ledger.sqlite import SqliteLedger
+    from vidrop.daemon.ledger.sqlite import SqliteLedger
 
     ledger = SqliteLedger(state / "ledger.sqlite3")
     try:
@@ -223,8 +232,9 @@ def job_lines(outbox_folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_vidrop(env: dict[str, str], *args: str, timeout: float = 180,
-               faults: Faults | None = None) -> subprocess.CompletedProcess:
+def run_vidrop(
+    env: dict[str, str], *args: str, timeout: float = 180, faults: Faults | None = None
+) -> subprocess.CompletedProcess:
     """Run a `vidrop` command to completion (with faults: through the test harness)."""
     command, env = vidrop_command(env, faults)
     return subprocess.run([*command, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -238,8 +248,7 @@ def no_leaks():
     yield
     deadline = time.monotonic() + 10
     while True:
-        leaked = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()
-                  and not t.daemon]
+        leaked = [t for t in threading.enumerate() if t not in threads_before and t.is_alive() and not t.daemon]
         children = [pid for pid in _children() if pid not in children_before]
         if not leaked and not children:
             return
@@ -271,6 +280,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+
+
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
@@ -298,9 +309,26 @@ class PostgresCluster:
 
     def pg_ctl(self, *args: str) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        subprocess.run(_as_postgres([str(self.binaries / "pg_ctl"), *args, "-w", "-t", "120", "-D", str(self.data),
-                                     "-l", str(self.root / "log"), "-o", options]),
-                       check=True, capture_output=True, timeout=180)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(self.binaries / "pg_ctl"),
+                    *args,
+                    "-w",
+                    "-t",
+                    "120",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "log"),
+                    "-o",
+                    options,
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
 
     def start(self) -> None:
         self.pg_ctl("start")
@@ -325,9 +353,25 @@ def postgres_cluster():
         shutil.chown(root, "postgres", "postgres")
     cluster = PostgresCluster(POSTGRES_BIN[-1].parent, root, free_port())
     try:
-        subprocess.run(_as_postgres([str(cluster.binaries / "initdb"), "-D", str(cluster.data), "-U", "vidrop",
-                                     "-A", "trust", "--no-sync", "-E", "UTF8"]),
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(cluster.binaries / "initdb"),
+                    "-D",
+                    str(cluster.data),
+                    "-U",
+                    "vidrop",
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         cluster.start()
         yield cluster
     finally:

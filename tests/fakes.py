@@ -9,16 +9,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from config.settings import LimitSettings, Settings, load_settings
-from daemon.app import Daemon
-from daemon.recorder import JobListener
-from daemon.wiring import Wiring
-from pipeline.admission import MemoryAdmission
-from pipeline.families import family_by_name
-from pipeline.generate import IMAGE, TEXT, FamilyRules, GenerationResult, JobParams
-from pipeline.memory import MemorySnapshot
-from pipeline.modes import MemoryMode
 from tests.memory_fakes import FakeProbe  # noqa: F401  (the memory probe's fake, shared from here too)
+from vidrop.config.settings import LimitSettings, Settings, load_settings
+from vidrop.daemon.app import Daemon
+from vidrop.daemon.recorder import JobListener
+from vidrop.daemon.wiring import Wiring
+from vidrop.pipeline.admission import MemoryAdmission
+from vidrop.pipeline.families import family_by_name
+from vidrop.pipeline.generate import IMAGE, TEXT, FamilyRules, GenerationResult, JobParams
+from vidrop.pipeline.memory import MemorySnapshot
+from vidrop.pipeline.modes import MemoryMode
 
 # Inputs settle, pair and decode at once: the loop's tests need no grace periods.
 QUICK_INTAKE = {"settle_seconds": 0, "pairing_seconds": 0, "decode_grace_seconds": 0, "tick_seconds": 0.01}
@@ -77,10 +77,22 @@ class FakeGenerator:
     `on_step(params, step)` runs at each step (a test raises from it, or asks the daemon to stop).
     """
 
-    def __init__(self, *, family: str = "ltx", modes: tuple[str, ...] = (IMAGE, TEXT),
-                 limits: LimitSettings | None = None, on_step: StepHook | None = None, name: str = "default") -> None:
-        self.rules = FamilyRules(name=name, family=family_by_name(family), model=f"fake-{family}", modes=modes,
-                                 limits=limits or LimitSettings())
+    def __init__(
+        self,
+        *,
+        family: str = "ltx",
+        modes: tuple[str, ...] = (IMAGE, TEXT),
+        limits: LimitSettings | None = None,
+        on_step: StepHook | None = None,
+        name: str = "default",
+    ) -> None:
+        self.rules = FamilyRules(
+            name=name,
+            family=family_by_name(family),
+            model=f"fake-{family}",
+            modes=modes,
+            limits=limits or LimitSettings(),
+        )
         self.on_step = on_step
         self.generated: list[tuple[JobParams, int]] = []
         self.unloads = 0
@@ -111,11 +123,25 @@ class FakeGenerator:
                 on_step(step, params.steps)
         self.generated.append((params, seed))
         frames = np.full((params.num_frames, params.height, params.width, 3), seed % 256, dtype=np.uint8)
-        memory = {"mode": MemoryMode.AS_IS.value, "estimated_bytes": 0, "measured_bytes": 0, "recovery": [],
-                  "after_job": {"allocated_bytes": 0, "reserved_bytes": 0, "rss_bytes": 0}}
-        return GenerationResult(frames=frames, facts={
-            **self.describe(), "timings": {"generate_seconds": 0.0}, "peak_memory_bytes": 0, "memory": memory,
-            "frames": params.num_frames, "width": params.width, "height": params.height})
+        memory = {
+            "mode": MemoryMode.AS_IS.value,
+            "estimated_bytes": 0,
+            "measured_bytes": 0,
+            "recovery": [],
+            "after_job": {"allocated_bytes": 0, "reserved_bytes": 0, "rss_bytes": 0},
+        }
+        return GenerationResult(
+            frames=frames,
+            facts={
+                **self.describe(),
+                "timings": {"generate_seconds": 0.0},
+                "peak_memory_bytes": 0,
+                "memory": memory,
+                "frames": params.num_frames,
+                "width": params.width,
+                "height": params.height,
+            },
+        )
 
     def after_job(self) -> None:
         pass
@@ -129,21 +155,38 @@ class FakeGenerator:
         return [self.rules.name] if self.is_loaded else []
 
     def describe(self) -> dict[str, Any]:
-        return {"model_name": self.rules.name, "model": self.rules.model, "family": self.rules.family.name,
-                "device": "cpu", "dtype": "float32", "load_seconds": 0.0, "modes": list(self.rules.model_modes)}
+        return {
+            "model_name": self.rules.name,
+            "model": self.rules.model,
+            "family": self.rules.family.name,
+            "device": "cpu",
+            "dtype": "float32",
+            "load_seconds": 0.0,
+            "modes": list(self.rules.model_modes),
+        }
 
 
 def quick_settings(folders: dict[str, Path], **overrides: Any) -> Settings:
     """Settings for a daemon over the test's folders, whose inputs need no waiting."""
     intake = {**QUICK_INTAKE, **overrides.pop("intake", {})}
-    return load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-                         intake=intake, **overrides).settings
+    return load_settings(
+        None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"], intake=intake, **overrides
+    ).settings
 
 
-def fake_daemon(settings: Settings, generator: FakeGenerator, *, notifier: RecordingNotifier | None = None,
-                listeners: tuple[JobListener, ...] = (),
-                settings_loader: Callable[[], Settings] | None = None) -> Daemon:
+def fake_daemon(
+    settings: Settings,
+    generator: FakeGenerator,
+    *,
+    notifier: RecordingNotifier | None = None,
+    listeners: tuple[JobListener, ...] = (),
+    settings_loader: Callable[[], Settings] | None = None,
+) -> Daemon:
     """A daemon wired with the fake generator; its ledger is a temporary SQLite file in the state folder."""
-    wiring = Wiring(settings, generator_factory=lambda _settings: generator, notifier=notifier or RecordingNotifier(),
-                    listeners=listeners)
+    wiring = Wiring(
+        settings,
+        generator_factory=lambda _settings: generator,
+        notifier=notifier or RecordingNotifier(),
+        listeners=listeners,
+    )
     return Daemon(wiring, settings_loader=settings_loader)

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pipeline.memory import CpuProbe, MemorySnapshot, ProcessUse, Usage, collect_garbage
+from vidrop.pipeline.memory import CpuProbe, MemorySnapshot, ProcessUse, Usage, collect_garbage
 
 GIB = 2**30
 
@@ -17,8 +17,15 @@ class FakeProbe:
     Peaks and usage come from the real CPU probe unless `usage_of` says otherwise, so the facts stay real.
     """
 
-    def __init__(self, free: Sequence[int], *, device: str = "cuda:0", total: int = 24 * GIB,
-                 others: Sequence[ProcessUse] = (), usage_of: Callable[[], Usage] | None = None) -> None:
+    def __init__(
+        self,
+        free: Sequence[int],
+        *,
+        device: str = "cuda:0",
+        total: int = 24 * GIB,
+        others: Sequence[ProcessUse] = (),
+        usage_of: Callable[[], Usage] | None = None,
+    ) -> None:
         self.device = device
         self.free = list(free)
         self.total = total

@@ -30,8 +30,9 @@ def _outside_private_tmp(*candidates: Path) -> Path:
 
 
 # Folders the service must see: in the checkout, or in the home folder when the checkout is under /tmp.
-WORK_ROOT = _outside_private_tmp(REPO / ".sdbox-work", Path.home() / ".cache" / "vidrop-sdbox-work",
-                                 Path("/root/.cache/vidrop-sdbox-work"))
+WORK_ROOT = _outside_private_tmp(
+    REPO / ".sdbox-work", Path.home() / ".cache" / "vidrop-sdbox-work", Path("/root/.cache/vidrop-sdbox-work")
+)
 
 
 def require_sdbox() -> None:
@@ -53,8 +54,16 @@ class Box:
     """A booted systemd; `down()` removes it (by its recorded PID, see sdbox's README)."""
 
     def __init__(self, units: Path, rw: list[Path], limit: int = 600) -> None:
-        booted = sdbox("boot", "--units", units, *[arg for path in rw for arg in ("--rw", path)],
-                       "--limit", str(limit), "--workdir", WORK_ROOT)
+        booted = sdbox(
+            "boot",
+            "--units",
+            units,
+            *[arg for path in rw for arg in ("--rw", path)],
+            "--limit",
+            str(limit),
+            "--workdir",
+            WORK_ROOT,
+        )
         assert booted.returncode == 0, booted.stderr
         self.id = booted.stdout.strip().splitlines()[-1].removeprefix("SDBOX_ID=")
 

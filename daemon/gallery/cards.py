@@ -6,12 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from config.settings import DEFAULT_MODEL_NAME
-from daemon.ledger.base import Job, JobState
-from daemon.outbox import OutputNames, iso_time
+from vidrop.config.settings import DEFAULT_MODEL_NAME
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.outbox import OutputNames, iso_time
 
-STATE_WORDS = {JobState.QUEUED: "waiting", JobState.RUNNING: "running", JobState.DONE: "done",
-               JobState.FAILED: "failed"}
+STATE_WORDS = {
+    JobState.QUEUED: "waiting",
+    JobState.RUNNING: "running",
+    JobState.DONE: "done",
+    JobState.FAILED: "failed",
+}
 PARAMETER_KEYS = ("width", "height", "num_frames", "fps", "steps", "guidance_scale", "format")
 
 
@@ -79,8 +83,9 @@ def folder_of(relative_input: str) -> str:
     return "" if parent == "." else parent
 
 
-def make_card(job: Job, *, names: OutputNames, estimates: Estimates, progress: Progress | None,
-              now_monotonic: float) -> Card:
+def make_card(
+    job: Job, *, names: OutputNames, estimates: Estimates, progress: Progress | None, now_monotonic: float
+) -> Card:
     """Turn a ledger job into a card; links only name files that exist in the folder now."""
     params = job.params or {}
     parameters = {key: params[key] for key in PARAMETER_KEYS if key in params}
@@ -88,10 +93,17 @@ def make_card(job: Job, *, names: OutputNames, estimates: Estimates, progress: P
         parameters = {"model": params["model"], **parameters}
     if job.seed is not None:
         parameters["seed"] = job.seed
-    card = Card(job_id=job.id, input=job.input, name=PurePosixPath(job.input).name, state=job.state.value,
-                words=STATE_WORDS[job.state], prompt=params.get("prompt"), parameters=parameters,
-                created_at=iso_time(job.created_at),
-                finished_at=None if job.finished_at is None else iso_time(job.finished_at))
+    card = Card(
+        job_id=job.id,
+        input=job.input,
+        name=PurePosixPath(job.input).name,
+        state=job.state.value,
+        words=STATE_WORDS[job.state],
+        prompt=params.get("prompt"),
+        parameters=parameters,
+        created_at=iso_time(job.created_at),
+        finished_at=None if job.finished_at is None else iso_time(job.finished_at),
+    )
     if job.state is JobState.QUEUED and job.id in estimates.positions:
         card.queue_position = estimates.positions[job.id]
         card.starts_in_seconds = _rounded(estimates.starts_in(card.queue_position))

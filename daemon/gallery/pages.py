@@ -7,11 +7,17 @@ from urllib.parse import quote
 
 import jinja2
 
-from daemon.gallery.cards import Card
-from daemon.names import json_text, name_bytes, shown
+from vidrop.daemon.gallery.cards import Card
+from vidrop.daemon.names import json_text, name_bytes, shown
 
-PARAMETER_LABELS = {"num_frames": "{} frames", "fps": "{} fps", "steps": "{} steps", "guidance_scale": "guidance {}",
-                    "seed": "seed {}", "format": "{}"}
+PARAMETER_LABELS = {
+    "num_frames": "{} frames",
+    "fps": "{} fps",
+    "steps": "{} steps",
+    "guidance_scale": "guidance {}",
+    "seed": "seed {}",
+    "format": "{}",
+}
 
 
 def duration(seconds: float | None) -> str:
@@ -46,8 +52,7 @@ def parameters(values: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-_environment = jinja2.Environment(loader=jinja2.PackageLoader("daemon.gallery", "templates"),
-                                  autoescape=True)
+_environment = jinja2.Environment(loader=jinja2.PackageLoader("vidrop.daemon.gallery", "templates"), autoescape=True)
 _environment.filters.update(duration=duration, href=href, utc=utc, parameters=parameters)
 
 
@@ -61,8 +66,16 @@ def status_json(document: dict[str, Any]) -> str:
     return json_text(document, default=_card_json) + "\n"  # no indent: the C encoder is 5× faster
 
 
-def status_text(*, updated_at: str, queue_length: int, drain_seconds: float | None, running: Card | None,
-                counts: dict[str, int], failures: list[Card], notice: str | None = None) -> str:
+def status_text(
+    *,
+    updated_at: str,
+    queue_length: int,
+    drain_seconds: float | None,
+    running: Card | None,
+    counts: dict[str, int],
+    failures: list[Card],
+    notice: str | None = None,
+) -> str:
     """_STATUS.txt: for people without a browser; notice says why nothing moves (the ledger is unavailable)."""
     lines = [f"vidrop status, updated {utc(updated_at)}", ""]
     if notice:

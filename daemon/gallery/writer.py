@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon.clock import Clock
-from daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
-from daemon.gallery.pages import href, render_page, status_json, status_text, utc
-from daemon.ledger.base import Job, JobState
-from daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
+from vidrop.daemon.gallery.pages import href, render_page, status_json, status_text, utc
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
 log = structlog.get_logger()
 
@@ -69,9 +69,17 @@ class _Snapshot:
 class GalleryWriter:
     """Rewrites `index.html`, `page-K.html` and `_status.json` per folder and `_STATUS.txt`, at most once a second."""
 
-    def __init__(self, *, ledger: GalleryLedger, outbox: Path, clock: Clock, page_size: int = 50,
-                 refresh_seconds: int = 5, min_interval: float = MIN_INTERVAL_SECONDS,
-                 progress_interval: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: GalleryLedger,
+        outbox: Path,
+        clock: Clock,
+        page_size: int = 50,
+        refresh_seconds: int = 5,
+        min_interval: float = MIN_INTERVAL_SECONDS,
+        progress_interval: float | None = None,
+    ) -> None:
         self.ledger = ledger
         self.outbox = Outbox(outbox)
         self.clock = clock
@@ -113,8 +121,7 @@ class GalleryWriter:
         """Write every changed folder whose last write is at least min_interval (or interval) old; all with force."""
         now = self.clock.monotonic()
         interval = self.min_interval if interval is None else interval
-        due = [folder for folder in self._dirty
-               if force or now - self._last_written.get(folder, -math.inf) >= interval]
+        due = [folder for folder in self._dirty if force or now - self._last_written.get(folder, -math.inf) >= interval]
         if not due or not self.outbox.root.is_dir():
             return []  # an unmounted share: never make the outbox again on the local disk; retried later
         snapshot = self._snapshot()
@@ -134,11 +141,14 @@ class GalleryWriter:
         self._dirty.setdefault("", set())
         if notice is None or not self.outbox.root.is_dir():
             return
-        shown = self._last_status or dict(running=None, queue_length=0, drain_seconds=None, failures=[],
-                                          counts={state.value: 0 for state in JobState})
+        shown = self._last_status or dict(
+            running=None, queue_length=0, drain_seconds=None, failures=[], counts={state.value: 0 for state in JobState}
+        )
         try:
-            replace_text(self.outbox.root / STATUS_TEXT,
-                         status_text(**{**shown, "updated_at": iso_time(self.clock.time())}, notice=notice))
+            replace_text(
+                self.outbox.root / STATUS_TEXT,
+                status_text(**{**shown, "updated_at": iso_time(self.clock.time())}, notice=notice),
+            )
         except OSError as exc:
             log.warning("gallery_write_failed", folder="", error=str(exc))
 
@@ -172,11 +182,16 @@ class GalleryWriter:
         except (OSError, ValueError):
             return False
         counts = {state.value: summary.get(state.value, 0) for state in JobState}
-        return (isinstance(written, dict) and written.get("version") == STATUS_VERSION
-                and written.get("page_size") == self.page_size and written.get("counts") == counts
-                and not counts[JobState.QUEUED.value] and not counts[JobState.RUNNING.value]
-                and str(written.get("updated_at", "")) >= iso_time(summary["latest"])
-                and (directory / INDEX).is_file())
+        return (
+            isinstance(written, dict)
+            and written.get("version") == STATUS_VERSION
+            and written.get("page_size") == self.page_size
+            and written.get("counts") == counts
+            and not counts[JobState.QUEUED.value]
+            and not counts[JobState.RUNNING.value]
+            and str(written.get("updated_at", "")) >= iso_time(summary["latest"])
+            and (directory / INDEX).is_file()
+        )
 
     def _mark(self, job: Job) -> None:
         self._dirty.setdefault(folder_of(job.input), set()).add(job.id)
@@ -184,17 +199,28 @@ class GalleryWriter:
 
     def _snapshot(self) -> _Snapshot:
         now = self.clock.monotonic()
-        finished = [job for job in self.ledger.recent_jobs(JobState.DONE, RECENT_FOR_AVERAGE)
-                    if job.started_at is not None and job.finished_at is not None]
+        finished = [
+            job
+            for job in self.ledger.recent_jobs(JobState.DONE, RECENT_FOR_AVERAGE)
+            if job.started_at is not None and job.finished_at is not None
+        ]
         average = sum(job.finished_at - job.started_at for job in finished) / len(finished) if finished else None
         running_jobs = self.ledger.recent_jobs(JobState.RUNNING, 1)
         left = 0.0
         if running_jobs:
             left = running_left(self._progress.get(running_jobs[0].id), average, now) or 0.0
-        estimates = Estimates(positions={job_id: place for place, job_id in enumerate(self.ledger.queued_ids(), 1)},
-                              average_seconds=average, running_left=left)
-        snapshot = _Snapshot(updated_at=iso_time(self.clock.time()), summaries=self.ledger.folder_summaries(),
-                             estimates=estimates, running=None, failures=[])
+        estimates = Estimates(
+            positions={job_id: place for place, job_id in enumerate(self.ledger.queued_ids(), 1)},
+            average_seconds=average,
+            running_left=left,
+        )
+        snapshot = _Snapshot(
+            updated_at=iso_time(self.clock.time()),
+            summaries=self.ledger.folder_summaries(),
+            estimates=estimates,
+            running=None,
+            failures=[],
+        )
         snapshot.running = next(iter(self._cards(running_jobs, snapshot)), None)
         snapshot.failures = self._cards(self.ledger.recent_jobs(JobState.FAILED, FAILURES_SHOWN), snapshot)
         return snapshot
@@ -209,8 +235,15 @@ class GalleryWriter:
                 directories[folder] = self._directory(folder)
             stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
             names = OutputNames(folder=directories[folder], stem=stem)
-            cards.append(make_card(job, names=names, estimates=snapshot.estimates,
-                                   progress=self._progress.get(job.id), now_monotonic=now))
+            cards.append(
+                make_card(
+                    job,
+                    names=names,
+                    estimates=snapshot.estimates,
+                    progress=self._progress.get(job.id),
+                    now_monotonic=now,
+                )
+            )
         return cards
 
     def _directory(self, folder: str) -> Path:
@@ -225,31 +258,50 @@ class GalleryWriter:
         counts = snapshot.counts if is_root else own  # the root speaks for every folder
         blocks = math.ceil(sum(own.values()) / self.page_size)
         paged = max(0, blocks - 2)  # blocks that have their own page; the newest two are on the index
-        newest = list(reversed(self.ledger.folder_jobs(folder, offset=paged * self.page_size,
-                                                       limit=2 * self.page_size)))
+        newest = list(
+            reversed(self.ledger.folder_jobs(folder, offset=paged * self.page_size, limit=2 * self.page_size))
+        )
         cards = self._cards(newest, snapshot)
         is_pending = bool(counts["queued"] or counts["running"])
         common = self._common(folder, snapshot, counts)
         range_text = f"newest {len(cards)} of {sum(own.values())}" if cards else ""
-        replace_text(directory / INDEX, render_page(
-            **common, cards=cards, refresh_seconds=self.refresh_seconds if is_pending else None,
-            newer_href=None, older_href=href(page_name(paged - 1)) if paged else None, range_text=range_text,
-            folders=self._folder_rows(snapshot) if is_root else []))
-        document = {"version": STATUS_VERSION, "folder": folder, "updated_at": snapshot.updated_at,
-                    "is_pending": is_pending, "counts": counts,
-                    "queue": {"length": len(snapshot.estimates.positions),
-                              "drain_seconds": snapshot.estimates.drain_seconds},
-                    "running": snapshot.running, "page_size": self.page_size, "jobs": cards,
-                    "older_pages": [page_name(block) for block in reversed(range(paged))]}
+        replace_text(
+            directory / INDEX,
+            render_page(
+                **common,
+                cards=cards,
+                refresh_seconds=self.refresh_seconds if is_pending else None,
+                newer_href=None,
+                older_href=href(page_name(paged - 1)) if paged else None,
+                range_text=range_text,
+                folders=self._folder_rows(snapshot) if is_root else [],
+            ),
+        )
+        document = {
+            "version": STATUS_VERSION,
+            "folder": folder,
+            "updated_at": snapshot.updated_at,
+            "is_pending": is_pending,
+            "counts": counts,
+            "queue": {"length": len(snapshot.estimates.positions), "drain_seconds": snapshot.estimates.drain_seconds},
+            "running": snapshot.running,
+            "page_size": self.page_size,
+            "jobs": cards,
+            "older_pages": [page_name(block) for block in reversed(range(paged))],
+        }
         if is_root:
             document["folders"] = snapshot.summaries
             document["failures"] = snapshot.failures
         replace_text(directory / STATUS_JSON, status_json(document))
         if is_root:
             self._last_status = dict(
-                updated_at=snapshot.updated_at, queue_length=len(snapshot.estimates.positions),
-                drain_seconds=snapshot.estimates.drain_seconds, running=snapshot.running, counts=snapshot.counts,
-                failures=snapshot.failures)
+                updated_at=snapshot.updated_at,
+                queue_length=len(snapshot.estimates.positions),
+                drain_seconds=snapshot.estimates.drain_seconds,
+                running=snapshot.running,
+                counts=snapshot.counts,
+                failures=snapshot.failures,
+            )
             replace_text(directory / STATUS_TEXT, status_text(**self._last_status, notice=self._notice))
         for block in sorted(self._blocks_to_write(folder, directory, changed, blocks, paged)):
             self._write_block(folder, directory, block, paged, snapshot, common)
@@ -272,28 +324,47 @@ class GalleryWriter:
             todo |= set(range(max(0, previous - 3), paged))
         return todo
 
-    def _write_block(self, folder: str, directory: Path, block: int, paged: int, snapshot: _Snapshot,
-                     common: dict[str, Any]) -> None:
+    def _write_block(
+        self, folder: str, directory: Path, block: int, paged: int, snapshot: _Snapshot, common: dict[str, Any]
+    ) -> None:
         jobs = list(reversed(self.ledger.folder_jobs(folder, offset=block * self.page_size, limit=self.page_size)))
         cards = self._cards(jobs, snapshot)
         is_pending = any(card.state in (JobState.QUEUED.value, JobState.RUNNING.value) for card in cards)
         first = block * self.page_size + 1
-        replace_text(directory / page_name(block), render_page(
-            **common, cards=cards, refresh_seconds=self.refresh_seconds if is_pending else None,
-            newer_href=href(page_name(block + 1)) if block + 1 < paged else href(INDEX),
-            older_href=href(page_name(block - 1)) if block else None,
-            range_text=f"jobs {first}–{first + len(cards) - 1} in order of arrival", folders=[]))
+        replace_text(
+            directory / page_name(block),
+            render_page(
+                **common,
+                cards=cards,
+                refresh_seconds=self.refresh_seconds if is_pending else None,
+                newer_href=href(page_name(block + 1)) if block + 1 < paged else href(INDEX),
+                older_href=href(page_name(block - 1)) if block else None,
+                range_text=f"jobs {first}–{first + len(cards) - 1} in order of arrival",
+                folders=[],
+            ),
+        )
 
     def _common(self, folder: str, snapshot: _Snapshot, counts: dict[str, int]) -> dict[str, Any]:
         depth = len(folder.split("/")) if folder else 0
-        return {"title": folder or "outbox", "counts": counts, "updated_at": utc(snapshot.updated_at),
-                "queue_length": len(snapshot.estimates.positions), "drain_seconds": snapshot.estimates.drain_seconds,
-                "root_href": "../" * depth + INDEX if depth else None}
+        return {
+            "title": folder or "outbox",
+            "counts": counts,
+            "updated_at": utc(snapshot.updated_at),
+            "queue_length": len(snapshot.estimates.positions),
+            "drain_seconds": snapshot.estimates.drain_seconds,
+            "root_href": "../" * depth + INDEX if depth else None,
+        }
 
     def _folder_rows(self, snapshot: _Snapshot) -> list[dict[str, Any]]:
         rows = []
         for name, summary in sorted(snapshot.summaries.items(), key=lambda item: -item[1]["latest"]):
             if name:
-                rows.append({**summary, "name": name, "href": href(f"{name}/{INDEX}"),
-                             "latest": utc(iso_time(summary["latest"]))})
+                rows.append(
+                    {
+                        **summary,
+                        "name": name,
+                        "href": href(f"{name}/{INDEX}"),
+                        "latest": utc(iso_time(summary["latest"])),
+                    }
+                )
         return rows

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from config.errors import InputError, VidropError
-from config.request import SEED_MAX
-from config.settings import Settings
-from config.sidecar import parse_sidecar
-from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem, text_output_stem
-from daemon.intake.pending import ReadyInput
-from daemon.intake.readiness import JunkFilter
-from daemon.intake.variants import VARIANT, Request, expand
-from daemon.ledger.base import Job, JobState
-from daemon.names import shown
-from pipeline.generate import IMAGE, TEXT, JobParams, RequestRules
-from pipeline.images import ImageFacts, check_readable_name, open_image
+from vidrop.config.errors import InputError, VidropError
+from vidrop.config.request import SEED_MAX
+from vidrop.config.settings import Settings
+from vidrop.config.sidecar import parse_sidecar
+from vidrop.daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem, text_output_stem
+from vidrop.daemon.intake.pending import ReadyInput
+from vidrop.daemon.intake.readiness import JunkFilter
+from vidrop.daemon.intake.variants import VARIANT, Request, expand
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.names import shown
+from vidrop.pipeline.generate import IMAGE, TEXT, JobParams, RequestRules
+from vidrop.pipeline.images import ImageFacts, check_readable_name, open_image
 
 HASH_CHUNK = 1 << 20
 
@@ -69,8 +69,9 @@ def content_key(input_sha256: str, params: JobParams) -> str:
 class Admitter:
     """Builds jobs from ready inputs with the current settings and the loaded model's family rules."""
 
-    def __init__(self, settings: Settings, generator: RequestRules, is_junk: JunkFilter,
-                 is_known: Callable[[str], bool]) -> None:
+    def __init__(
+        self, settings: Settings, generator: RequestRules, is_junk: JunkFilter, is_known: Callable[[str], bool]
+    ) -> None:
         self.settings = settings
         self.generator = generator
         self.is_junk = is_junk
@@ -95,9 +96,15 @@ class Admitter:
         def new_job(suffix: str) -> Job:
             key = job_key(relative, input_sha256, sidecar_sha256, suffix)
             return Job(
-                id=key[:16], key=key, input=relative,
+                id=key[:16],
+                key=key,
+                input=relative,
                 sidecar=None if ready.sidecar is None else ready.sidecar.relative_to(inbox).as_posix(),
-                input_sha256=input_sha256, sidecar_sha256=sidecar_sha256, params={}, seed=None, created_at=now,
+                input_sha256=input_sha256,
+                sidecar_sha256=sidecar_sha256,
+                params={},
+                seed=None,
+                created_at=now,
                 output=output + suffix,
             )
 
@@ -128,12 +135,13 @@ class Admitter:
     def _check_usable(self, ready: ReadyInput, relative: str, requests: list[Request]) -> None:
         """A prompt file alone for a model that needs an image, or an image over the size limit: refused."""
         main, limits = ready.image or ready.sidecar, self.settings.limits
-        if ready.image is None and not any(TEXT in self.generator.modes(request.fields.get("model"))
-                                           for request in requests):
+        if ready.image is None and not any(
+            TEXT in self.generator.modes(request.fields.get("model")) for request in requests
+        ):
             raise InputError(
                 "This prompt file has no image next to it, so vidrop has nothing to animate.",
                 detail=f"no image named {main.stem}.png/.jpg/... beside {relative}, and the model "
-                       "cannot start from a prompt alone",
+                "cannot start from a prompt alone",
                 fix=f"Put the image next to it with the same name, e.g. {main.stem}.png.",
             )
         if ready.image is not None and ready.image_snapshot.size > limits.max_image_bytes:
@@ -155,10 +163,16 @@ class Admitter:
             return _refused(job, exc, now)
         job.params = {**params.to_dict(), **({VARIANT: request.suffix} if request.suffix else {})}
         if facts is not None and facts.is_animated:  # said in the manifest's adjustments
-            job.params["adjustments"] = [*job.params.get("adjustments", ()), {
-                "field": "image", "requested": f"animated {facts.format}, {facts.frames} frames",
-                "used": "first frame", "frames_in_file": facts.frames,
-                "rule": "a video is made from one still image: an animated file's first frame"}]
+            job.params["adjustments"] = [
+                *job.params.get("adjustments", ()),
+                {
+                    "field": "image",
+                    "requested": f"animated {facts.format}, {facts.frames} frames",
+                    "used": "first frame",
+                    "frames_in_file": facts.frames,
+                    "rule": "a video is made from one still image: an animated file's first frame",
+                },
+            ]
         job.content_key = content_key(job.input_sha256, params)
         job.seed = params.seed if params.seed is not None else secrets.randbelow(SEED_MAX + 1)
         return Admission(job)
@@ -175,15 +189,16 @@ class Admitter:
             raise InputError(
                 "This image has no prompt file, so vidrop does not know what video to make.",
                 detail="no sidecar NAME.json next to the image, no prompt in a _defaults.json above it "
-                       "and no default prompt in the settings",
-                fix='Put a JSON file with the same name next to the image, for example photo.json '
-                    'containing {"prompt": "slow camera push-in"}, or a _defaults.json in the folder.',
+                "and no default prompt in the settings",
+                fix="Put a JSON file with the same name next to the image, for example photo.json "
+                'containing {"prompt": "slow camera push-in"}, or a _defaults.json in the folder.',
             )
         folder = main.parent.name if main.parent != self.settings.inbox else ""
         # A prompt is text for the model and the manifest: a name's undecodable bytes go in as \xHH.
-        return [Request(request.suffix,
-                        expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
-                for request in expand(defaults, sidecar, self.generator.preset)]
+        return [
+            Request(request.suffix, expand_placeholders(request.fields, stem=shown(main.stem), folder=shown(folder)))
+            for request in expand(defaults, sidecar, self.generator.preset)
+        ]
 
     def _check_decodes(self, ready: ReadyInput) -> ImageFacts:
         """Decode the whole image; one that fails while it may still be arriving (seen unchanged for less
@@ -199,7 +214,7 @@ class Admitter:
             raise InputError(
                 "The image file is incomplete: the copy seems to have stopped before the end.",
                 detail=f"{ready.unfinished.reason}; unchanged for {ready.stable_seconds:.0f} s "
-                       f"(intake.decode_grace_seconds={self.settings.intake.decode_grace_seconds:g})",
+                f"(intake.decode_grace_seconds={self.settings.intake.decode_grace_seconds:g})",
                 fix="Copy the file into the folder again and let the copy finish.",
             )
         return facts

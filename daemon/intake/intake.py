@@ -11,14 +11,14 @@ from typing import Callable
 
 import structlog
 
-from config.settings import IntakeSettings
-from daemon.clock import Clock
-from daemon.intake.mounts import filesystem_type, is_network_filesystem
-from daemon.intake.pending import PendingInputs, ReadyInput
-from daemon.intake.readiness import JunkFilter
-from daemon.intake.scan import InboxScanner, InboxUnavailable
-from daemon.intake.taken import TakenInputs
-from daemon.intake.watch import INOTIFY_LIMIT_ERRORS, STOP, InboxWatcher, WatchLimitReached
+from vidrop.config.settings import IntakeSettings
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.intake.mounts import filesystem_type, is_network_filesystem
+from vidrop.daemon.intake.pending import PendingInputs, ReadyInput
+from vidrop.daemon.intake.readiness import JunkFilter
+from vidrop.daemon.intake.scan import InboxScanner, InboxUnavailable
+from vidrop.daemon.intake.taken import TakenInputs
+from vidrop.daemon.intake.watch import INOTIFY_LIMIT_ERRORS, STOP, InboxWatcher, WatchLimitReached
 
 log = structlog.get_logger()
 
@@ -29,9 +29,16 @@ INOTIFY_SYSCTLS = {errno.ENOSPC: "fs.inotify.max_user_watches", errno.EMFILE: "f
 class Intake:
     """Everything between a file appearing in the inbox and a ready input."""
 
-    def __init__(self, inbox: Path, settings: IntakeSettings, events: queue.Queue, clock: Clock,
-                 watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher,
-                 taken: TakenInputs | None = None, cpu_time: Callable[[], float] = time.thread_time) -> None:
+    def __init__(
+        self,
+        inbox: Path,
+        settings: IntakeSettings,
+        events: queue.Queue,
+        clock: Clock,
+        watcher_factory: Callable[[Path, queue.Queue], InboxWatcher] = InboxWatcher,
+        taken: TakenInputs | None = None,
+        cpu_time: Callable[[], float] = time.thread_time,
+    ) -> None:
         self.inbox = inbox
         self.cpu_time = cpu_time  # the scan's own CPU seconds (it runs in the caller's thread)
         self.events = events
@@ -41,9 +48,13 @@ class Intake:
         self.is_network = is_network_filesystem(self.fs_type)
         self.is_junk = JunkFilter(settings.ignore)
         self.pending = PendingInputs(
-            inbox, is_junk=self.is_junk, pairing_seconds=settings.pairing_seconds, reopen=self.is_network,
+            inbox,
+            is_junk=self.is_junk,
+            pairing_seconds=settings.pairing_seconds,
+            reopen=self.is_network,
             settle_seconds=settings.network_settle_seconds if self.is_network else settings.settle_seconds,
-            taken=taken, grace_seconds=settings.decode_grace_seconds,
+            taken=taken,
+            grace_seconds=settings.decode_grace_seconds,
         )
         self.scanner = InboxScanner(inbox, self.is_junk)
         self.settings = settings
@@ -68,9 +79,15 @@ class Intake:
         if watch and self.mode == "events":
             self._start_watcher()
         self._scan(full=True)
-        log.info("intake_started", mode=self.mode if watch else "scan-once", polling_reason=self.polling_reason or None,
-                 filesystem=self.fs_type or "unknown",
-                 network=self.is_network, pending=len(self.pending), unchanged=self.pending.passed_over)
+        log.info(
+            "intake_started",
+            mode=self.mode if watch else "scan-once",
+            polling_reason=self.polling_reason or None,
+            filesystem=self.fs_type or "unknown",
+            network=self.is_network,
+            pending=len(self.pending),
+            unchanged=self.pending.passed_over,
+        )
 
     def stop(self) -> None:
         """Stop and join the observer."""
@@ -164,10 +181,17 @@ class Intake:
         sysctl = INOTIFY_SYSCTLS.get(exc.errno or 0, "fs.inotify.max_user_watches")
         self.mode = "polling"
         self.polling_reason = f"inotify limit reached ({sysctl})"
-        log.warning("inotify_exhausted", error=exc.strerror or str(exc), errno=errno.errorcode.get(exc.errno or 0, ""),
-                    folder=str(folder), sysctl=sysctl, mode=self.mode, poll_seconds=self.settings.poll_seconds,
-                    action="polling the whole inbox until vidrop restarts",
-                    fix=f"raise {sysctl} (sysctl -w {sysctl}=N, and in /etc/sysctl.d/ to keep it), then restart vidrop")
+        log.warning(
+            "inotify_exhausted",
+            error=exc.strerror or str(exc),
+            errno=errno.errorcode.get(exc.errno or 0, ""),
+            folder=str(folder),
+            sysctl=sysctl,
+            mode=self.mode,
+            poll_seconds=self.settings.poll_seconds,
+            action="polling the whole inbox until vidrop restarts",
+            fix=f"raise {sysctl} (sysctl -w {sysctl}=N, and in /etc/sysctl.d/ to keep it), then restart vidrop",
+        )
         if self._watcher is not None:
             self._watcher.stop()  # its watches go back to the other programs of this user
             self._watcher = None
@@ -188,8 +212,15 @@ class Intake:
         if not self.is_available:
             self._mark_available()
         gone = self.pending.taken.prune_folders(result.listed, result.failed) if full else 0
-        log.debug("inbox_scanned", full=full, folders=len(result.listed), failed=len(result.failed),
-                  unchanged=self.pending.passed_over - passed_over, pending=len(self.pending), gone_folders=gone)
+        log.debug(
+            "inbox_scanned",
+            full=full,
+            folders=len(result.listed),
+            failed=len(result.failed),
+            unchanged=self.pending.passed_over - passed_over,
+            pending=len(self.pending),
+            gone_folders=gone,
+        )
 
     def _reconcile_interval(self, scan_cpu_seconds: float) -> float:
         """reconcile_seconds, or longer where a full scan costs more than reconcile_cpu_share of a core (jittered)."""
@@ -202,8 +233,13 @@ class Intake:
         if self.is_available:
             self.is_available = False
             self.unavailable_reason = exc.strerror or str(exc)
-            log.error("inbox_unavailable", inbox=str(self.inbox), error=self.unavailable_reason,
-                      errno=errno.errorcode.get(exc.errno or 0, ""), action="intake paused; the ledger is untouched")
+            log.error(
+                "inbox_unavailable",
+                inbox=str(self.inbox),
+                error=self.unavailable_reason,
+                errno=errno.errorcode.get(exc.errno or 0, ""),
+                action="intake paused; the ledger is untouched",
+            )
             self.stop()
 
     def _mark_available(self) -> None:

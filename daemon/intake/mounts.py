@@ -5,10 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
-    "davfs", "fuse", "fuseblk", "ncpfs", "coda", "ocfs2", "virtiofs",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "davfs",
+        "fuse",
+        "fuseblk",
+        "ncpfs",
+        "coda",
+        "ocfs2",
+        "virtiofs",
+    }
+)
 
 
 def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:

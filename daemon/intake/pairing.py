@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from config.errors import SidecarError
-from config.sidecar import parse_sidecar
-from daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name, is_input_name
-from daemon.outbox import is_output_like
-from pipeline.images import sniff_format
+from vidrop.config.errors import SidecarError
+from vidrop.config.sidecar import parse_sidecar
+from vidrop.daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, is_image_name, is_input_name
+from vidrop.daemon.outbox import is_output_like
+from vidrop.pipeline.images import sniff_format
 
 PLACEHOLDER_FIELDS = ("prompt", "negative_prompt")
 
@@ -50,8 +50,11 @@ def sidecars_for(image: Path, names: Callable[[Path], list[str]] | None = None) 
     """
     wanted = image.stem + SIDECAR_SUFFIX
     listed = names(image.parent) if names is not None else FolderNames()(image.parent)
-    found = [name for name in listed
-             if len(name) == len(wanted) and name.startswith(image.stem) and name.lower().endswith(SIDECAR_SUFFIX)]
+    found = [
+        name
+        for name in listed
+        if len(name) == len(wanted) and name.startswith(image.stem) and name.lower().endswith(SIDECAR_SUFFIX)
+    ]
     return [image.with_name(name) for name in sorted(found)]
 
 
@@ -70,9 +73,14 @@ def unknown_images_for(sidecar: Path, is_junk: Callable[[str], bool]) -> list[Pa
     (`photo` or `photo.jpg_large` from a browser): a prompt for them must not become a text-only job."""
     stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
     try:
-        entries = [p for p in sidecar.parent.iterdir()
-                   if p != sidecar and (p.name == stem or p.name.startswith(stem + "."))
-                   and not is_input_name(p.name) and not is_junk(p.name)]
+        entries = [
+            p
+            for p in sidecar.parent.iterdir()
+            if p != sidecar
+            and (p.name == stem or p.name.startswith(stem + "."))
+            and not is_input_name(p.name)
+            and not is_junk(p.name)
+        ]
     except OSError:
         return []
     found = []
@@ -93,8 +101,11 @@ def output_stem(image: Path, is_junk: Callable[[str], bool]) -> str:
     """`photo` for photo.png; `photo_jpg` when another image in the folder is also called `photo`, or when
     the stem looks like vidrop's own names (`field.error_png`, `look_png_png`: `is_output_like`)."""
     try:
-        siblings = [p for p in image.parent.iterdir()
-                    if p.stem == image.stem and p.name != image.name and is_image_name(p.name) and not is_junk(p.name)]
+        siblings = [
+            p
+            for p in image.parent.iterdir()
+            if p.stem == image.stem and p.name != image.name and is_image_name(p.name) and not is_junk(p.name)
+        ]
     except OSError:
         siblings = []
     if not siblings and not is_output_like(image.stem):
@@ -125,8 +136,11 @@ def folder_defaults(folder: Path, inbox: Path, *, max_bytes: int) -> dict[str, A
             defaults = parse_sidecar(raw, max_bytes=max_bytes)
         except SidecarError as exc:
             where = path.relative_to(inbox).as_posix()
-            raise SidecarError(f"The folder defaults file {where} cannot be used: {exc.reason}",
-                               detail=f"{where}: {exc.detail}", fix=exc.fix) from None
+            raise SidecarError(
+                f"The folder defaults file {where} cannot be used: {exc.reason}",
+                detail=f"{where}: {exc.detail}",
+                fix=exc.fix,
+            ) from None
         merged.update(defaults.model_dump(exclude_none=True))
     return merged
 

@@ -8,14 +8,20 @@ from pathlib import Path
 
 import structlog
 
-from daemon.intake.pairing import FolderNames, images_for, sidecar_for, sidecars_for, unknown_images_for
-from daemon.intake.readiness import (
-    SIDECAR_SUFFIX, FileSnapshot, JunkFilter, OpenWriters, SettleTracker, find_unfinished_file, is_image_name,
+from vidrop.daemon.intake.pairing import FolderNames, images_for, sidecar_for, sidecars_for, unknown_images_for
+from vidrop.daemon.intake.readiness import (
+    SIDECAR_SUFFIX,
+    FileSnapshot,
+    JunkFilter,
+    OpenWriters,
+    SettleTracker,
+    find_unfinished_file,
+    is_image_name,
     is_sidecar_name,
 )
-from daemon.intake.scan import Listing
-from daemon.intake.taken import TakenInputs, fingerprint
-from pipeline.images import Unfinished
+from vidrop.daemon.intake.scan import Listing
+from vidrop.daemon.intake.taken import TakenInputs, fingerprint
+from vidrop.pipeline.images import Unfinished
 
 log = structlog.get_logger()
 
@@ -50,9 +56,19 @@ class PendingInputs:
     All waiting is measured on the monotonic clock by our own observations, never with the files' times.
     """
 
-    def __init__(self, inbox: Path, *, is_junk: JunkFilter, settle_seconds: float, pairing_seconds: float,
-                 reopen: bool = False, taken: TakenInputs | None = None, grace_seconds: float = 60.0,
-                 writers: OpenWriters | None = None, max_bytes: int = MAX_CHECKED_BYTES) -> None:
+    def __init__(
+        self,
+        inbox: Path,
+        *,
+        is_junk: JunkFilter,
+        settle_seconds: float,
+        pairing_seconds: float,
+        reopen: bool = False,
+        taken: TakenInputs | None = None,
+        grace_seconds: float = 60.0,
+        writers: OpenWriters | None = None,
+        max_bytes: int = MAX_CHECKED_BYTES,
+    ) -> None:
         self.inbox = inbox
         self.is_junk = is_junk
         self.pairing_seconds = pairing_seconds
@@ -120,7 +136,7 @@ class PendingInputs:
         root = str(self.inbox)
         if folder != root and not folder.startswith(root + os.sep):
             return False
-        relative = folder[len(root) + 1:]
+        relative = folder[len(root) + 1 :]
         return not relative or not any(self.is_junk(part) for part in relative.split(os.sep))
 
     def release(self, path: Path, *, not_before: float) -> None:
@@ -186,9 +202,15 @@ class PendingInputs:
         self._forget(sidecar, park=True)
         self._not_before.pop(image, None)
         self.taken.mark(str(image), state)
-        return ReadyInput(image, sidecar if sidecar_snapshot else None, image_snapshot, sidecar_snapshot,
-                          stable_seconds=stable, unfinished=unfinished,
-                          sidecar_conflict=tuple(sidecars) if len(sidecars) > 1 else ())
+        return ReadyInput(
+            image,
+            sidecar if sidecar_snapshot else None,
+            image_snapshot,
+            sidecar_snapshot,
+            stable_seconds=stable,
+            unfinished=unfinished,
+            sidecar_conflict=tuple(sidecars) if len(sidecars) > 1 else (),
+        )
 
     def _judge_lone_sidecar(self, sidecar: Path, now: float):
         if now < self._not_before.get(sidecar, 0.0):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from daemon.outbox import TEMP_PREFIX
-from pipeline.images import IMAGE_SUFFIXES, Unfinished, find_unfinished
+from vidrop.daemon.outbox import TEMP_PREFIX
+from vidrop.pipeline.images import IMAGE_SUFFIXES, Unfinished, find_unfinished
 
 SIDECAR_SUFFIX = ".json"
 DEFAULTS_NAME = "_defaults.json"

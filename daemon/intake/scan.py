@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon.intake.readiness import IMAGE, StatValues, is_input_name, stat_values
+from vidrop.daemon.intake.readiness import IMAGE, StatValues, is_input_name, stat_values
 
 
 class InboxUnavailable(OSError):

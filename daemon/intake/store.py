@@ -8,17 +8,17 @@ from typing import Callable
 
 import structlog
 
-from config.settings import Settings
-from daemon.clock import Clock
-from daemon.inputs import InputDisposal
-from daemon.intake.admit import Admission, Admitter, NotReadyYet
-from daemon.intake.intake import Intake
-from daemon.intake.pending import ReadyInput
-from daemon.intake.taken import TakenInputs
-from daemon.ledger.base import Ledger, LedgerUnavailable
-from daemon.outbox import OutboxUnavailable
-from daemon.recorder import Recorder
-from pipeline.generate import RequestRules
+from vidrop.config.settings import Settings
+from vidrop.daemon.clock import Clock
+from vidrop.daemon.inputs import InputDisposal
+from vidrop.daemon.intake.admit import Admission, Admitter, NotReadyYet
+from vidrop.daemon.intake.intake import Intake
+from vidrop.daemon.intake.pending import ReadyInput
+from vidrop.daemon.intake.taken import TakenInputs
+from vidrop.daemon.ledger.base import Ledger, LedgerUnavailable
+from vidrop.daemon.outbox import OutboxUnavailable
+from vidrop.daemon.recorder import Recorder
+from vidrop.pipeline.generate import RequestRules
 
 log = structlog.get_logger()
 
@@ -31,9 +31,18 @@ OutboxTrouble = Callable[[OutboxUnavailable], float]
 class InputStore:
     """Stores the jobs of complete inputs; one input's trouble never stops the others."""
 
-    def __init__(self, *, settings: Settings, rules: RequestRules, ledger: Ledger, recorder: Recorder,
-                 disposal: InputDisposal, clock: Clock, on_outbox_unavailable: OutboxTrouble,
-                 on_admitted: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        rules: RequestRules,
+        ledger: Ledger,
+        recorder: Recorder,
+        disposal: InputDisposal,
+        clock: Clock,
+        on_outbox_unavailable: OutboxTrouble,
+        on_admitted: Callable[[], None] = lambda: None,
+    ) -> None:
         self.rules = rules
         self.ledger = ledger
         self.recorder = recorder
@@ -122,9 +131,13 @@ class InputStore:
         with self.disposal.held():  # decided once every job of the input is stored
             settled = [self._store(admission, path) for admission in admissions]  # one per variant and seed
         if admissions and all(settled):
-            self.taken.remember(path, ready.image_snapshot or ready.sidecar_snapshot,
-                                ready.sidecar_snapshot if ready.image is not None else None,
-                                admissions[0].job.key, self.clock.time())
+            self.taken.remember(
+                path,
+                ready.image_snapshot or ready.sidecar_snapshot,
+                ready.sidecar_snapshot if ready.image is not None else None,
+                admissions[0].job.key,
+                self.clock.time(),
+            )
 
     def _store(self, admission: Admission, path: Path) -> bool:
         """Store one admission; False when the input must be looked at again (its refusal could not be written)."""

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
-from daemon.intake.readiness import FileSnapshot, StatValues, parse_stamp
-from daemon.ledger.base import TakenInput
+from vidrop.daemon.intake.readiness import FileSnapshot, StatValues, parse_stamp
+from vidrop.daemon.ledger.base import TakenInput
 
 SAVE_EVERY = 500  # remembered inputs written to the ledger in one transaction
 
@@ -53,7 +53,8 @@ class TakenInputs:
             for path, input_stat, sidecar_stat in self.store.taken_inputs():
                 folder, _, name = f"{self._root}/{path}".rpartition("/")
                 self._folders.setdefault(folder, {})[name] = fingerprint(
-                    parse_stamp(input_stat), None if sidecar_stat is None else parse_stamp(sidecar_stat))
+                    parse_stamp(input_stat), None if sidecar_stat is None else parse_stamp(sidecar_stat)
+                )
         return len(self)
 
     def in_folder(self, folder: str) -> dict[str, int]:
@@ -75,13 +76,21 @@ class TakenInputs:
         folder, _, name = path.rpartition("/")
         self._folders.get(folder, {}).pop(name, None)
 
-    def remember(self, main: Path, main_snapshot: FileSnapshot, sidecar_snapshot: FileSnapshot | None,
-                 job_key: str, now: float) -> None:
+    def remember(
+        self, main: Path, main_snapshot: FileSnapshot, sidecar_snapshot: FileSnapshot | None, job_key: str, now: float
+    ) -> None:
         """The input became jobs (or a refusal): keep its snapshot in the ledger, written in batches."""
         if self.store is None:
             return
-        self._unsaved.append(TakenInput(self._relative(str(main)), main_snapshot.stamp,
-                                        None if sidecar_snapshot is None else sidecar_snapshot.stamp, job_key, now))
+        self._unsaved.append(
+            TakenInput(
+                self._relative(str(main)),
+                main_snapshot.stamp,
+                None if sidecar_snapshot is None else sidecar_snapshot.stamp,
+                job_key,
+                now,
+            )
+        )
         if len(self._unsaved) >= SAVE_EVERY:
             self.save()
 
@@ -131,7 +140,7 @@ class TakenInputs:
             self.store.forget_inputs([self._relative(path) for path in paths])
 
     def _relative(self, path: str) -> str:
-        return path[len(self._root) + 1:].replace(os.sep, "/")
+        return path[len(self._root) + 1 :].replace(os.sep, "/")
 
 
 _NONE: dict[str, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from config.sidecar import Sidecar
+from vidrop.config.sidecar import Sidecar
 
 # (preset name, model name or None for the default) → the fields that preset sets for that model's family.
 PresetLookup = Callable[[str, "str | None"], dict[str, Any]]

@@ -9,8 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
-    DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
-    FileSystemEvent, FileSystemEventHandler,
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
 )
 from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
@@ -94,8 +100,9 @@ class InboxWatcher:
         WatchLimitReached on the queue."""
         self._observer = _ReportingObserver(self.paths)
         try:
-            self._observer.schedule(_QueueingHandler(self.paths), str(self.inbox), recursive=True,
-                                    event_filter=WANTED_EVENTS)
+            self._observer.schedule(
+                _QueueingHandler(self.paths), str(self.inbox), recursive=True, event_filter=WANTED_EVENTS
+            )
             self._observer.start()
         except BaseException:
             self._observer.on_thread_stop()  # the inotify descriptor's own thread runs already

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.ledger.sql import SqlLedger
-from daemon.ledger.sqlite import BUSY_TIMEOUT_SECONDS, SqliteLedger
+from vidrop.daemon.ledger.sql import SqlLedger
+from vidrop.daemon.ledger.sqlite import BUSY_TIMEOUT_SECONDS, SqliteLedger
 
 
 def open_ledger(ledger_url: str | None, state_dir: Path, *, busy_seconds: float = BUSY_TIMEOUT_SECONDS) -> SqlLedger:
@@ -14,7 +14,7 @@ def open_ledger(ledger_url: str | None, state_dir: Path, *, busy_seconds: float 
     busy_seconds: how long an SQLite statement waits for another process's lock.
     """
     if ledger_url and ledger_url.startswith(("postgresql://", "postgres://")):
-        from daemon.ledger.postgres import PostgresLedger
+        from vidrop.daemon.ledger.postgres import PostgresLedger
 
         return PostgresLedger(ledger_url)
     if ledger_url and ledger_url.startswith("sqlite:///"):

@@ -141,8 +141,15 @@ class Ledger(Protocol):
     def queued_count(self) -> int:
         """How many jobs are queued (cheap: the loop asks at every turn)."""
 
-    def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
-                   patience_seconds: float = 0.0) -> Job | None:
+    def claim_next(
+        self,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        *,
+        prefer_models: Sequence[str] = (),
+        patience_seconds: float = 0.0,
+    ) -> Job | None:
         """Atomically take the next queued job, or one whose lease expired, under a lease for owner.
 
         The highest priority first; within one priority, jobs for `prefer_models` (the loaded ones) before
@@ -155,13 +162,15 @@ class Ledger(Protocol):
     def release(self, job_id: str, owner: str, token: int | None = None) -> bool:
         """Put a job owner holds back in the queue (interrupted, or the outbox is unavailable)."""
 
-    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None,
-               token: int | None = None) -> bool:
+    def finish(
+        self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None, token: int | None = None
+    ) -> bool:
         """Mark a job done; with owner, only while owner holds it (with token, under that claim). False if
         nothing changed."""
 
-    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None,
-             token: int | None = None) -> bool:
+    def fail(
+        self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None, token: int | None = None
+    ) -> bool:
         """Mark a job failed; with owner, only while owner holds it (with token, under that claim). False if
         nothing changed."""
 

@@ -22,9 +22,11 @@ class AddColumn:
 
 
 MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
-    (1, [
-        # The skeleton's table; IF NOT EXISTS so a ledger made before versioning upgrades in place.
-        """CREATE TABLE IF NOT EXISTS jobs (
+    (
+        1,
+        [
+            # The skeleton's table; IF NOT EXISTS so a ledger made before versioning upgrades in place.
+            """CREATE TABLE IF NOT EXISTS jobs (
             id TEXT PRIMARY KEY,
             key TEXT NOT NULL UNIQUE,
             state TEXT NOT NULL,
@@ -41,20 +43,23 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             outputs TEXT NOT NULL DEFAULT '{}',
             error TEXT
         )""",
-        "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created_at)",
-    ]),
-    (2, [
-        # Intake's columns: where the outputs go, the queue's priority, and the content key for duplicates.
-        AddColumn("jobs", "output", "TEXT NOT NULL DEFAULT ''"),
-        AddColumn("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
-        AddColumn("jobs", "content_key", "TEXT NOT NULL DEFAULT ''"),
-        "CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key, state)",
-        "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (state, priority, created_at)",
-        # Leases and instances: several processes, on one host or many, share the ledger.
-        AddColumn("jobs", "lease_owner", "TEXT"),
-        AddColumn("jobs", "lease_expires_at", "DOUBLE PRECISION"),
-        "CREATE INDEX IF NOT EXISTS jobs_input ON jobs (input)",
-        """CREATE TABLE IF NOT EXISTS instances (
+            "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created_at)",
+        ],
+    ),
+    (
+        2,
+        [
+            # Intake's columns: where the outputs go, the queue's priority, and the content key for duplicates.
+            AddColumn("jobs", "output", "TEXT NOT NULL DEFAULT ''"),
+            AddColumn("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
+            AddColumn("jobs", "content_key", "TEXT NOT NULL DEFAULT ''"),
+            "CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_key, state)",
+            "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (state, priority, created_at)",
+            # Leases and instances: several processes, on one host or many, share the ledger.
+            AddColumn("jobs", "lease_owner", "TEXT"),
+            AddColumn("jobs", "lease_expires_at", "DOUBLE PRECISION"),
+            "CREATE INDEX IF NOT EXISTS jobs_input ON jobs (input)",
+            """CREATE TABLE IF NOT EXISTS instances (
             id TEXT PRIMARY KEY,
             host TEXT NOT NULL,
             pid INTEGER NOT NULL,
@@ -63,27 +68,37 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             seen_at DOUBLE PRECISION NOT NULL,
             status TEXT NOT NULL DEFAULT ''
         )""",
-    ]),
-    (3, [
-        # What intake took, as stat saw it: a restart passes over unchanged files without reading them.
-        """CREATE TABLE IF NOT EXISTS inputs (
+        ],
+    ),
+    (
+        3,
+        [
+            # What intake took, as stat saw it: a restart passes over unchanged files without reading them.
+            """CREATE TABLE IF NOT EXISTS inputs (
             path TEXT PRIMARY KEY,
             input_stat TEXT NOT NULL,
             sidecar_stat TEXT,
             job_key TEXT NOT NULL,
             taken_at DOUBLE PRECISION NOT NULL
         )""",
-    ]),
-    (4, [
-        # Several models on one daemon: the queue prefers jobs for a model that is loaded already.
-        AddColumn("jobs", "model", "TEXT NOT NULL DEFAULT ''"),
-    ]),
-    (5, [
-        # Fencing: every claim counts up, and a holder's writes count only while its count is the job's.
-        AddColumn("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
-        # Claims that took the job from an expired lease: its process died (or stalled) that many times.
-        AddColumn("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ]),
+        ],
+    ),
+    (
+        4,
+        [
+            # Several models on one daemon: the queue prefers jobs for a model that is loaded already.
+            AddColumn("jobs", "model", "TEXT NOT NULL DEFAULT ''"),
+        ],
+    ),
+    (
+        5,
+        [
+            # Fencing: every claim counts up, and a holder's writes count only while its count is the job's.
+            AddColumn("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
+            # Claims that took the job from an expired lease: its process died (or stalled) that many times.
+            AddColumn("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

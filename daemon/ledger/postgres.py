@@ -9,8 +9,8 @@ from typing import Any, Iterator, Sequence
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from daemon.ledger.base import LedgerUnavailable
-from daemon.ledger.sql import SqlLedger
+from vidrop.daemon.ledger.base import LedgerUnavailable
+from vidrop.daemon.ledger.sql import SqlLedger
 
 # Any constant: the advisory lock that keeps two starting instances from migrating at once.
 MIGRATION_LOCK_ID = 0x76696472
@@ -29,8 +29,7 @@ CONNECTION_OPTIONS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
-FIX = ("Check that PostgreSQL is running and reachable from this host (pg_isready); "
-       "vidrop goes on by itself once it is.")
+FIX = "Check that PostgreSQL is running and reachable from this host (pg_isready); vidrop goes on by itself once it is."
 
 
 class PostgresLedger(SqlLedger):
@@ -47,9 +46,17 @@ class PostgresLedger(SqlLedger):
         self.url = url
         # The pool logs each failed connection attempt; vidrop's own ledger_unavailable events say it once a try.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-        self._pool = ConnectionPool(url, min_size=1, max_size=1, kwargs=CONNECTION_OPTIONS, open=False,
-                                    check=ConnectionPool.check_connection, timeout=CONNECTION_WAIT_SECONDS,
-                                    reconnect_timeout=RECONNECT_SECONDS, name="vidrop-ledger")
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=1,
+            kwargs=CONNECTION_OPTIONS,
+            open=False,
+            check=ConnectionPool.check_connection,
+            timeout=CONNECTION_WAIT_SECONDS,
+            reconnect_timeout=RECONNECT_SECONDS,
+            name="vidrop-ledger",
+        )
         self._pool.open(wait=False)
         self._held: psycopg.Connection | None = None  # the connection of the transaction under way
         try:
@@ -86,8 +93,14 @@ class PostgresLedger(SqlLedger):
         self._execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_ID,))
 
     def _has_column(self, table: str, column: str) -> bool:
-        return self._execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                             "AND table_name = ? AND column_name = ?", (table, column)).fetchone() is not None
+        return (
+            self._execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? AND column_name = ?",
+                (table, column),
+            ).fetchone()
+            is not None
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -100,7 +113,9 @@ def _faults() -> Iterator[None]:
     try:
         yield
     except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
-        reason = ("The ledger database is read-only (a standby?)."
-                  if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
-                  else "The ledger database cannot be reached.")
+        reason = (
+            "The ledger database is read-only (a standby?)."
+            if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+            else "The ledger database cannot be reached."
+        )
         raise LedgerUnavailable(reason, detail=f"{type(exc).__name__}: {exc}".strip(), fix=FIX) from exc

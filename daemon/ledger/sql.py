@@ -7,18 +7,41 @@ import threading
 from contextlib import AbstractContextManager
 from typing import Any, Iterator, Sequence
 
-from daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
-from daemon.ledger.migrations import MIGRATIONS, AddColumn
-from daemon.names import from_ledger_text, ledger_text
+from vidrop.daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
+from vidrop.daemon.ledger.migrations import MIGRATIONS, AddColumn
+from vidrop.daemon.names import from_ledger_text, ledger_text
 
-COLUMNS = ("id", "key", "state", "input", "sidecar", "input_sha256", "sidecar_sha256", "params", "seed",
-           "created_at", "started_at", "finished_at", "attempts", "outputs", "error", "output", "priority",
-           "content_key", "lease_owner", "lease_expires_at", "claims", "lost_attempts")
+COLUMNS = (
+    "id",
+    "key",
+    "state",
+    "input",
+    "sidecar",
+    "input_sha256",
+    "sidecar_sha256",
+    "params",
+    "seed",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "outputs",
+    "error",
+    "output",
+    "priority",
+    "content_key",
+    "lease_owner",
+    "lease_expires_at",
+    "claims",
+    "lost_attempts",
+)
 SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # Written, not read back: the model's name (also in params) as a column, for the claim's ORDER BY.
 STORED_COLUMNS = (*COLUMNS, "model")
-INSERT_JOB = (f"INSERT INTO jobs ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))}) "
-              "ON CONFLICT (key) DO NOTHING")
+INSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))}) "
+    "ON CONFLICT (key) DO NOTHING"
+)
 INSTANCE_COLUMNS = ("id", "host", "pid", "device", "started_at", "seen_at", "status")
 RECENT_FAILURES = 10
 TAKEN_PAGE = 5000  # remembered inputs read per query at start
@@ -105,35 +128,42 @@ class SqlLedger:
 
     def done_by_content(self, content_key: str, limit: int = 5) -> list[Job]:
         with self._lock:
-            rows = self._execute(f"{SELECT_JOBS} WHERE content_key = ? AND state = ? ORDER BY finished_at DESC, id "
-                                 f"LIMIT {int(limit)}", (content_key, JobState.DONE.value)).fetchall()
+            rows = self._execute(
+                f"{SELECT_JOBS} WHERE content_key = ? AND state = ? ORDER BY finished_at DESC, id LIMIT {int(limit)}",
+                (content_key, JobState.DONE.value),
+            ).fetchall()
         return [_from_row(row) for row in rows]
 
     def jobs_by_content(self, content_key: str, limit: int = 20) -> list[Job]:
         if not content_key:  # refusals have none
             return []
         with self._lock:
-            rows = self._execute(f"{SELECT_JOBS} WHERE content_key = ? ORDER BY created_at DESC, id LIMIT {int(limit)}",
-                                 (content_key,)).fetchall()
+            rows = self._execute(
+                f"{SELECT_JOBS} WHERE content_key = ? ORDER BY created_at DESC, id LIMIT {int(limit)}", (content_key,)
+            ).fetchall()
         return [_from_row(row) for row in rows]
 
     def move_job(self, job_id: str, *, key: str, input: str, sidecar: str | None, output: str) -> bool:
         # One transaction: intake may have queued the new path as a job of its own; that one gives way
         # (this one keeps its place), unless it has started or ended, in which case this one goes.
         with self._lock, self._transaction():
-            self._execute("DELETE FROM jobs WHERE key = ? AND state = ? AND id <> ?",
-                          (key, JobState.QUEUED.value, job_id))
+            self._execute(
+                "DELETE FROM jobs WHERE key = ? AND state = ? AND id <> ?", (key, JobState.QUEUED.value, job_id)
+            )
             if self._execute("SELECT 1 FROM jobs WHERE key = ? AND id <> ?", (key, job_id)).fetchone() is not None:
                 self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
                 return False
-            self._execute("UPDATE jobs SET key = ?, input = ?, sidecar = ?, output = ? WHERE id = ?",
-                          (key, input, sidecar, output, job_id))
+            self._execute(
+                "UPDATE jobs SET key = ?, input = ?, sidecar = ?, output = ? WHERE id = ?",
+                (key, input, sidecar, output, job_id),
+            )
             return True
 
     def requeued_refusals(self) -> list[Job]:
         with self._lock:
-            rows = self._execute(f"{SELECT_JOBS} WHERE state = ? AND params = ? ORDER BY created_at, id",
-                                 (JobState.QUEUED.value, "{}")).fetchall()
+            rows = self._execute(
+                f"{SELECT_JOBS} WHERE state = ? AND params = ? ORDER BY created_at, id", (JobState.QUEUED.value, "{}")
+            ).fetchall()
         return [_from_row(row) for row in rows]
 
     def forget(self, job_id: str) -> None:
@@ -156,7 +186,9 @@ class SqlLedger:
             with self._lock:
                 rows = self._execute(
                     "SELECT i.path, i.input_stat, i.sidecar_stat FROM inputs i JOIN jobs j ON j.key = i.job_key "
-                    f"WHERE i.path > ? ORDER BY i.path LIMIT {TAKEN_PAGE}", (after,)).fetchall()
+                    f"WHERE i.path > ? ORDER BY i.path LIMIT {TAKEN_PAGE}",
+                    (after,),
+                ).fetchall()
             yield from ((from_ledger_text(path), *stats) for path, *stats in rows)
             if len(rows) < TAKEN_PAGE:
                 return
@@ -165,20 +197,28 @@ class SqlLedger:
     def forget_inputs(self, paths: list[str]) -> None:
         with self._lock, self._transaction():
             for start in range(0, len(paths), FORGET_CHUNK):
-                chunk = [ledger_text(path) for path in paths[start:start + FORGET_CHUNK]]
+                chunk = [ledger_text(path) for path in paths[start : start + FORGET_CHUNK]]
                 self._execute(f"DELETE FROM inputs WHERE path IN ({', '.join('?' * len(chunk))})", chunk)
 
     def queued_count(self) -> int:
         with self._lock:
             return self._execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)).fetchone()[0]
 
-    def claim_next(self, owner: str, now: float, lease_seconds: float, *, prefer_models: Sequence[str] = (),
-                   patience_seconds: float = 0.0) -> Job | None:
+    def claim_next(
+        self,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        *,
+        prefer_models: Sequence[str] = (),
+        patience_seconds: float = 0.0,
+    ) -> Job | None:
         # Highest priority first. Within a priority: jobs that waited longer than patience_seconds, oldest
         # first; then jobs for a preferred (loaded) model; then the rest, oldest first.
         preferred = ", ".join("?" * len(prefer_models))
-        rank = (f"CASE WHEN created_at <= ? THEN 0 WHEN model IN ({preferred}) THEN 1 ELSE 2 END, "
-                if prefer_models else "")
+        rank = (
+            f"CASE WHEN created_at <= ? THEN 0 WHEN model IN ({preferred}) THEN 1 ELSE 2 END, " if prefer_models else ""
+        )
         rank_params = (now - patience_seconds, *prefer_models) if prefer_models else ()
         with self._lock:
             with self._transaction():
@@ -201,8 +241,9 @@ class SqlLedger:
     def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:
         where, params = _held_by(job_id, owner, token)
         with self._lock:
-            cursor = self._execute(f"UPDATE jobs SET lease_expires_at = ? WHERE {where}",
-                                   (now + lease_seconds, *params))
+            cursor = self._execute(
+                f"UPDATE jobs SET lease_expires_at = ? WHERE {where}", (now + lease_seconds, *params)
+            )
             return cursor.rowcount == 1
 
     def release(self, job_id: str, owner: str, token: int | None = None) -> bool:
@@ -210,22 +251,36 @@ class SqlLedger:
         with self._lock:
             cursor = self._execute(
                 "UPDATE jobs SET state = ?, started_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
-                f"WHERE {where}", (JobState.QUEUED.value, *params),
+                f"WHERE {where}",
+                (JobState.QUEUED.value, *params),
             )
             return cursor.rowcount == 1
 
-    def finish(self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None,
-               token: int | None = None) -> bool:
-        return self._close_job(job_id, owner, token, "state = ?, finished_at = ?, outputs = ?, error = NULL",
-                               (JobState.DONE.value, now, json.dumps(outputs)))
+    def finish(
+        self, job_id: str, now: float, outputs: dict[str, str], owner: str | None = None, token: int | None = None
+    ) -> bool:
+        return self._close_job(
+            job_id,
+            owner,
+            token,
+            "state = ?, finished_at = ?, outputs = ?, error = NULL",
+            (JobState.DONE.value, now, json.dumps(outputs)),
+        )
 
-    def fail(self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None,
-             token: int | None = None) -> bool:
-        return self._close_job(job_id, owner, token, "state = ?, finished_at = ?, error = ?",
-                               (JobState.FAILED.value, now, json.dumps(error)))
+    def fail(
+        self, job_id: str, now: float, error: dict[str, Any], owner: str | None = None, token: int | None = None
+    ) -> bool:
+        return self._close_job(
+            job_id,
+            owner,
+            token,
+            "state = ?, finished_at = ?, error = ?",
+            (JobState.FAILED.value, now, json.dumps(error)),
+        )
 
-    def _close_job(self, job_id: str, owner: str | None, token: int | None, assignments: str,
-                   values: tuple[Any, ...]) -> bool:
+    def _close_job(
+        self, job_id: str, owner: str | None, token: int | None, assignments: str, values: tuple[Any, ...]
+    ) -> bool:
         where, params = ("id = ?", (job_id,)) if owner is None else _held_by(job_id, owner, token)
         with self._lock:
             cursor = self._execute(
@@ -263,8 +318,9 @@ class SqlLedger:
 
     def jobs_for_input(self, relative_input: str) -> list[Job]:
         with self._lock:
-            rows = self._execute(f"{SELECT_JOBS} WHERE input = ? ORDER BY created_at, id",
-                                 (ledger_text(relative_input),)).fetchall()
+            rows = self._execute(
+                f"{SELECT_JOBS} WHERE input = ? ORDER BY created_at, id", (ledger_text(relative_input),)
+            ).fetchall()
         return [_from_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -281,14 +337,22 @@ class SqlLedger:
             self._execute("DELETE FROM instances WHERE seen_at < ?", (instance.started_at - FORGET_INSTANCES_AFTER,))
             self._execute(
                 f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) VALUES ({', '.join('?' * 7)})",
-                (instance.id, instance.host, instance.pid, instance.device, instance.started_at,
-                 instance.seen_at or instance.started_at, instance.status),
+                (
+                    instance.id,
+                    instance.host,
+                    instance.pid,
+                    instance.device,
+                    instance.started_at,
+                    instance.seen_at or instance.started_at,
+                    instance.status,
+                ),
             )
 
     def seen(self, instance_id: str, now: float, status: str) -> bool:
         with self._lock:
-            cursor = self._execute("UPDATE instances SET seen_at = ?, status = ? WHERE id = ?",
-                                   (now, status, instance_id))
+            cursor = self._execute(
+                "UPDATE instances SET seen_at = ?, status = ? WHERE id = ?", (now, status, instance_id)
+            )
             return cursor.rowcount == 1
 
     def unregister(self, instance_id: str) -> None:
@@ -297,19 +361,36 @@ class SqlLedger:
 
     def status(self, now: float) -> LedgerStatus:
         with self._lock:
-            instances = [Instance(*row) for row in self._execute(
-                f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances ORDER BY host, started_at").fetchall()]
-            running = [_from_row(row) for row in self._execute(
-                f"{SELECT_JOBS} WHERE state = ? ORDER BY started_at", (JobState.RUNNING.value,)).fetchall()]
-            failures = [_from_row(row) for row in self._execute(
-                f"{SELECT_JOBS} WHERE state = ? ORDER BY finished_at DESC LIMIT {RECENT_FAILURES}",
-                (JobState.FAILED.value,)).fetchall()]
-            done = self._execute("SELECT COUNT(*) FROM jobs WHERE state = ? AND finished_at >= ?",
-                                 (JobState.DONE.value, now - HOUR)).fetchone()[0]
+            instances = [
+                Instance(*row)
+                for row in self._execute(
+                    f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances ORDER BY host, started_at"
+                ).fetchall()
+            ]
+            running = [
+                _from_row(row)
+                for row in self._execute(
+                    f"{SELECT_JOBS} WHERE state = ? ORDER BY started_at", (JobState.RUNNING.value,)
+                ).fetchall()
+            ]
+            failures = [
+                _from_row(row)
+                for row in self._execute(
+                    f"{SELECT_JOBS} WHERE state = ? ORDER BY finished_at DESC LIMIT {RECENT_FAILURES}",
+                    (JobState.FAILED.value,),
+                ).fetchall()
+            ]
+            done = self._execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ? AND finished_at >= ?", (JobState.DONE.value, now - HOUR)
+            ).fetchone()[0]
         by_id = {instance.id: instance for instance in instances}
-        return LedgerStatus(counts=self.counts(), instances=instances,
-                            running=[RunningJob(job, by_id.get(job.lease_owner or "")) for job in running],
-                            recent_failures=failures, done_last_hour=done)
+        return LedgerStatus(
+            counts=self.counts(),
+            instances=instances,
+            running=[RunningJob(job, by_id.get(job.lease_owner or "")) for job in running],
+            recent_failures=failures,
+            done_last_hour=done,
+        )
 
 
 def _held_by(job_id: str, owner: str, token: int | None) -> tuple[str, tuple[Any, ...]]:
@@ -322,23 +403,56 @@ def _held_by(job_id: str, owner: str, token: int | None) -> tuple[str, tuple[Any
 
 def _to_row(job: Job) -> tuple[Any, ...]:
     # Paths go in as ledger_text: a name's undecodable bytes are no valid text for SQLite or PostgreSQL.
-    return (job.id, job.key, job.state.value, ledger_text(job.input),
-            None if job.sidecar is None else ledger_text(job.sidecar), job.input_sha256, job.sidecar_sha256,
-            json.dumps(job.params), job.seed, job.created_at, job.started_at, job.finished_at, job.attempts,
-            json.dumps(job.outputs), None if job.error is None else json.dumps(job.error), ledger_text(job.output),
-            job.priority, job.content_key, job.lease_owner, job.lease_expires_at, job.claims, job.lost_attempts,
-            job.params.get("model", ""))
+    return (
+        job.id,
+        job.key,
+        job.state.value,
+        ledger_text(job.input),
+        None if job.sidecar is None else ledger_text(job.sidecar),
+        job.input_sha256,
+        job.sidecar_sha256,
+        json.dumps(job.params),
+        job.seed,
+        job.created_at,
+        job.started_at,
+        job.finished_at,
+        job.attempts,
+        json.dumps(job.outputs),
+        None if job.error is None else json.dumps(job.error),
+        ledger_text(job.output),
+        job.priority,
+        job.content_key,
+        job.lease_owner,
+        job.lease_expires_at,
+        job.claims,
+        job.lost_attempts,
+        job.params.get("model", ""),
+    )
 
 
 def _from_row(row: Sequence[Any]) -> Job:
     values = dict(zip(COLUMNS, row))
     return Job(
-        id=values["id"], key=values["key"], state=JobState(values["state"]), input=from_ledger_text(values["input"]),
-        sidecar=None if values["sidecar"] is None else from_ledger_text(values["sidecar"]), input_sha256=values["input_sha256"], sidecar_sha256=values["sidecar_sha256"],
-        params=json.loads(values["params"]), seed=values["seed"], created_at=values["created_at"],
-        started_at=values["started_at"], finished_at=values["finished_at"], attempts=values["attempts"],
-        outputs=json.loads(values["outputs"]), error=None if values["error"] is None else json.loads(values["error"]),
-        output=from_ledger_text(values["output"]), priority=values["priority"], content_key=values["content_key"],
-        lease_owner=values["lease_owner"], lease_expires_at=values["lease_expires_at"], claims=values["claims"],
+        id=values["id"],
+        key=values["key"],
+        state=JobState(values["state"]),
+        input=from_ledger_text(values["input"]),
+        sidecar=None if values["sidecar"] is None else from_ledger_text(values["sidecar"]),
+        input_sha256=values["input_sha256"],
+        sidecar_sha256=values["sidecar_sha256"],
+        params=json.loads(values["params"]),
+        seed=values["seed"],
+        created_at=values["created_at"],
+        started_at=values["started_at"],
+        finished_at=values["finished_at"],
+        attempts=values["attempts"],
+        outputs=json.loads(values["outputs"]),
+        error=None if values["error"] is None else json.loads(values["error"]),
+        output=from_ledger_text(values["output"]),
+        priority=values["priority"],
+        content_key=values["content_key"],
+        lease_owner=values["lease_owner"],
+        lease_expires_at=values["lease_expires_at"],
+        claims=values["claims"],
         lost_attempts=values["lost_attempts"],
     )

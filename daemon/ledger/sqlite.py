@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from daemon.ledger.base import Job, JobState, LedgerUnavailable
-from daemon.ledger.sql import COLUMNS, INSERT_JOB, SqlLedger, _from_row, _to_row
-from daemon.names import from_ledger_text, ledger_text
+from vidrop.daemon.ledger.base import Job, JobState, LedgerUnavailable
+from vidrop.daemon.ledger.sql import COLUMNS, INSERT_JOB, SqlLedger, _from_row, _to_row
+from vidrop.daemon.names import from_ledger_text, ledger_text
 
 BUSY_TIMEOUT_SECONDS = 10.0  # the shipped recovery.ledger_busy_seconds
 
@@ -27,29 +27,49 @@ FOLDER_SQL = "rtrim(input, replace(input, '/', ''))"
 # SQLite's result codes that say the file or its disk is at fault, not the statement: (reason, what to do).
 # The others (a missing table, a constraint) are bugs and stay what they are.
 FAULTS = {
-    sqlite3.SQLITE_FULL: ("The state disk (where the ledger lives) is full.",
-                          "Free space on the state disk; vidrop goes on by itself."),
-    sqlite3.SQLITE_BUSY: ("The ledger is locked by another process.",
-                          "Find the process holding the ledger file (fuser -v FILE) and end its transaction."),
-    sqlite3.SQLITE_LOCKED: ("The ledger is locked by another process.",
-                            "Find the process holding the ledger file (fuser -v FILE) and end its transaction."),
-    sqlite3.SQLITE_READONLY: ("The ledger file cannot be written (read-only).",
-                              "Make the state folder writable for vidrop's user (or remount it read-write)."),
-    sqlite3.SQLITE_IOERR: ("The ledger file cannot be read or written (I/O error).",
-                           "Check the state disk (dmesg); vidrop tries again by itself."),
-    sqlite3.SQLITE_CANTOPEN: ("The ledger file cannot be opened.",
-                              "Check that the state folder exists and vidrop's user may write to it."),
-    sqlite3.SQLITE_PROTOCOL: ("The ledger is locked by another process.",
-                              "vidrop tries again by itself."),
-    sqlite3.SQLITE_CORRUPT: ("The ledger file is damaged.",
-                             "Stop vidrop and restore the ledger from a backup, or delete it: vidrop makes a new "
-                             "one and takes what is already in the outbox from the manifests there."),
-    sqlite3.SQLITE_NOTADB: ("The ledger file is not an SQLite database.",
-                            "Stop vidrop and restore the ledger from a backup, or delete it."),
+    sqlite3.SQLITE_FULL: (
+        "The state disk (where the ledger lives) is full.",
+        "Free space on the state disk; vidrop goes on by itself.",
+    ),
+    sqlite3.SQLITE_BUSY: (
+        "The ledger is locked by another process.",
+        "Find the process holding the ledger file (fuser -v FILE) and end its transaction.",
+    ),
+    sqlite3.SQLITE_LOCKED: (
+        "The ledger is locked by another process.",
+        "Find the process holding the ledger file (fuser -v FILE) and end its transaction.",
+    ),
+    sqlite3.SQLITE_READONLY: (
+        "The ledger file cannot be written (read-only).",
+        "Make the state folder writable for vidrop's user (or remount it read-write).",
+    ),
+    sqlite3.SQLITE_IOERR: (
+        "The ledger file cannot be read or written (I/O error).",
+        "Check the state disk (dmesg); vidrop tries again by itself.",
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "The ledger file cannot be opened.",
+        "Check that the state folder exists and vidrop's user may write to it.",
+    ),
+    sqlite3.SQLITE_PROTOCOL: ("The ledger is locked by another process.", "vidrop tries again by itself."),
+    sqlite3.SQLITE_CORRUPT: (
+        "The ledger file is damaged.",
+        "Stop vidrop and restore the ledger from a backup, or delete it: vidrop makes a new "
+        "one and takes what is already in the outbox from the manifests there.",
+    ),
+    sqlite3.SQLITE_NOTADB: (
+        "The ledger file is not an SQLite database.",
+        "Stop vidrop and restore the ledger from a backup, or delete it.",
+    ),
 }
 # After these the connection is not trusted again: the next try opens the file anew.
-REOPEN_AFTER = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CORRUPT,
-                sqlite3.SQLITE_NOTADB}
+REOPEN_AFTER = {
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
+}
 
 
 class _Rows:
@@ -102,8 +122,7 @@ class SqliteLedger(SqlLedger):
             self._remove_stale_journal()
             self._was_moved = False
         try:
-            db = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
         self._db = db
@@ -134,9 +153,12 @@ class SqliteLedger(SqlLedger):
             reason = "The ledger file was replaced."
         self._drop()
         self._was_moved = True
-        raise LedgerUnavailable(reason, detail=str(self.path),
-                                fix="vidrop opens a new ledger there and records what the outbox's manifests say "
-                                    "was made already; restore a ledger only while vidrop is stopped.")
+        raise LedgerUnavailable(
+            reason,
+            detail=str(self.path),
+            fix="vidrop opens a new ledger there and records what the outbox's manifests say "
+            "was made already; restore a ledger only while vidrop is stopped.",
+        )
 
     def _remove_stale_journal(self) -> None:
         """Remove the write-ahead log of the file that was deleted or replaced: SQLite keeps it when the file it
@@ -174,8 +196,7 @@ class SqliteLedger(SqlLedger):
         if primary in REOPEN_AFTER:
             self._drop()
         reason, fix = FAULTS[primary]
-        return LedgerUnavailable(reason, detail=f"{self.path}: {getattr(exc, 'sqlite_errorname', '')} {exc}",
-                                 fix=fix)
+        return LedgerUnavailable(reason, detail=f"{self.path}: {getattr(exc, 'sqlite_errorname', '')} {exc}", fix=fix)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         db = self._connection()
@@ -255,15 +276,22 @@ class SqliteLedger(SqlLedger):
             f"SELECT {FOLDER_SQL} AS folder, state, COUNT(*), "
             "MAX(MAX(created_at, COALESCE(started_at, 0), COALESCE(finished_at, 0))) FROM jobs GROUP BY folder, state"
         ):
-            summary = summaries.setdefault(from_ledger_text(prefix.rstrip("/")), {**{s.value: 0 for s in JobState}, "latest": 0.0})
+            summary = summaries.setdefault(
+                from_ledger_text(prefix.rstrip("/")), {**{s.value: 0 for s in JobState}, "latest": 0.0}
+            )
             summary[state] = count
             summary["latest"] = max(summary["latest"], latest)
         return summaries
 
     def queued_ids(self) -> list[str]:
         """Ids of queued jobs in the order they will be claimed."""
-        return [row[0] for row in self._rows(
-            "SELECT id FROM jobs WHERE state = ? ORDER BY priority DESC, created_at, rowid", (JobState.QUEUED.value,))]
+        return [
+            row[0]
+            for row in self._rows(
+                "SELECT id FROM jobs WHERE state = ? ORDER BY priority DESC, created_at, rowid",
+                (JobState.QUEUED.value,),
+            )
+        ]
 
     def recent_jobs(self, state: JobState, limit: int) -> list[Job]:
         """The latest finished jobs in one state, newest first."""

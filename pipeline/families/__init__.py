@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from config.errors import ModelUnavailable
-from pipeline.families.animatediff import AnimateDiffFamily
-from pipeline.families.base import Family
-from pipeline.families.cogvideox import CogVideoXFamily
-from pipeline.families.i2vgen_xl import I2VGenXLFamily
-from pipeline.families.ltx import LTXFamily
-from pipeline.families.svd import SVDFamily
-from pipeline.families.wan import WanFamily
+from vidrop.config.errors import ModelUnavailable
+from vidrop.pipeline.families.animatediff import AnimateDiffFamily
+from vidrop.pipeline.families.base import Family
+from vidrop.pipeline.families.cogvideox import CogVideoXFamily
+from vidrop.pipeline.families.i2vgen_xl import I2VGenXLFamily
+from vidrop.pipeline.families.ltx import LTXFamily
+from vidrop.pipeline.families.svd import SVDFamily
+from vidrop.pipeline.families.wan import WanFamily
 
 FAMILIES: dict[str, type[Family]] = {
     family.name: family

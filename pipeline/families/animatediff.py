@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
 
 
 class AnimateDiffFamily(Family):
@@ -30,4 +30,3 @@ class AnimateDiffFamily(Family):
         "high": {"steps": 40, "num_frames": 24, "width": 512, "height": 512, "guidance_scale": 8.0},
     }
     gpu_dtype = "float16"
-

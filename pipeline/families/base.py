@@ -8,8 +8,8 @@ from typing import Any, Callable, ClassVar
 
 from PIL import Image
 
-from config.errors import InputError
-from config.request import Preset, VideoFormat
+from vidrop.config.errors import InputError
+from vidrop.config.request import Preset, VideoFormat
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
@@ -91,6 +91,7 @@ class Family:
         if mode == TEXT:
             return f"this {self.name} model makes videos from an image; it cannot start from a prompt alone"
         return f"this {self.name} model makes videos from a prompt alone; it does not take an image"
+
     # Memory per output voxel (width × height × frame) at a 2-byte dtype, beyond the weights: while denoising,
     # and while the VAE decodes every frame at once. Rough starting points; measured peaks calibrate them.
     denoise_bytes_per_voxel: ClassVar[float] = 64.0
@@ -188,8 +189,9 @@ class Family:
         """Extra __call__ arguments for a memory mode (a smaller decode chunk, say); none by default."""
         return {}
 
-    def decode_latents(self, pipe: Any, latents: Any, *, width: int, height: int, num_frames: int, generator: Any,
-                       mode: Any) -> Any:
+    def decode_latents(
+        self, pipe: Any, latents: Any, *, width: int, height: int, num_frames: int, generator: Any, mode: Any
+    ) -> Any:
         """Frames (float, frames × height × width × 3 in [0, 1]) from what __call__ gave with output_type="latent"."""
         raise NotImplementedError(f"{self.name} cannot decode latents separately")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits, FittedSize
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits, FittedSize
 
 
 class CogVideoXFamily(Family):
@@ -49,4 +49,3 @@ class CogVideoXFamily(Family):
             width, height = self.fixed_size
             return f"this cogvideox image-to-video model only runs at the {width}×{height} it was built for"
         return super().rule(name)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
 
 
 class I2VGenXLFamily(Family):

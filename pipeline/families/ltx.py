@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
 
 
 class LTXFamily(Family):
@@ -53,8 +53,9 @@ class LTXFamily(Family):
             pipe.transformer_spatial_patch_size,
             pipe.transformer_temporal_patch_size,
         )
-        latents = pipe._denormalize_latents(latents, pipe.vae.latents_mean, pipe.vae.latents_std,
-                                            pipe.vae.config.scaling_factor)
+        latents = pipe._denormalize_latents(
+            latents, pipe.vae.latents_mean, pipe.vae.latents_std, pipe.vae.config.scaling_factor
+        )
         device = pipe._execution_device
         latents = latents.to(device=device, dtype=pipe.transformer.dtype)
         timestep = None

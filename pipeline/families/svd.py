@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
 
 # Frames decoded at once by the temporal VAE decoder: the main lever on its memory peak.
 DECODE_CHUNK_SIZE = 8

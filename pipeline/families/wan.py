@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
 
 
 class WanFamily(Family):
@@ -30,4 +30,3 @@ class WanFamily(Family):
         "high": {"steps": 50, "num_frames": 81, "width": 1280, "height": 720},
     }
     gpu_dtype = "bfloat16"
-

@@ -20,8 +20,13 @@ BENCHMARKS = {"overhead", "pickup", "scale", "encoding", "memory", "gpu"}
 @pytest.mark.timeout(1200)
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_json(tmp_path):
     output = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(output),
-                             "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=1100)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output), "--workdir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     document = json.loads(output.read_text())
     assert document["quick"] is True
@@ -41,8 +46,13 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_json(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_gpu_runbook_refuses_clearly_without_cuda(tmp_path):
     output = tmp_path / "gpu.json"
-    result = subprocess.run([sys.executable, "-m", "bench.gpu", "--output", str(output)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 69
     assert "sees none" in result.stderr and "--device cpu" in result.stderr
     assert not output.exists()

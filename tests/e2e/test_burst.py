@@ -18,8 +18,9 @@ def burst_folder(root, name, blue):
     for index in range(BURST):  # every image different: identical ones would be (rightly) reused, not run
         Image.new("RGB", (32, 32), (index % 256, index // 256, blue)).save(folder / f"img{index:03}.png")
     # One prompt for the whole folder; the tiniest job the model accepts.
-    (folder / "_defaults.json").write_text(json.dumps({"prompt": "{stem}", "width": 32, "height": 32,
-                                                       "num_frames": 1, "steps": 1, "fps": 8}))
+    (folder / "_defaults.json").write_text(
+        json.dumps({"prompt": "{stem}", "width": 32, "height": 32, "num_frames": 1, "steps": 1, "fps": 8})
+    )
     return folder
 
 
@@ -34,8 +35,12 @@ def test_500_by_cp_and_500_by_rsync_each_exactly_once(folders, demo_models, star
     subprocess.run(["rsync", "-a", f"{synced}/", str(folders["inbox"] / "synced")], check=True)
 
     for name in ("copied", "synced"):
-        wait_for(lambda: len(job_lines(folders["outbox"] / name)) >= BURST, 1200, interval=1,
-                 what=f"{BURST} jobs from {name}")
+        wait_for(
+            lambda: len(job_lines(folders["outbox"] / name)) >= BURST,
+            1200,
+            interval=1,
+            what=f"{BURST} jobs from {name}",
+        )
     jobs = ledger_jobs(folders["state"])
     per_input = Counter(job.input for job in jobs)
     assert len(per_input) == 2 * BURST and set(per_input.values()) == {1}

@@ -41,8 +41,9 @@ def test_schema_is_json_schema_of_the_sidecar(folders, demo_models):
 
 
 def test_demo_model_writes_a_loadable_pipeline(tmp_path, folders):
-    result = run_vidrop(vidrop_env(folders, tmp_path / "demo"), "demo-model", str(tmp_path / "demo"),
-                        "--family", "i2vgen-xl")
+    result = run_vidrop(
+        vidrop_env(folders, tmp_path / "demo"), "demo-model", str(tmp_path / "demo"), "--family", "i2vgen-xl"
+    )
     assert result.returncode == 0 and "noise" in result.stdout
     index = json.loads((tmp_path / "demo" / "model_index.json").read_text())
     assert index["_class_name"] == "I2VGenXLPipeline"

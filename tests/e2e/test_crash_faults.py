@@ -13,10 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from daemon.outbox import TEMP_PREFIX
 from tests.conftest import (
-    REPO, VIDROP, Faults, VidropProcess, drop_job, ledger_jobs, run_vidrop, vidrop_env, wait_for,
+    REPO,
+    VIDROP,
+    Faults,
+    VidropProcess,
+    drop_job,
+    ledger_jobs,
+    run_vidrop,
+    vidrop_env,
+    wait_for,
 )
+from vidrop.daemon.outbox import TEMP_PREFIX
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -34,8 +42,7 @@ def _one_clear_line(result: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["not_utf8", "bad_toml", "directory"])
-def test_a_settings_file_that_cannot_be_read_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path,
-                                                                                    kind):
+def test_a_settings_file_that_cannot_be_read_stops_the_start_with_one_line_and_78(folders, demo_models, tmp_path, kind):
     config = tmp_path / "vidrop.toml"
     if kind == "not_utf8":
         config.write_bytes(NOT_UTF8)
@@ -72,8 +79,9 @@ def test_an_unreadable_settings_file_stops_the_start_with_one_line_and_78(folder
     assert str(config) in line and "ermission" in line
 
 
-def test_sighup_with_a_settings_file_that_is_not_utf8_keeps_the_daemon_and_its_settings(folders, demo_models,
-                                                                                       tmp_path, start_vidrop):
+def test_sighup_with_a_settings_file_that_is_not_utf8_keeps_the_daemon_and_its_settings(
+    folders, demo_models, tmp_path, start_vidrop
+):
     config = tmp_path / "vidrop.toml"
     config.write_text('log_level = "info"\n')
     daemon = start_vidrop(vidrop_env(folders, demo_models["ltx"]), "--config", str(config), "run")
@@ -96,14 +104,19 @@ def test_sighup_with_a_settings_file_that_is_not_utf8_keeps_the_daemon_and_its_s
 
 def _kill_when_generating(daemon, job_name: str) -> None:
     """SIGKILL from outside the moment the process starts generating job_name (the OOM killer's way)."""
-    wait_for(lambda: any(e.get("input") == job_name for e in daemon.events_named("generation_started")), 120,
-             interval=0.01, what=f"generation_started for {job_name}")
+    wait_for(
+        lambda: any(e.get("input") == job_name for e in daemon.events_named("generation_started")),
+        120,
+        interval=0.01,
+        what=f"generation_started for {job_name}",
+    )
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait()
 
 
-def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_goes_on(folders, demo_models,
-                                                                                      start_vidrop):
+def test_a_job_that_kills_its_process_three_times_is_set_aside_and_the_daemon_goes_on(
+    folders, demo_models, start_vidrop
+):
     # Slow steps only widen the moment to kill in; the death itself is a real SIGKILL from outside.
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2")
     slow = Faults(slow_inputs=["bomb.png"], slow_step_seconds=1)
@@ -148,10 +161,23 @@ def _hold_first_rename(pid: int) -> subprocess.Popen:
     into place, after its last lease check (the process must not rename anything else meanwhile)."""
     if shutil.which("strace") is None or platform.machine() != "x86_64":
         pytest.skip("needs strace on x86_64 to catch the holder at its rename")
-    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-o", "/dev/null",
-                               "-e", "trace=rename,renameat,renameat2",
-                               "-e", "inject=rename,renameat,renameat2:delay_enter=30s:when=1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-p",
+            str(pid),
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=rename,renameat,renameat2",
+            "-e",
+            "inject=rename,renameat,renameat2:delay_enter=30s:when=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     attached = tracer.stderr.readline()
     if "attached" not in attached:
         tracer.wait()
@@ -164,12 +190,18 @@ def _is_renaming(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("stalled_at", ["generating", "encoding", "renaming"])
-def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_outputs(folders, demo_models,
-                                                                                     start_vidrop, stalled_at):
+def test_a_holder_stalled_past_its_lease_does_not_write_over_the_new_holders_outputs(
+    folders, demo_models, start_vidrop, stalled_at
+):
     # veryslow and 256x256 make the encoding last seconds, so the test can stop the holder inside it; no
     # gallery, so that the outputs are the holder's first renames.
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2",
-                     VIDROP_OUTPUT__X264_PRESET="veryslow", VIDROP_GALLERY__ENABLED="false")
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_RECOVERY__LEASE_SECONDS="2",
+        VIDROP_OUTPUT__X264_PRESET="veryslow",
+        VIDROP_GALLERY__ENABLED="false",
+    )
     slow = Faults(slow_inputs=["shot.png"], slow_step_seconds=1)
     first = start_vidrop(env, faults=slow)
     first.wait_event("daemon_ready")
@@ -236,8 +268,9 @@ def start_limited(folders, demo_models):
 
     def start(**limits) -> VidropProcess:
         # A reconcile that never comes within the test: only events or polls can bring the files.
-        env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__RECONCILE_SECONDS="3600",
-                         VIDROP_INTAKE__WATCH="events")
+        env = vidrop_env(
+            folders, demo_models["ltx"], VIDROP_INTAKE__RECONCILE_SECONDS="3600", VIDROP_INTAKE__WATCH="events"
+        )
         started.append(VidropProcess(env, ("run",), prefix=_with_inotify_limits(**limits)))
         return started[-1]
 

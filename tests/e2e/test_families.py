@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY, make_image, run_vidrop, sidecar, vidrop_env
+from tests.conftest import make_image, run_vidrop, sidecar, vidrop_env
 from tests.e2e.test_run import decode
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +37,9 @@ def test_image_to_video_families(folders, demo_models, model, asked, frames, siz
     manifest = json.loads((folders["outbox"] / "shot.json").read_text())
     assert manifest["family"] == model.split("-")[0] and manifest["parameters"]["mode"] == "image"
     assert {change["field"] for change in manifest["adjustments"]} == adjusted
-    assert all(change["rule"].startswith(manifest["family"]) or model in change["rule"]
-               for change in manifest["adjustments"])
+    assert all(
+        change["rule"].startswith(manifest["family"]) or model in change["rule"] for change in manifest["adjustments"]
+    )
 
 
 def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_models):

@@ -19,9 +19,9 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
-from daemon.ledger.base import JobState
-from daemon.outbox import TEMP_PREFIX
 from tests.conftest import VidropProcess, make_image, sidecar, vidrop_env, wait_for
+from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.outbox import TEMP_PREFIX
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fleet, pytest.mark.timeout(900)]
 
@@ -135,7 +135,8 @@ def check_exactly_once(fleet: Fleet, ledger, outbox: Path, names: list[str]) -> 
 
 
 def sqlite_ledger(folders):
-    from daemon.ledger.sqlite import SqliteLedger
+    from vidrop.daemon.ledger.sqlite import SqliteLedger
+
     return SqliteLedger(folders["state"] / "ledger.sqlite3")
 
 
@@ -166,11 +167,12 @@ def test_three_instances_on_one_host_share_a_sqlite_ledger(folders, demo_models)
 
 
 def test_four_instances_share_a_postgresql_ledger(folders, demo_models, postgres_url):
-    from daemon.ledger.postgres import PostgresLedger
+    from vidrop.daemon.ledger.postgres import PostgresLedger
 
     names = fill_inbox(folders["inbox"], 40)
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS=LEASE_SECONDS,
-                     VIDROP_LEDGER_URL=postgres_url)
+    env = vidrop_env(
+        folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS=LEASE_SECONDS, VIDROP_LEDGER_URL=postgres_url
+    )
     fleet, ledger = Fleet(env, size=4), PostgresLedger(postgres_url)
     try:
         run_with_kills(fleet, ledger, len(names), seed=4, kills=3)

@@ -25,8 +25,12 @@ def read_json(path: Path) -> dict | None:
 def resolves(page_path: Path, link: str) -> bool:
     """A relative link from the page to a file that exists (no scheme, no absolute path)."""
     parts = urlsplit(link)
-    return not parts.scheme and not parts.netloc and not link.startswith("/") and \
-        (page_path.parent / unquote(parts.path)).is_file()
+    return (
+        not parts.scheme
+        and not parts.netloc
+        and not link.startswith("/")
+        and (page_path.parent / unquote(parts.path)).is_file()
+    )
 
 
 @pytest.mark.e2e
@@ -34,15 +38,19 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     inbox, outbox = folders["inbox"] / "acme", folders["outbox"]
     # Everything is there before the start, so one scan queues it all: one job runs while the others wait,
     # for long enough (24 steps each) that the page shows both.
-    for name, color, prompt in (("red", (200, 40, 40), "a small red square"), ("blue", (40, 40, 200), "blue"),
-                                (HOSTILE_NAME, (40, 160, 40), HOSTILE_PROMPT)):
+    for name, color, prompt in (
+        ("red", (200, 40, 40), "a small red square"),
+        ("blue", (40, 40, 200), "blue"),
+        (HOSTILE_NAME, (40, 160, 40), HOSTILE_PROMPT),
+    ):
         drop(inbox / f"{name}.json", sidecar(prompt=prompt, steps=24))
         drop(inbox / f"{name}.png", make_image(folders["inbox"].parent / f"{color}.png", color=color).read_bytes())
     drop(inbox / "broken.json", sidecar())
     drop(inbox / "broken.png", b"a text file with an image name")
     # Real jobs take minutes; the tiny model's take a moment, too short to catch between two page writes.
-    vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]),
-                          faults=Faults(slow_inputs=["acme/*"], slow_step_seconds=0.1))
+    vidrop = start_vidrop(
+        vidrop_env(folders, demo_models["ltx"]), faults=Faults(slow_inputs=["acme/*"], slow_step_seconds=0.1)
+    )
     vidrop.wait_event("daemon_ready")
 
     status_path = outbox / "acme" / "_status.json"
@@ -65,8 +73,11 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
 
     def finished():
         status = read_json(outbox / "_status.json")
-        return status and not status["is_pending"] and status["counts"] == {"queued": 0, "running": 0, "done": 3,
-                                                                            "failed": 1}
+        return (
+            status
+            and not status["is_pending"]
+            and status["counts"] == {"queued": 0, "running": 0, "done": 3, "failed": 1}
+        )
 
     wait_for(finished, 180, what="every job finished in the root _status.json")
     wait_for(lambda: not read_json(status_path)["is_pending"], 30, what="the folder's _status.json to settle")

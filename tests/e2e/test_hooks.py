@@ -64,25 +64,29 @@ def hook_server():
     server.stop()
 
 
-def test_command_and_webhooks_with_retries_and_a_dead_letter(folders, demo_models, start_vidrop, hook_server,
-                                                              tmp_path):
+def test_command_and_webhooks_with_retries_and_a_dead_letter(folders, demo_models, start_vidrop, hook_server, tmp_path):
     record = tmp_path / "hook-calls.jsonl"
-    env = vidrop_env(folders, demo_models["ltx"], **{
-        "VIDROP_HOOKS__COMMAND": json.dumps([sys.executable, "-c", RECORD_HOOK, str(record)]),
-        "VIDROP_HOOKS__URLS": json.dumps([f"{hook_server.url}/flaky", f"{hook_server.url}/hang"]),
-        "VIDROP_HOOKS__EVENTS": '["done"]',
-        "VIDROP_HOOKS__TIMEOUT_SECONDS": "2",
-        "VIDROP_HOOKS__RETRIES": "2",
-        "VIDROP_HOOKS__BACKOFF_SECONDS": "0.1",
-    })
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        **{
+            "VIDROP_HOOKS__COMMAND": json.dumps([sys.executable, "-c", RECORD_HOOK, str(record)]),
+            "VIDROP_HOOKS__URLS": json.dumps([f"{hook_server.url}/flaky", f"{hook_server.url}/hang"]),
+            "VIDROP_HOOKS__EVENTS": '["done"]',
+            "VIDROP_HOOKS__TIMEOUT_SECONDS": "2",
+            "VIDROP_HOOKS__RETRIES": "2",
+            "VIDROP_HOOKS__BACKOFF_SECONDS": "0.1",
+        },
+    )
     vidrop = start_vidrop(env)
     vidrop.wait_event("daemon_ready")
     drop(folders["inbox"] / "one.json", sidecar())
     drop(folders["inbox"] / "one.png", make_image(tmp_path / "one.png").read_bytes())
 
     # The command got the manifest on stdin and the key facts in its environment.
-    calls = wait_for(lambda: record.exists() and [json.loads(line) for line in record.open()], 120,
-                     what="the command hook")
+    calls = wait_for(
+        lambda: record.exists() and [json.loads(line) for line in record.open()], 120, what="the command hook"
+    )
     manifest = json.loads((folders["outbox"] / "one.json").read_text())
     assert calls[0]["payload"] == manifest
     assert calls[0]["env"]["VIDROP_JOB_ID"] == manifest["job_id"] and calls[0]["env"]["VIDROP_JOB_STATE"] == "done"

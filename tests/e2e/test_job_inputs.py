@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import (
-    Faults, drop, job_lines, ledger_jobs, make_image, run_vidrop, sidecar, vidrop_env, wait_for,
+    Faults,
+    drop,
+    job_lines,
+    ledger_jobs,
+    make_image,
+    run_vidrop,
+    sidecar,
+    vidrop_env,
+    wait_for,
 )
 from tests.e2e.test_run import decode
 
@@ -49,7 +57,8 @@ def start_busy(start_vidrop, folders, tmp_path, demo_models, **env):
 
 
 def test_a_duplicate_is_made_again_when_the_earlier_results_belong_to_other_bytes(
-        folders, demo_models, start_vidrop, tmp_path):
+    folders, demo_models, start_vidrop, tmp_path
+):
     inbox, outbox = folders["inbox"], folders["outbox"]
     original, reexport = image_bytes(tmp_path, "a", (200, 40, 40)), image_bytes(tmp_path, "b", (40, 40, 200))
     vidrop = start_vidrop(vidrop_env(folders, demo_models["ltx"]))
@@ -75,7 +84,8 @@ def test_a_duplicate_is_made_again_when_the_earlier_results_belong_to_other_byte
 
 
 def test_an_image_re_exported_while_queued_is_made_once_from_its_new_bytes(
-        folders, demo_models, start_vidrop, tmp_path):
+    folders, demo_models, start_vidrop, tmp_path
+):
     inbox, outbox = folders["inbox"], folders["outbox"]
     put(inbox, "slow", image_bytes(tmp_path, "slow", (9, 9, 9)), steps=4, priority=9)
     first, second = image_bytes(tmp_path, "first", (200, 40, 40)), image_bytes(tmp_path, "second", (40, 200, 40))
@@ -103,10 +113,17 @@ def test_move_waits_for_every_variant_and_a_refused_one_sends_the_input_to_faile
     make_image(inbox / "shot.png")
     (inbox / "shot.json").write_text(sidecar(seeds=[1, 2], variants=[{"suffix": "_a"}, {"suffix": "_b"}]))
     make_image(inbox / "mixed.png", color=(10, 200, 10))
-    (inbox / "mixed.json").write_text(sidecar(variants=[{"suffix": "_huge", "num_frames": 999},
-                                                        {"suffix": "_ok"}, {"suffix": "_fine"}]))
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__ON_SUCCESS="move", VIDROP_INTAKE__ON_FAILURE="move",
-                     VIDROP_INTAKE__DONE_DIR=str(done), VIDROP_INTAKE__FAILED_DIR=str(failed))
+    (inbox / "mixed.json").write_text(
+        sidecar(variants=[{"suffix": "_huge", "num_frames": 999}, {"suffix": "_ok"}, {"suffix": "_fine"}])
+    )
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_INTAKE__ON_SUCCESS="move",
+        VIDROP_INTAKE__ON_FAILURE="move",
+        VIDROP_INTAKE__DONE_DIR=str(done),
+        VIDROP_INTAKE__FAILED_DIR=str(failed),
+    )
     result = run_vidrop(env, "once")
     assert result.returncode == 1, result.stderr[-3000:]  # the refused variant
     lines = {(line["input"], line["state"]) for line in job_lines(outbox)}
@@ -135,7 +152,8 @@ def test_delete_keeps_an_input_that_changed_since_it_was_taken(folders, demo_mod
 
 
 def test_queued_jobs_follow_a_renamed_folder_and_a_deleted_input_ends_removed(
-        folders, demo_models, start_vidrop, tmp_path):
+    folders, demo_models, start_vidrop, tmp_path
+):
     inbox, outbox = folders["inbox"], folders["outbox"]
     put(inbox, "slow", image_bytes(tmp_path, "slow", (9, 9, 9)), steps=4, priority=9)
     for name, color in (("a", (200, 0, 0)), ("b", (0, 200, 0))):
@@ -153,11 +171,20 @@ def test_queued_jobs_follow_a_renamed_folder_and_a_deleted_input_ends_removed(
     (inbox / "gone" / "c.json").unlink()
     for name in ("d.json", "d.png"):  # moved into another folder: intake queues it there, the old job follows
         os.rename(inbox / "loose" / name, inbox / "archive" / name)
-    wait_for(lambda: settled(folders) and (outbox / "gone" / "c.error.json").exists()
-             and len(job_lines(outbox / "batch-final")) == 2 and job_lines(outbox / "archive"), 180,
-             what="every job ended")
-    assert sorted(line["input"] for line in job_lines(outbox / "batch-final")) == ["batch-final/a.png",
-                                                                                 "batch-final/b.png"]
+    wait_for(
+        lambda: (
+            settled(folders)
+            and (outbox / "gone" / "c.error.json").exists()
+            and len(job_lines(outbox / "batch-final")) == 2
+            and job_lines(outbox / "archive")
+        ),
+        180,
+        what="every job ended",
+    )
+    assert sorted(line["input"] for line in job_lines(outbox / "batch-final")) == [
+        "batch-final/a.png",
+        "batch-final/b.png",
+    ]
     assert {line["state"] for line in job_lines(outbox / "batch-final")} == {"done"}
     assert not (outbox / "batch").exists() or not list((outbox / "batch").glob("*.error.json"))
     error_text = (outbox / "gone" / "c.error.json").read_text()
@@ -207,7 +234,12 @@ def test_files_dropped_while_a_job_runs_are_queued_at_once(folders, demo_models,
     assert not vidrop.events_named("job_finished"), "the slow job was meant to be running still"
     status = run_vidrop(env, "status")
     assert "1 queued, 1 running" in status.stdout, status.stdout
-    page = json.loads(wait_for(lambda: (outbox / "new" / "_status.json").exists()
-                               and (outbox / "new" / "_status.json").read_text(), 30, what="the folder's status"))
+    page = json.loads(
+        wait_for(
+            lambda: (outbox / "new" / "_status.json").exists() and (outbox / "new" / "_status.json").read_text(),
+            30,
+            what="the folder's status",
+        )
+    )
     assert [(job["state"], job["queue_position"]) for job in page["jobs"]] == [("queued", 1)]
     wait_for(lambda: (outbox / "new" / "fresh.mp4").exists(), 180, what="the dropped file's video")

@@ -9,21 +9,23 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from daemon.ledger.base import JobState
 from tests.conftest import Faults, drop_job, free_port, job_lines, ledger_jobs, run_vidrop, vidrop_env, wait_for
 from tests.e2e.test_fleet import frames_in
 from tests.e2e.test_sd_notify import NotifyListener
+from vidrop.daemon.ledger.base import JobState
 
 pytestmark = pytest.mark.e2e
 
-FAST_RETRY = {"VIDROP_RECOVERY__LEDGER_RETRY_SECONDS": "0.3", "VIDROP_RECOVERY__LEDGER_RETRY_MAX_SECONDS": "1.5",
-              "VIDROP_RECOVERY__LEASE_SECONDS": "3"}
+FAST_RETRY = {
+    "VIDROP_RECOVERY__LEDGER_RETRY_SECONDS": "0.3",
+    "VIDROP_RECOVERY__LEDGER_RETRY_MAX_SECONDS": "1.5",
+    "VIDROP_RECOVERY__LEASE_SECONDS": "3",
+}
 SLOW = Faults(slow_inputs=["slow*"], slow_step_seconds=1.5)
 
 
@@ -77,8 +79,9 @@ def paused_status(notify: NotifyListener) -> list[str]:
 # -- SQLite: a full disk, a lock held too long, a file deleted under the daemon ----------------------------------
 
 
-def test_a_full_state_disk_pauses_claims_and_resumes(tmp_path, folders, small_state_disk, demo_models,
-                                                     start_vidrop, notify):
+def test_a_full_state_disk_pauses_claims_and_resumes(
+    tmp_path, folders, small_state_disk, demo_models, start_vidrop, notify
+):
     folders["state"] = small_state_disk
     env = vidrop_env(folders, demo_models["ltx"], NOTIFY_SOCKET=str(notify.path), **FAST_RETRY)
     vidrop = start_vidrop(env)
@@ -98,7 +101,9 @@ def test_a_full_state_disk_pauses_claims_and_resumes(tmp_path, folders, small_st
     filler.unlink()
     vidrop.wait_event("ledger_available", timeout=60)
     for index in range(3):
-        wait_for(lambda: (folders["outbox"] / f"second{index}.json").exists(), 120, what="the videos after space came back")
+        wait_for(
+            lambda: (folders["outbox"] / f"second{index}.json").exists(), 120, what="the videos after space came back"
+        )
         done_once(vidrop, folders["outbox"], f"second{index}")
     assert not [e for e in vidrop.events_named("job_finished") if e["state"] == "failed"]
     assert vidrop.stop() == 0
@@ -141,8 +146,11 @@ def test_a_ledger_deleted_under_the_daemon_is_made_again_without_redoing_work(fo
     wait_for(lambda: (folders["outbox"] / "after.json").exists(), 120, what="a video on the new ledger")
     done_once(vidrop, folders["outbox"], "after")
     # The first input is in the new ledger again, from its manifest: not generated a second time.
-    wait_for(lambda: {job.input: job.state for job in ledger_jobs(folders["state"])}.get("before.png")
-             is JobState.DONE, 60, what="the first job recorded again from its manifest")
+    wait_for(
+        lambda: {job.input: job.state for job in ledger_jobs(folders["state"])}.get("before.png") is JobState.DONE,
+        60,
+        what="the first job recorded again from its manifest",
+    )
     done_once(vidrop, folders["outbox"], "before")
     assert (folders["outbox"] / "before.mp4").read_bytes() == video
     assert vidrop.stop() == 0
@@ -160,8 +168,7 @@ def cluster(postgres_cluster):
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_models, start_vidrop, cluster,
-                                                       postgres_url):
+def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_models, start_vidrop, cluster, postgres_url):
     env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, **FAST_RETRY)
     vidrop = start_vidrop(env, faults=SLOW)
     vidrop.wait_event("daemon_ready")
@@ -176,10 +183,12 @@ def test_a_postgresql_restart_during_a_job_is_survived(mode, folders, demo_model
     assert vidrop.process.poll() is None and vidrop.stop() == 0
 
 
-def test_a_postgresql_outage_of_30_seconds_during_a_job(folders, demo_models, start_vidrop, cluster, postgres_url,
-                                                        notify):
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, NOTIFY_SOCKET=str(notify.path),
-                     **FAST_RETRY)
+def test_a_postgresql_outage_of_30_seconds_during_a_job(
+    folders, demo_models, start_vidrop, cluster, postgres_url, notify
+):
+    env = vidrop_env(
+        folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url, NOTIFY_SOCKET=str(notify.path), **FAST_RETRY
+    )
     vidrop = start_vidrop(env, faults=SLOW)
     vidrop.wait_event("daemon_ready")
     drop_job(folders["inbox"], "slow-outage")
@@ -188,8 +197,11 @@ def test_a_postgresql_outage_of_30_seconds_during_a_job(folders, demo_models, st
     stopped = time.monotonic()
     drop_job(folders["inbox"], "during")  # admitted once the database is back, not refused
     # The job's generation ends during the outage; its commit waits (the lease expires meanwhile).
-    wait_for(lambda: time.monotonic() - stopped >= 30 and vidrop.events_named("ledger_unavailable"), 60,
-             what="30 s of outage, seen by the daemon")
+    wait_for(
+        lambda: time.monotonic() - stopped >= 30 and vidrop.events_named("ledger_unavailable"),
+        60,
+        what="30 s of outage, seen by the daemon",
+    )
     assert vidrop.process.poll() is None and paused_status(notify)
     assert not (folders["outbox"] / "during.json").exists()
     cluster.start()
@@ -246,7 +258,8 @@ def test_a_lost_or_old_ledger_does_not_redo_work_in_the_outbox(loss, folders, de
     again = run_vidrop(env, "once")
     assert again.returncode == 0, again.stderr[-3000:]
     assert [e["event"] for e in _invocations(again)] == ["job_reconciled"]
-    assert {path.name: (path.stat().st_mtime_ns, path.read_bytes())
-            for path in folders["outbox"].glob("photo*")} == outputs
+    assert {
+        path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in folders["outbox"].glob("photo*")
+    } == outputs
     assert [job.state for job in ledger_jobs(folders["state"])] == [JobState.DONE]
     assert len([line for line in job_lines(folders["outbox"]) if line["state"] == "done"]) == 1

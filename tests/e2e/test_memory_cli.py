@@ -17,8 +17,13 @@ def test_a_job_that_never_gets_enough_memory_fails_clearly_and_the_input_stays(f
     inbox = folders["inbox"]
     make_image(inbox / "hero.png")
     drop(inbox / "hero.json", sidecar())
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_MEMORY__RESERVE_GB="1000000",
-                     VIDROP_MEMORY__MAX_WAIT_SECONDS="0.5", VIDROP_MEMORY__WAIT_POLL_SECONDS="0.1")
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_MEMORY__RESERVE_GB="1000000",
+        VIDROP_MEMORY__MAX_WAIT_SECONDS="0.5",
+        VIDROP_MEMORY__WAIT_POLL_SECONDS="0.1",
+    )
     result = run_vidrop(env, "once")
     assert result.returncode == 1
     error = json.loads((folders["outbox"] / "hero.error.json").read_text())

@@ -24,15 +24,22 @@ def test_sidecars_folders_and_variants_pick_a_model_and_an_unknown_name_is_refus
     (inbox / "odd.json").write_text(sidecar(model="sora"))
     (inbox / "idea.json").write_text(sidecar(model="i2v"))  # no image, and i2v cannot start from text
 
-    env = vidrop_env(folders, "ltx", VIDROP_PIPELINE__MODELS=json.dumps(
-        {"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"])}),
-        VIDROP_MEMORY__MAX_RESIDENT_MODELS="1")
+    env = vidrop_env(
+        folders,
+        "ltx",
+        VIDROP_PIPELINE__MODELS=json.dumps({"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"])}),
+        VIDROP_MEMORY__MAX_RESIDENT_MODELS="1",
+    )
     result = run_vidrop(env, "once", timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # two refusals
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
 
-    expected = {"hero": ("ltx", "ltx"), "clips/one": ("i2v", "i2vgen-xl"), "both_ltx": ("ltx", "ltx"),
-                "both_i2v": ("i2v", "i2vgen-xl")}
+    expected = {
+        "hero": ("ltx", "ltx"),
+        "clips/one": ("i2v", "i2vgen-xl"),
+        "both_ltx": ("ltx", "ltx"),
+        "both_i2v": ("i2v", "i2vgen-xl"),
+    }
     for stem, (name, family) in expected.items():
         manifest = json.loads((outbox / f"{stem}.json").read_text())
         assert (manifest["model_name"], manifest["family"]) == (name, family), stem

@@ -34,10 +34,12 @@ def drop(path: Path, data: bytes | str) -> Path:
 
 def alive_until(vidrop, condition, timeout: float, what: str):
     """wait_for, failing at once (with the log) if the daemon dies on the way."""
+
     def check():
         if vidrop.process.poll() is not None:
             pytest.fail(f"vidrop exited with {vidrop.process.returncode} waiting for {what}: {vidrop.log_text()}")
         return condition()
+
     return wait_for(check, timeout, what=what)
 
 
@@ -69,10 +71,13 @@ def test_a_name_that_is_not_utf8_is_processed_and_logged_escaped(folders, demo_m
     assert set(read_json(error_file)) >= {"error", "what_to_do", "detail"}
     finished = vidrop.wait_event("job_finished", count=2)
     assert {event["input"] for event in finished} == {"caf\\xe9/caf\\xe9.png", "caf\\xe9-lonely.png"}
-    assert {bytes.fromhex(event["input_hex"]) for event in finished} == {b"caf\xe9/caf\xe9.png",
-                                                                         b"caf\xe9-lonely.png"}
-    alive_until(vidrop, lambda: (outbox / LATIN1 / "_status.json").exists() and (outbox / "index.html").exists(),
-                30, what="the gallery")
+    assert {bytes.fromhex(event["input_hex"]) for event in finished} == {b"caf\xe9/caf\xe9.png", b"caf\xe9-lonely.png"}
+    alive_until(
+        vidrop,
+        lambda: (outbox / LATIN1 / "_status.json").exists() and (outbox / "index.html").exists(),
+        30,
+        what="the gallery",
+    )
     status = read_json(outbox / LATIN1 / "_status.json")
     assert status["folder"] == "caf\\xe9" and status["jobs"][0]["name"].startswith("caf\\xe9")
     assert vidrop.process.poll() is None
@@ -108,10 +113,14 @@ def test_a_long_legal_name_is_processed_under_a_name_that_fits(folders, demo_mod
     assert {line["state"] for line in lines.values()} == {"done", "failed"}
     names = sorted(path.name for path in out.iterdir())
     assert all(len(os.fsencode(name)) <= 255 for name in names)
-    manifests = [read_json(out / name) for name in names if name.endswith(".json") and ".error." not in name
-                 and not name.startswith("_")]
+    manifests = [
+        read_json(out / name)
+        for name in names
+        if name.endswith(".json") and ".error." not in name and not name.startswith("_")
+    ]
     assert sorted(manifest["input"]["path"] for manifest in manifests) == sorted(
-        [f"ln/{stem}.png", f"ln/{stem}.png", f"ln/{accented}.png"])
+        [f"ln/{stem}.png", f"ln/{stem}.png", f"ln/{accented}.png"]
+    )
     for manifest in manifests:
         for output in manifest["outputs"].values():
             assert (out / output).exists()
@@ -130,8 +139,14 @@ def test_inputs_named_like_outputs_get_their_own_names(folders, demo_models, sta
     vidrop.wait_event("daemon_ready")
 
     drop(inbox / "button.png", image_bytes(tmp_path, "button", (1, 1, 1)))  # no prompt: button.error.json
-    for stem, colour in (("button.error", (2, 2, 2)), ("field.error", (3, 3, 3)), ("x.preview", (4, 4, 4)),
-                         ("_status", (5, 5, 5)), ("index", (6, 6, 6)), ("jobs", (7, 7, 7))):
+    for stem, colour in (
+        ("button.error", (2, 2, 2)),
+        ("field.error", (3, 3, 3)),
+        ("x.preview", (4, 4, 4)),
+        ("_status", (5, 5, 5)),
+        ("index", (6, 6, 6)),
+        ("jobs", (7, 7, 7)),
+    ):
         drop(inbox / f"{stem}.json", sidecar(format="webp") if stem == "x.preview" else sidecar())
         drop(inbox / f"{stem}.png", image_bytes(tmp_path, stem, colour))
     drop(inbox / "x.json", sidecar())
@@ -147,8 +162,16 @@ def test_inputs_named_like_outputs_get_their_own_names(folders, demo_models, sta
     lines = {line["input"]: line for line in job_lines(outbox)}
     assert lines["button.png"]["state"] == "failed"
     assert read_json(outbox / "button.error.json")["input"] == "button.png"
-    for name in ("button.error.png", "field.error.png", "x.preview.png", "_status.png", "look.png", "look.jpg",
-                 "look_png.png", "x.png"):
+    for name in (
+        "button.error.png",
+        "field.error.png",
+        "x.preview.png",
+        "_status.png",
+        "look.png",
+        "look.jpg",
+        "look_png.png",
+        "x.png",
+    ):
         line = lines[name]
         assert line["state"] == "done", line
         manifest = read_json(outbox / line["outputs"]["manifest"])
@@ -159,8 +182,12 @@ def test_inputs_named_like_outputs_get_their_own_names(folders, demo_models, sta
     assert read_json(outbox / "x.json")["outputs"]["preview"] == "x.preview.webp"
     videos = [line["outputs"]["video"] for line in lines.values() if line["state"] == "done"]
     assert len(set(videos)) == len(videos) == 10
-    alive_until(vidrop, lambda: (outbox / "_status.json").exists()
-                and read_json(outbox / "_status.json")["counts"]["done"] == 10, 30, what="the gallery's status file")
+    alive_until(
+        vidrop,
+        lambda: (outbox / "_status.json").exists() and read_json(outbox / "_status.json")["counts"]["done"] == 10,
+        30,
+        what="the gallery's status file",
+    )
     assert read_json(outbox / "_status.json")["version"] == 1
     assert vidrop.process.poll() is None
     assert vidrop.stop() == 0
@@ -170,14 +197,25 @@ def test_inputs_named_like_outputs_get_their_own_names(folders, demo_models, sta
 
 SEED = int(os.environ.get("VIDROP_NAMES_SEED", "1515"))
 COUNT = 24
-OUTPUT_LIKE = ["button.error", "x.preview", "_status", "index", "jobs", "page-1", "look_png", "shot_json",
-               "_STATUS", "a.error_png"]
+OUTPUT_LIKE = [
+    "button.error",
+    "x.preview",
+    "_status",
+    "index",
+    "jobs",
+    "page-1",
+    "look_png",
+    "shot_json",
+    "_STATUS",
+    "a.error_png",
+]
 
 
 def generated_stem(rng: random.Random) -> bytes:
     """A stem (bytes) of one of the kinds real shares hold."""
-    kind = rng.choice(["bytes", "latin1", "spaces", "newline", "dash", "long", "long_utf8", "output_like",
-                       "nfc", "nfd"])
+    kind = rng.choice(
+        ["bytes", "latin1", "spaces", "newline", "dash", "long", "long_utf8", "output_like", "nfc", "nfd"]
+    )
     if kind == "bytes":  # anything but "/" and NUL, often not UTF-8
         return bytes(rng.choice([b for b in range(1, 256) if b != 0x2F]) for _ in range(rng.randint(1, 40)))
     if kind == "latin1":
@@ -214,8 +252,8 @@ def as_bytes(document: dict, key: str) -> bytes:
 
 
 def test_generated_names_and_contents_each_get_exactly_one_outcome(folders, demo_models, start_vidrop, tmp_path):
-    from config.settings import DEFAULT_IGNORE
-    from daemon.intake.readiness import JunkFilter
+    from vidrop.config.settings import DEFAULT_IGNORE
+    from vidrop.daemon.intake.readiness import JunkFilter
 
     is_junk = JunkFilter(DEFAULT_IGNORE)
     rng = random.Random(SEED)
@@ -231,8 +269,12 @@ def test_generated_names_and_contents_each_get_exactly_one_outcome(folders, demo
         name = generated_stem(rng) + rng.choice([b".png", b".png", b".PNG"])
         relative = folder + b"/" + name if folder else name
         stem = name.rsplit(b".", 1)[0]
-        if (relative in inputs or is_junk(os.fsdecode(name)) or stem in (b".", b"..")
-                or any(key.rsplit(b".", 1)[0].lower() == relative.rsplit(b".", 1)[0].lower() for key in inputs)):
+        if (
+            relative in inputs
+            or is_junk(os.fsdecode(name))
+            or stem in (b".", b"..")
+            or any(key.rsplit(b".", 1)[0].lower() == relative.rsplit(b".", 1)[0].lower() for key in inputs)
+        ):
             continue  # junk is rightly never taken; one image per stem, so each has its own sidecar
         kind, content = generated_content(rng, tmp_path, len(inputs))
         path = inbox / os.fsdecode(relative)
@@ -248,8 +290,12 @@ def test_generated_names_and_contents_each_get_exactly_one_outcome(folders, demo
                 found.setdefault(as_bytes(line, "input"), []).append(line)
         return found
 
-    alive_until(vidrop, lambda: outcomes().keys() >= inputs.keys(), 240,
-                what=f"an outcome for each of {COUNT} generated inputs (seed {SEED})")
+    alive_until(
+        vidrop,
+        lambda: outcomes().keys() >= inputs.keys(),
+        240,
+        what=f"an outcome for each of {COUNT} generated inputs (seed {SEED})",
+    )
     found = outcomes()
     assert found.keys() == inputs.keys(), f"seed {SEED}"
     assert {lines[0]["state"] for lines in found.values()} == {"done", "failed"}
@@ -275,11 +321,17 @@ def test_generated_names_and_contents_each_get_exactly_one_outcome(folders, demo
     for path in outbox.rglob("*"):
         assert len(os.fsencode(path.name)) <= 255
     # Each outcome is told in the log too (just after its jobs.jsonl line).
-    alive_until(vidrop, lambda: {as_bytes(event, "input") for event in vidrop.events_named("job_finished")}
-                == inputs.keys(), 30, what="a job_finished event for each input")
+    alive_until(
+        vidrop,
+        lambda: {as_bytes(event, "input") for event in vidrop.events_named("job_finished")} == inputs.keys(),
+        30,
+        what="a job_finished event for each input",
+    )
     # Every event is JSON that any reader takes; names in it are escaped.
-    assert all(not any("\udc80" <= char <= "\udcff" for char in json.dumps(event, ensure_ascii=False))
-               for event in vidrop.events)
+    assert all(
+        not any("\udc80" <= char <= "\udcff" for char in json.dumps(event, ensure_ascii=False))
+        for event in vidrop.events
+    )
     assert vidrop.stop() == 0
     assert not [path for path in outbox.rglob(".vidrop-tmp-*")]  # once stopped: the gallery writes until then
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.ledger.base import JobState
-from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
 from tests.e2e.test_fleet import frames_in
+from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 pytestmark = pytest.mark.e2e
 
@@ -54,8 +54,13 @@ def test_a_full_then_missing_outbox_pauses_and_resumes(tmp_path, share, demo_mod
     for path in folders.values():
         path.mkdir()
     filler = fill_up(share)
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__OUTBOX_RETRY_SECONDS="0.3",
-                     VIDROP_RECOVERY__OUTBOX_RETRY_MAX_SECONDS="1.5", VIDROP_RECOVERY__LEASE_SECONDS="3")
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_RECOVERY__OUTBOX_RETRY_SECONDS="0.3",
+        VIDROP_RECOVERY__OUTBOX_RETRY_MAX_SECONDS="1.5",
+        VIDROP_RECOVERY__LEASE_SECONDS="3",
+    )
     vidrop = start_vidrop(env)
     vidrop.wait_event("daemon_ready")
 
@@ -84,8 +89,11 @@ def test_a_full_then_missing_outbox_pauses_and_resumes(tmp_path, share, demo_mod
     subprocess.run(["umount", str(share)], check=True)
     drop(folders["inbox"] / "sky.json", sidecar())
     drop(folders["inbox"] / "sky.png", make_image(tmp_path / "sky.png").read_bytes())
-    gone = wait_for(lambda: [e for e in vidrop.events_named("outbox_unavailable") if e["errno"] == "ENOENT"], 90,
-                    what="the missing share noticed")
+    gone = wait_for(
+        lambda: [e for e in vidrop.events_named("outbox_unavailable") if e["errno"] == "ENOENT"],
+        90,
+        what="the missing share noticed",
+    )
     assert "cannot be written" in gone[0]["reason"] and not folders["outbox"].exists()
 
     # 4. The share is mounted again: the job runs, nothing failed, the daemon never stopped.

@@ -21,8 +21,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import VidropProcess, drop, free_port, job_lines, ledger_jobs, make_image, sidecar, vidrop_env, \
-    wait_for
+from tests.conftest import (
+    VidropProcess,
+    drop,
+    free_port,
+    job_lines,
+    ledger_jobs,
+    make_image,
+    sidecar,
+    vidrop_env,
+    wait_for,
+)
 
 
 @dataclass
@@ -42,8 +51,10 @@ class Running:
     def reacted_to(self, relative: str) -> bool:
         """The daemon has looked at the file and decided: it queued a job, or it waits for the rest."""
         path = str(self.inbox / relative)
-        return any(event.get("input") in (relative, path) for event in
-                   self.vidrop.events_named("job_queued") + self.vidrop.events_named("input_still_arriving"))
+        return any(
+            event.get("input") in (relative, path)
+            for event in self.vidrop.events_named("job_queued") + self.vidrop.events_named("input_still_arriving")
+        )
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +64,15 @@ def daemon(tmp_path_factory, demo_models):
     folders = {name: root / name for name in ("inbox", "outbox", "state")}
     for path in folders.values():
         path.mkdir()
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__WATCH="events",
-                     VIDROP_INTAKE__SETTLE_SECONDS="1.0", VIDROP_INTAKE__PAIRING_SECONDS="1.5",
-                     VIDROP_INTAKE__DECODE_GRACE_SECONDS="5", VIDROP_INTAKE__ON_SUCCESS="delete")
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_INTAKE__WATCH="events",
+        VIDROP_INTAKE__SETTLE_SECONDS="1.0",
+        VIDROP_INTAKE__PAIRING_SECONDS="1.5",
+        VIDROP_INTAKE__DECODE_GRACE_SECONDS="5",
+        VIDROP_INTAKE__ON_SUCCESS="delete",
+    )
     vidrop = VidropProcess(env)
     vidrop.wait_event("daemon_ready")
     yield Running(vidrop, folders["inbox"], folders["outbox"], folders["state"])
@@ -98,8 +115,10 @@ PREALLOCATING_WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("fmt,suffix,how", [("JPEG", "jpg", "ftruncate-held"), ("JPEG", "jpg", "fallocate-reopen"),
-                                            ("WEBP", "webp", "ftruncate-reopen")])
+@pytest.mark.parametrize(
+    "fmt,suffix,how",
+    [("JPEG", "jpg", "ftruncate-held"), ("JPEG", "jpg", "fallocate-reopen"), ("WEBP", "webp", "ftruncate-reopen")],
+)
 def test_a_preallocated_file_is_taken_once_it_is_complete(daemon, tmp_path, fmt, suffix, how):
     folder = f"prealloc-{suffix}-{how}"
     data = noisy_image(fmt, seed=len(folder))
@@ -107,8 +126,12 @@ def test_a_preallocated_file_is_taken_once_it_is_complete(daemon, tmp_path, fmt,
     source.write_bytes(data)
     drop(daemon.inbox / folder / "shot.json", sidecar())
     relative = f"{folder}/shot.{suffix}"
-    writer = subprocess.Popen([sys.executable, "-c", PREALLOCATING_WRITER, str(daemon.inbox / relative),
-                               str(source), how], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", PREALLOCATING_WRITER, str(daemon.inbox / relative), str(source), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout.readline().strip() == "partial"
         wait_for(lambda: daemon.reacted_to(relative), 30, what="the daemon's look at the half-written file")
@@ -142,7 +165,8 @@ def samba(daemon, tmp_path):
     for name in ("run", "lock", "state", "cache", "private", "log"):
         (root / name).mkdir(parents=True)
     conf = root / "smb.conf"
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         [global]
           server role = standalone server
           smb ports = {port}
@@ -165,19 +189,32 @@ def samba(daemon, tmp_path):
         [inbox]
           path = {share}
           read only = no
-    """))
-    subprocess.run(["smbpasswd", "-c", str(conf), "-s", "-a", "root"], input="pw\npw\n", text=True, check=True,
-                   capture_output=True)
+    """)
+    )
+    subprocess.run(
+        ["smbpasswd", "-c", str(conf), "-s", "-a", "root"], input="pw\npw\n", text=True, check=True, capture_output=True
+    )
     # Its own session: smbd signals its whole process group when it stops, which must not be pytest's.
-    server = subprocess.Popen([smbd, "--foreground", "--no-process-group", "-s", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [smbd, "--foreground", "--no-process-group", "-s", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def listening():
             if server.poll() is not None:
                 logs = " ".join(path.read_text(errors="replace")[-300:] for path in (root / "log").glob("*"))
                 pytest.skip(f"smbd cannot run here (exit {server.returncode}): {logs}")
-            return subprocess.run(["smbclient", f"//127.0.0.1/inbox", "-p", str(port), "-U", "root%pw", "-c", "ls"],
-                                  capture_output=True).returncode == 0
+            return (
+                subprocess.run(
+                    ["smbclient", "//127.0.0.1/inbox", "-p", str(port), "-U", "root%pw", "-c", "ls"],
+                    capture_output=True,
+                ).returncode
+                == 0
+            )
+
         wait_for(listening, 30, interval=0.2, what="smbd to listen")
         yield {"port": port, "share": share, "folder": "smb"}
     finally:
@@ -205,14 +242,17 @@ def test_a_finder_style_copy_through_samba_becomes_one_job(daemon, samba, tmp_pa
             assert (daemon.inbox / relative).stat().st_size == len(data)  # full size, mostly zeros
             wait_for(lambda: daemon.reacted_to(relative), 30, what="the daemon's look at the half-copied file")
             for start in range(cut, len(data), 16384):
-                remote.write(data[start:start + 16384])
+                remote.write(data[start : start + 16384])
                 remote.flush()
     finally:
         smbclient.reset_connection_cache()
     wait_for(lambda: daemon.done_lines(relative), 90, what="the video of the file copied over SMB")
     assert [job.input_sha256 for job in daemon.jobs_for(relative)] == [sha(data)]
-    assert any("smbd" in event.get("writer", "") for event in daemon.vidrop.events_named("input_still_arriving")
-               if event["input"].endswith(relative)), "smbd holding the file open was not seen"
+    assert any(
+        "smbd" in event.get("writer", "")
+        for event in daemon.vidrop.events_named("input_still_arriving")
+        if event["input"].endswith(relative)
+    ), "smbd holding the file open was not seen"
 
 
 def test_a_slow_smbclient_upload_is_one_job_whatever_the_decode_grace(daemon, samba, tmp_path):
@@ -225,15 +265,18 @@ def test_a_slow_smbclient_upload_is_one_job_whatever_the_decode_grace(daemon, sa
     os.mkfifo(source)  # the slow side of the upload, fed below
     relative = f"{samba['folder']}/put.png"
     command = f"lcd {tmp_path}; put put.json; put upload put.png"
-    client = subprocess.Popen(["smbclient", "//127.0.0.1/inbox", "-p", str(samba["port"]), "-U", "root%pw", "-c",
-                               command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        ["smbclient", "//127.0.0.1/inbox", "-p", str(samba["port"]), "-U", "root%pw", "-c", command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with open(source, "wb") as upload:
             upload.write(data[: len(data) // 2])
             upload.flush()
             wait_for(lambda: (daemon.inbox / relative).exists(), 30, what="smbd to create the file")
             time.sleep(7)  # the producer is slow: longer than the daemon's decode grace
-            upload.write(data[len(data) // 2:])
+            upload.write(data[len(data) // 2 :])
         assert client.wait(timeout=60) == 0
     finally:
         if client.poll() is None:
@@ -241,10 +284,14 @@ def test_a_slow_smbclient_upload_is_one_job_whatever_the_decode_grace(daemon, sa
             client.wait()
     wait_for(lambda: daemon.done_lines(relative), 90, what="the video of the file put with smbclient")
     assert [job.input_sha256 for job in daemon.jobs_for(relative)] == [sha(data)]
-    assert [line["state"] for line in job_lines(daemon.outbox / samba["folder"])
-            if line["input"] == relative] == ["done"]
-    assert any("smbd" in event.get("writer", "") for event in daemon.vidrop.events_named("input_still_arriving")
-               if event["input"].endswith(relative)), "smbd holding the file open was not seen"
+    assert [line["state"] for line in job_lines(daemon.outbox / samba["folder"]) if line["input"] == relative] == [
+        "done"
+    ]
+    assert any(
+        "smbd" in event.get("writer", "")
+        for event in daemon.vidrop.events_named("input_still_arriving")
+        if event["input"].endswith(relative)
+    ), "smbd holding the file open was not seen"
 
 
 def test_file_times_in_the_future_do_not_delay_anything(daemon, tmp_path):
@@ -266,8 +313,9 @@ def test_file_times_in_the_future_do_not_delay_anything(daemon, tmp_path):
 
 def test_sidecars_pair_whatever_the_case_of_their_extensions(daemon, tmp_path):
     folder = daemon.inbox / "case"
-    for index, (image, prompt) in enumerate([("SHOT.PNG", "SHOT.JSON"), ("Banner.png", "Banner.Json"),
-                                             ("logo.PNG", "logo.json")]):
+    for index, (image, prompt) in enumerate(
+        [("SHOT.PNG", "SHOT.JSON"), ("Banner.png", "Banner.Json"), ("logo.PNG", "logo.json")]
+    ):
         drop(folder / prompt, sidecar(seed=index))
         drop(folder / image, make_image(tmp_path / f"{index}.png", color=(index * 60, 20, 90)).read_bytes())
     drop(folder / "both.json", sidecar())
@@ -280,8 +328,9 @@ def test_sidecars_pair_whatever_the_case_of_their_extensions(daemon, tmp_path):
     refusal = json.loads(error.read_text())
     assert "more than one prompt file" in refusal["error"]
     assert "both.JSON" in refusal["what_to_do"] and "both.json" in refusal["what_to_do"]
-    assert not any(line["state"] == "failed" for line in job_lines(daemon.outbox / "case")
-                   if line["input"] != "case/both.png")
+    assert not any(
+        line["state"] == "failed" for line in job_lines(daemon.outbox / "case") if line["input"] != "case/both.png"
+    )
 
 
 def test_a_sidecar_still_being_written_is_waited_for(daemon, tmp_path):
@@ -290,11 +339,19 @@ def test_a_sidecar_still_being_written_is_waited_for(daemon, tmp_path):
     text = sidecar(seed=12)
     (folder / "slow.json").write_text(text[: len(text) // 2])  # an SMB write that has not finished
     relative = "halfjson/slow.png"
-    wait_for(lambda: daemon.vidrop.events_named("input_still_arriving") and any(
-        e["input"].endswith("halfjson/slow.json") for e in daemon.vidrop.events_named("input_still_arriving"))
-        or (daemon.outbox / "halfjson" / "slow.error.json").exists(), 30, what="the daemon's look at the sidecar")
+    wait_for(
+        lambda: (
+            daemon.vidrop.events_named("input_still_arriving")
+            and any(
+                e["input"].endswith("halfjson/slow.json") for e in daemon.vidrop.events_named("input_still_arriving")
+            )
+            or (daemon.outbox / "halfjson" / "slow.error.json").exists()
+        ),
+        30,
+        what="the daemon's look at the sidecar",
+    )
     with open(folder / "slow.json", "a") as handle:
-        handle.write(text[len(text) // 2:])
+        handle.write(text[len(text) // 2 :])
     wait_for(lambda: daemon.done_lines(relative), 90, what="the video once the sidecar is complete")
     assert [line["state"] for line in job_lines(daemon.outbox / "halfjson")] == ["done"]
     assert not (daemon.outbox / "halfjson" / "slow.error.json").exists()
@@ -321,9 +378,14 @@ def test_phone_and_animated_formats_are_taken_and_others_refused_by_name(daemon,
         files[name] = buffer.getvalue()
     buffer = io.BytesIO()
     still.save(buffer, "JPEG")
-    files.update({"layers.psd": psd_bytes(), "raw.CR2": b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64),
-                  "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>',
-                  "scan": buffer.getvalue()})  # a JPEG saved without an extension
+    files.update(
+        {
+            "layers.psd": psd_bytes(),
+            "raw.CR2": b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64),
+            "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>',
+            "scan": buffer.getvalue(),
+        }
+    )  # a JPEG saved without an extension
     for name, data in files.items():
         drop(folder / f"{name.split('.')[0]}.json", sidecar())
         drop(folder / name, data)
@@ -335,14 +397,21 @@ def test_phone_and_animated_formats_are_taken_and_others_refused_by_name(daemon,
         manifest = next(p for p in (daemon.outbox / "formats").glob(f"{stem}*.json") if "error" not in p.name)
         adjustment = [a for a in json.loads(manifest.read_text())["adjustments"] if a["field"] == "image"]
         assert adjustment and adjustment[0]["frames_in_file"] == 3 and adjustment[0]["used"] == "first frame"
-    for stem, format_name in (("layers", "Photoshop (PSD)"), ("raw", "camera RAW (CR2)"), ("logo", "SVG"),
-                              ("scan", "JPEG")):
+    for stem, format_name in (
+        ("layers", "Photoshop (PSD)"),
+        ("raw", "camera RAW (CR2)"),
+        ("logo", "SVG"),
+        ("scan", "JPEG"),
+    ):
         error = daemon.outbox / "formats" / f"{stem}.error.json"
         wait_for(error.exists, 60, what=f"the error file for {stem}")
         refusal = json.loads(error.read_text())
         assert format_name in refusal["error"] + refusal["detail"] and "PNG or JPEG" in refusal["what_to_do"]
-    text_only = [line for line in job_lines(daemon.outbox / "formats") if line["state"] == "done"
-                 and line["input"].endswith(".json")]
+    text_only = [
+        line
+        for line in job_lines(daemon.outbox / "formats")
+        if line["state"] == "done" and line["input"].endswith(".json")
+    ]
     assert not text_only, "a prompt beside an unreadable image became a video without it"
 
 
@@ -355,8 +424,9 @@ def linked_inbox(request, tmp_path, demo_models):
         (tmp_path / "share" / name).mkdir(parents=True)
         folders[name].symlink_to(tmp_path / "share" / name)
     folders["state"].mkdir()
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__WATCH=request.param,
-                     VIDROP_INTAKE__RECONCILE_SECONDS="3600")
+    env = vidrop_env(
+        folders, demo_models["ltx"], VIDROP_INTAKE__WATCH=request.param, VIDROP_INTAKE__RECONCILE_SECONDS="3600"
+    )
     vidrop = VidropProcess(env)
     try:
         vidrop.wait_event("daemon_ready")
@@ -375,8 +445,11 @@ def _new_files_folders_and_moved_folders_are_seen(vidrop, inbox, outbox, tmp_pat
     (outside / "in.json").write_text(sidecar())
     shutil.move(outside, inbox / "moved")  # a rename where it can, else what mv does across filesystems
     for folder, name in ((outbox, "top.png"), (outbox / "fresh", "fresh/new.png"), (outbox / "moved", "moved/in.png")):
-        wait_for(lambda: any(line["input"] == name and line["state"] == "done" for line in job_lines(folder)), 90,
-                 what=f"the video of {name} (not found before the next reconcile?)")
+        wait_for(
+            lambda: any(line["input"] == name and line["state"] == "done" for line in job_lines(folder)),
+            90,
+            what=f"the video of {name} (not found before the next reconcile?)",
+        )
 
 
 def test_an_inbox_that_is_a_symlink_sees_new_files_and_folders(linked_inbox):
@@ -389,13 +462,15 @@ def mounted_inbox(request, tmp_path, demo_models):
     folders = {name: tmp_path / name for name in ("inbox", "outbox", "state")}
     for path in folders.values():
         path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "vidrop-test", str(folders["inbox"])],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "vidrop-test", str(folders["inbox"])], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        env = vidrop_env(folders, demo_models["ltx"], VIDROP_INTAKE__WATCH=request.param,
-                         VIDROP_INTAKE__RECONCILE_SECONDS="3600")
+        env = vidrop_env(
+            folders, demo_models["ltx"], VIDROP_INTAKE__WATCH=request.param, VIDROP_INTAKE__RECONCILE_SECONDS="3600"
+        )
         vidrop = VidropProcess(env)
         try:
             vidrop.wait_event("daemon_ready")

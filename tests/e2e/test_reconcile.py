@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from daemon.ledger.base import JobState
-from daemon.ledger.sqlite import SqliteLedger
-from daemon.outbox import TEMP_PREFIX
 from tests.conftest import make_image, run_vidrop, sidecar, vidrop_env
+from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.outbox import TEMP_PREFIX
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,11 @@ def test_outputs_already_in_place_are_recorded_not_made_again(folders, demo_mode
     # the job is still leased to a dead instance, and half a temporary file of another write lies around.
     ledger = SqliteLedger(folders["state"] / "ledger.sqlite3")
     (job,) = ledger.jobs()
-    ledger._execute("UPDATE jobs SET state = 'running', lease_owner = 'gone:1:dead0000', lease_expires_at = 0, "
-                    "finished_at = NULL WHERE id = ?", (job.id,))
+    ledger._execute(
+        "UPDATE jobs SET state = 'running', lease_owner = 'gone:1:dead0000', lease_expires_at = 0, "
+        "finished_at = NULL WHERE id = ?",
+        (job.id,),
+    )
     jobs_log.unlink()
     (out / f"{TEMP_PREFIX}dead0000-1234abcd-cut.mp4").write_bytes(b"half a video")
     (folders["outbox"] / f"{TEMP_PREFIX}dead0000-5678abcd-x.error.json").write_bytes(b"{")

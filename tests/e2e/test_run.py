@@ -33,8 +33,9 @@ def test_drop_an_image_and_a_prompt_get_a_video(folders, demo_models, start_vidr
     assert video.shape == (17, 64, 64, 3)  # 16 frames asked, LTX makes 8k+1: 17, and the manifest says why
     manifest = json.loads((out / "photo.json").read_text())
     assert manifest["state"] == "done" and manifest["family"] == "ltx" and manifest["device"] == "cpu"
-    assert manifest["adjustments"] == [{"field": "num_frames", "requested": 16, "used": 17,
-                                        "rule": "ltx needs 8k+1 frames (9, 17, 25, ...)"}]
+    assert manifest["adjustments"] == [
+        {"field": "num_frames", "requested": 16, "used": 17, "rule": "ltx needs 8k+1 frames (9, 17, 25, ...)"}
+    ]
     assert manifest["input"]["path"] == "acme/spring/photo.png" and len(manifest["input"]["sha256"]) == 64
     assert manifest["seed_was_random"] is True and isinstance(manifest["parameters"]["seed"], int)
     assert manifest["video"] == {"frames": 17, "width": 64, "height": 64, "fps": 8, "format": "mp4"}
@@ -43,7 +44,9 @@ def test_drop_an_image_and_a_prompt_get_a_video(folders, demo_models, start_vidr
     with Image.open(out / "photo.jpg") as thumbnail:
         assert thumbnail.format == "JPEG" and thumbnail.size == (64, 64)
     line = json.loads((out / "jobs.jsonl").read_text().splitlines()[-1])
-    assert line["state"] == "done" and line["input"] == "acme/spring/photo.png" and line["outputs"]["video"] == "photo.mp4"
+    assert (
+        line["state"] == "done" and line["input"] == "acme/spring/photo.png" and line["outputs"]["video"] == "photo.mp4"
+    )
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
     # The log tells the story, with the job id from the first event to the last.
@@ -128,8 +131,9 @@ def test_once_exits_non_zero_when_a_job_failed(folders, demo_models):
 
 def test_i2vgen_xl_model_gif_output(folders, demo_models):
     make_image(folders["inbox"] / "loop.jpg", size=(64, 48))
-    (folders["inbox"] / "loop.json").write_text(json.dumps({"prompt": "a loop", **TINY, "num_frames": 6,
-                                                            "format": "gif", "width": 66}))
+    (folders["inbox"] / "loop.json").write_text(
+        json.dumps({"prompt": "a loop", **TINY, "num_frames": 6, "format": "gif", "width": 66})
+    )
     result = run_vidrop(vidrop_env(folders, demo_models["i2vgen-xl"]), "once")
     assert result.returncode == 0, result.stderr
     with Image.open(folders["outbox"] / "loop.gif") as gif:

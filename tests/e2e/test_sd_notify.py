@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.logs import JOURNAL_SOCKET
 from tests.conftest import Faults, drop_job, vidrop_env, wait_for
+from vidrop.daemon.logs import JOURNAL_SOCKET
 
 WATCHDOG_SECONDS = 2.0
 
@@ -69,12 +69,14 @@ def notify(tmp_path):
 
 
 def notify_env(folders, model, notify, **extra):
-    return vidrop_env(folders, model, NOTIFY_SOCKET=str(notify.path),
-                      WATCHDOG_USEC=str(int(WATCHDOG_SECONDS * 1e6)), **extra)
+    return vidrop_env(
+        folders, model, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(int(WATCHDOG_SECONDS * 1e6)), **extra
+    )
 
 
 def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses_stopping_on_sigterm(
-        folders, demo_models, start_vidrop, notify):
+    folders, demo_models, start_vidrop, notify
+):
     env = notify_env(folders, demo_models["ltx"], notify, VIDROP_SERVICE__STOP_TIMEOUT_SECONDS="1")
     vidrop = start_vidrop(env, faults=Faults(slow_inputs=["slow-*"], slow_step_seconds=0.3))
     wait_for(lambda: notify.first("READY=1"), 120, what="READY=1")
@@ -92,15 +94,18 @@ def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses
     assert [re.search(r"step (\d)/6", s).group(1) for s in steps] == ["1", "2", "3", "4", "5", "6"]
     assert re.fullmatch(r"job 1 of 1: slow-a\.png, step 3/6, ETA \d+ s", steps[2])
     lines = notify.lines()
-    during = lines[lines.index(f"STATUS={steps[0]}"):lines.index(f"STATUS={steps[-1]}")]
+    during = lines[lines.index(f"STATUS={steps[0]}") : lines.index(f"STATUS={steps[-1]}")]
     assert during.count("WATCHDOG=1") >= 5  # one per step at least, none skipped while it progresses
     wait_for(lambda: notify.statuses()[-1] == "idle, 0 queued", 30, what="idle again")
 
     # SIGTERM during a long job: STOPPING=1 at once; after service.stop_timeout_seconds the job is abandoned
     # between two steps, put back in the queue, and vidrop exits 0.
     drop_job(folders["inbox"], "slow-b", steps=100)
-    wait_for(lambda: any(s.startswith("job 1 of 1: slow-b.png, step 2/100") for s in notify.statuses()), 120,
-             what="the long job running")
+    wait_for(
+        lambda: any(s.startswith("job 1 of 1: slow-b.png, step 2/100") for s in notify.statuses()),
+        120,
+        what="the long job running",
+    )
     vidrop.process.terminate()
     assert vidrop.process.wait(timeout=120) == 0
     assert "STOPPING=1" in notify.lines()
@@ -112,7 +117,8 @@ def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses
 
 
 def test_watchdog_pings_stop_when_the_main_loop_hangs_and_no_journald_means_json_on_stderr(
-        folders, demo_models, start_vidrop, notify, tmp_path):
+    folders, demo_models, start_vidrop, notify, tmp_path
+):
     # INVOCATION_ID says "started by systemd" and stderr is no terminal, so vidrop picks journald: there is none
     # here, so it says so and logs JSON lines on stderr instead of crashing or going silent.
     if Path(JOURNAL_SOCKET).exists():

@@ -12,9 +12,9 @@ import sqlite3
 
 import pytest
 
-from config.settings import DEFAULT_IGNORE
 from tests.conftest import HARNESS, VIDROP, Faults, drop, drop_job, make_image, wait_for
 from tests.sdbox import Box, make_work_dir, require_sdbox
+from vidrop.config.settings import DEFAULT_IGNORE
 
 pytestmark = pytest.mark.e2e
 UNIT = "vidrop.service"
@@ -23,8 +23,12 @@ WATCHDOG_SECONDS = 10  # above the slowest silent stretch (decode + encode) on a
 
 def service_faults(work) -> Faults:
     """What the service's test harness injects: slow-* inputs step slowly, the first hang-* one hangs the loop."""
-    return Faults(slow_inputs=["slow-*"], slow_step_seconds=0.4, hang_inputs=["hang-*"],
-                  hang_marker=work / "state" / "test-hang-marker")
+    return Faults(
+        slow_inputs=["slow-*"],
+        slow_step_seconds=0.4,
+        hang_inputs=["hang-*"],
+        hang_marker=work / "state" / "test-hang-marker",
+    )
 
 
 def settings_toml(work, **intake) -> str:
@@ -33,11 +37,11 @@ def settings_toml(work, **intake) -> str:
 inbox = "{work}/inbox"
 outbox = "{work}/outbox"
 state_dir = "{work}/state"
-log_level = "{intake.get('log_level', 'info')}"
+log_level = "{intake.get("log_level", "info")}"
 [pipeline]
 model = "{work}/model"
 device = "cpu"
-fit = "{intake.get('fit', 'crop')}"
+fit = "{intake.get("fit", "crop")}"
 offline = true
 [intake]
 settle_seconds = 0.3
@@ -75,9 +79,21 @@ def service(demo_models):
 def _install_systemd(work):
     import subprocess
 
-    return subprocess.run([str(VIDROP), "--config", str(work / "settings.toml"), "install-systemd",
-                           "--output", str(work / "units"), "--watchdog-seconds", str(WATCHDOG_SECONDS)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(VIDROP),
+            "--config",
+            str(work / "settings.toml"),
+            "install-systemd",
+            "--output",
+            str(work / "units"),
+            "--watchdog-seconds",
+            str(WATCHDOG_SECONDS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _write_harness_drop_in(work):
@@ -88,15 +104,18 @@ def _write_harness_drop_in(work):
     environment = " ".join(f"'{name}={value}'" for name, value in service_faults(work).environment().items())
     drop_in = work / "units" / f"{UNIT}.d" / "test.conf"
     drop_in.parent.mkdir()
-    drop_in.write_text(f"[Service]\nExecStart=\nExecStart={VIDROP.parent / 'python'} {HARNESS} {arguments}\n"
-                       f"Environment={environment}\n")
+    drop_in.write_text(
+        f"[Service]\nExecStart=\nExecStart={VIDROP.parent / 'python'} {HARNESS} {arguments}\n"
+        f"Environment={environment}\n"
+    )
 
 
 def _write_probe_unit(work):
     """vidrop.service's sandbox around a probe that tries to write where the service may and may not."""
     text = (work / "units" / UNIT).read_text()
-    text = re.sub(r"(?m)^(Type|ExecStart|ExecReload|WatchdogSec|Restart|RestartSec|RestartPreventExitStatus)=.*$",
-                  "", text)
+    text = re.sub(
+        r"(?m)^(Type|ExecStart|ExecReload|WatchdogSec|Restart|RestartSec|RestartPreventExitStatus)=.*$", "", text
+    )
     probe = f"""
 import json, os
 results = {{}}
@@ -129,8 +148,9 @@ def wait_in(box, condition, timeout, what):
     try:
         return wait_for(condition, timeout, what=what)
     except pytest.fail.Exception:
-        pytest.fail(f"timed out after {timeout} s waiting for {what}; journal:\n"
-                    + box.journal_text("-u", UNIT, "-n", "40"))
+        pytest.fail(
+            f"timed out after {timeout} s waiting for {what}; journal:\n" + box.journal_text("-u", UNIT, "-n", "40")
+        )
 
 
 def status_text(box) -> str:
@@ -157,6 +177,7 @@ def test_start_returns_after_ready_status_follows_a_job_and_the_journal_has_its_
     def running_status():
         seen.append(status_text(box))
         return re.fullmatch(r"job 1 of 1: slow-one\.png, step [3-7]/8, ETA \d+ s", seen[-1])
+
     wait_in(box, running_status, 120, what="StatusText to show the job")
     wait_in(box, lambda: (work / "outbox" / "slow-one.json").exists(), 120, what="the manifest")
     assert (work / "outbox" / "slow-one.mp4").stat().st_size > 0
@@ -202,8 +223,12 @@ def test_a_hung_main_loop_makes_the_watchdog_restart_vidrop_and_the_job_complete
     assert box.show(UNIT, "NRestarts")["NRestarts"] == "0"
     drop_job(work / "inbox", "hang-one")
     wait_in(box, lambda: events(box, "EVENT=test_hang"), 60, what="the injected hang")
-    wait_in(box, lambda: int(box.show(UNIT, "NRestarts")["NRestarts"]) >= 1, WATCHDOG_SECONDS + 60,
-             what="the watchdog to restart vidrop")
+    wait_in(
+        box,
+        lambda: int(box.show(UNIT, "NRestarts")["NRestarts"]) >= 1,
+        WATCHDOG_SECONDS + 60,
+        what="the watchdog to restart vidrop",
+    )
     assert "Watchdog timeout" in box.journal_text("-u", UNIT)
     wait_in(box, lambda: box.show(UNIT, "SubState")["SubState"] == "running", 120, what="running again")
     # The interrupted job was queued again at the next start; its second attempt does not hang.

@@ -14,10 +14,15 @@ pytestmark = pytest.mark.e2e
 def test_variants_seeds_presets_and_text_to_video(folders, demo_models):
     inbox, outbox = folders["inbox"], folders["outbox"]
     make_image(inbox / "shot.png")
-    (inbox / "shot.json").write_text(sidecar(seeds=[1, 2], variants=[
-        {"suffix": "_calm", "prompt_add": "moving slowly"},
-        {"suffix": "_huge", "num_frames": 999},  # beyond LTX's limit: these two fail, the others run
-    ]))
+    (inbox / "shot.json").write_text(
+        sidecar(
+            seeds=[1, 2],
+            variants=[
+                {"suffix": "_calm", "prompt_add": "moving slowly"},
+                {"suffix": "_huge", "num_frames": 999},  # beyond LTX's limit: these two fail, the others run
+            ],
+        )
+    )
     make_image(inbox / "quick.png")
     (inbox / "quick.json").write_text(sidecar(preset="fast"))  # explicit tiny sizes win over the preset
     (inbox / "idea.json").write_text(sidecar(prompt="a blue circle"))  # no image: LTX makes it from text
@@ -36,8 +41,11 @@ def test_variants_seeds_presets_and_text_to_video(folders, demo_models):
         error = json.loads((outbox / f"shot_huge_seed{seed}.error.json").read_text())
         assert "num_frames" in error["error"] and error["state"] == "failed"
     assert not (outbox / "shot.mp4").exists() and not (outbox / "shot.error.json").exists()
-    states = sorted((line["state"], line["input"]) for line in map(json.loads, (outbox / "jobs.jsonl").open())
-                    if line["input"] == "shot.png")
+    states = sorted(
+        (line["state"], line["input"])
+        for line in map(json.loads, (outbox / "jobs.jsonl").open())
+        if line["input"] == "shot.png"
+    )
     assert states == [("done", "shot.png")] * 2 + [("failed", "shot.png")] * 2
 
     quick = json.loads((outbox / "quick.json").read_text())["parameters"]

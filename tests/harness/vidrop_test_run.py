@@ -1,6 +1,6 @@
 """`vidrop` with faults injected, for end-to-end tests: `python tests/harness/vidrop_test_run.py run ...`.
 
-The real command line (`daemon.cli.main`) with the production generator, wrapped so that chosen inputs step
+The real command line (`vidrop.daemon.cli.main`) with the production generator, wrapped so that chosen inputs step
 slowly or hang the main loop (to make a watchdog fire, or to stop during a job). Nothing in vidrop is patched:
 the wrapper is passed to `main` as its generator factory, and its rules come from this harness's own
 environment variables, which vidrop never reads (`Faults.environment()` writes them):
@@ -52,8 +52,11 @@ class Faults:
         """The harness's environment variables for these faults (for a process or a unit's Environment=)."""
         if self.hang_inputs and self.hang_marker is None:
             raise FaultsError("hang_inputs needs a hang_marker: the file that keeps the next attempt from hanging")
-        env = {SLOW_INPUTS: json.dumps(list(self.slow_inputs)), SLOW_STEP_SECONDS: str(self.slow_step_seconds),
-               HANG_INPUTS: json.dumps(list(self.hang_inputs))}
+        env = {
+            SLOW_INPUTS: json.dumps(list(self.slow_inputs)),
+            SLOW_STEP_SECONDS: str(self.slow_step_seconds),
+            HANG_INPUTS: json.dumps(list(self.hang_inputs)),
+        }
         if self.hang_marker is not None:
             env[HANG_MARKER] = str(self.hang_marker)
         return env
@@ -62,9 +65,12 @@ class Faults:
     def from_environment(cls, environ: Mapping[str, str]) -> Faults:
         """The faults the harness's environment variables ask for (none set: none)."""
         marker = environ.get(HANG_MARKER)
-        faults = cls(slow_inputs=_patterns(environ, SLOW_INPUTS),
-                     slow_step_seconds=_seconds(environ, SLOW_STEP_SECONDS, default=0.5),
-                     hang_inputs=_patterns(environ, HANG_INPUTS), hang_marker=Path(marker) if marker else None)
+        faults = cls(
+            slow_inputs=_patterns(environ, SLOW_INPUTS),
+            slow_step_seconds=_seconds(environ, SLOW_STEP_SECONDS, default=0.5),
+            hang_inputs=_patterns(environ, HANG_INPUTS),
+            hang_marker=Path(marker) if marker else None,
+        )
         faults.environment()  # the same checks as on the way in
         return faults
 
@@ -119,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except FaultsError as exc:
         print(f"vidrop_test_run: {exc}", file=sys.stderr)
         return EX_USAGE
-    from daemon.cli import main as vidrop_main, production_generator
+    from vidrop.daemon.cli import main as vidrop_main
+    from vidrop.daemon.cli import production_generator
 
-    return vidrop_main(argv, generator_factory=lambda settings: InjectedGenerator(production_generator(settings),
-                                                                                  faults))
+    return vidrop_main(
+        argv, generator_factory=lambda settings: InjectedGenerator(production_generator(settings), faults)
+    )
 
 
 def _patterns(environ: Mapping[str, str], name: str) -> tuple[str, ...]:

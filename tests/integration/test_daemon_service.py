@@ -5,24 +5,28 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from config.settings import load_settings
-from daemon.app import Daemon
-from daemon.wiring import Wiring
-from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import make_image, sidecar
 from tests.fakes import RecordingNotifier
+from vidrop.config.settings import load_settings
+from vidrop.daemon.app import Daemon
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.wiring import Wiring
 
 
 def settings_for(folders, **overrides):
-    return load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-                         **overrides).settings
+    return load_settings(
+        None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"], **overrides
+    ).settings
 
 
 @pytest.fixture
 def daemon(folders, ltx_generator):
     notifier = RecordingNotifier()
     loaded = {"settings": settings_for(folders)}
-    daemon = Daemon(Wiring(loaded["settings"], generator_factory=lambda settings: ltx_generator, notifier=notifier), settings_loader=lambda: loaded["settings"])
+    daemon = Daemon(
+        Wiring(loaded["settings"], generator_factory=lambda settings: ltx_generator, notifier=notifier),
+        settings_loader=lambda: loaded["settings"],
+    )
     daemon.startup(watch=True)
     yield daemon, notifier, loaded
     daemon.shutdown()
@@ -30,8 +34,13 @@ def daemon(folders, ltx_generator):
 
 def test_a_reload_applies_live_settings_and_names_the_ones_that_need_a_restart(daemon, folders):
     daemon, notifier, loaded = daemon
-    loaded["settings"] = settings_for(folders, log_level="debug", intake={"ignore": ["draft-*"], "settle_seconds": 5},
-                                      limits={"max_steps": 10}, pipeline={"fit": "pad", "device": "cpu"})
+    loaded["settings"] = settings_for(
+        folders,
+        log_level="debug",
+        intake={"ignore": ["draft-*"], "settle_seconds": 5},
+        limits={"max_steps": 10},
+        pipeline={"fit": "pad", "device": "cpu"},
+    )
     daemon.request_reload()
     notifier.messages.clear()
     with capture_logs() as logs:
@@ -50,7 +59,8 @@ def test_a_reload_with_broken_settings_keeps_the_old_ones(daemon):
     daemon, notifier, loaded = daemon
 
     def broken():
-        from config.settings import ConfigError
+        from vidrop.config.settings import ConfigError
+
         raise ConfigError("log_level: Input should be 'debug', 'info', 'warning' or 'error' (got 'loud')")
 
     daemon.settings_loader = broken
@@ -75,14 +85,17 @@ class StopWhenRunning:
 
 @pytest.mark.parametrize("stop_timeout, outcome", [(60, "done"), (0, "queued")])
 def test_a_stop_during_a_job_lets_it_finish_within_the_timeout_else_queues_it_again(
-        folders, ltx_generator, stop_timeout, outcome):
+    folders, ltx_generator, stop_timeout, outcome
+):
     make_image(folders["inbox"] / "photo.png")
     (folders["inbox"] / "photo.json").write_text(sidecar())
-    settings = settings_for(folders, intake={"settle_seconds": 0, "tick_seconds": 0.05},
-                            service={"stop_timeout_seconds": stop_timeout})
+    settings = settings_for(
+        folders, intake={"settle_seconds": 0, "tick_seconds": 0.05}, service={"stop_timeout_seconds": stop_timeout}
+    )
     notifier, listener = RecordingNotifier(), StopWhenRunning()
-    daemon = Daemon(Wiring(settings, generator_factory=lambda settings: ltx_generator, notifier=notifier,
-                    listeners=[listener]))
+    daemon = Daemon(
+        Wiring(settings, generator_factory=lambda settings: ltx_generator, notifier=notifier, listeners=[listener])
+    )
     listener.daemon = daemon
     with capture_logs() as logs:
         assert daemon.run() == 0

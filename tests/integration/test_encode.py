@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.errors import GenerationError
-from pipeline.encode import check_video, write_thumbnail, write_video
+from vidrop.config.errors import GenerationError
+from vidrop.pipeline.encode import check_video, write_thumbnail, write_video
 
 
 def frames(count=9, height=64, width=64):
@@ -40,7 +40,7 @@ def test_a_video_cut_short_is_caught(tmp_path, keep):
     path = tmp_path / "out.tmp"
     write_video(frames(), path, fps=8, fmt="mp4")
     data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
+    path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(GenerationError, match="cannot be played"):
         check_video(path, fmt="mp4")
 
@@ -58,7 +58,7 @@ def test_a_frame_with_a_broken_nal_unit_is_caught(tmp_path):
     write_video(frames(), path, fps=8, fmt="mp4")
     data = bytearray(path.read_bytes())
     first_frame = data.index(b"mdat") + 4  # the first NAL unit's 4-byte length opens the media data
-    data[first_frame:first_frame + 4] = (len(data)).to_bytes(4, "big")  # a length past the frame's end
+    data[first_frame : first_frame + 4] = (len(data)).to_bytes(4, "big")  # a length past the frame's end
     path.write_bytes(bytes(data))
     with pytest.raises(GenerationError, match="cannot be played") as caught:
         check_video(path, fmt="mp4")

@@ -8,15 +8,15 @@ import json
 import structlog
 from structlog.testing import capture_logs
 
-from config.settings import LimitSettings, MemorySettings, load_settings
-from daemon.app import Daemon
-from daemon.wiring import Wiring
-from tests.fakes import RecordingNotifier
-from pipeline.generate import VideoGenerator
-from pipeline.loader import load_model
-from pipeline.memory import ProcessUse, Usage
 from tests.conftest import drop, make_image, sidecar, wait_for
+from tests.fakes import RecordingNotifier
 from tests.memory_fakes import GIB, FakeProbe
+from vidrop.config.settings import LimitSettings, load_settings
+from vidrop.daemon.app import Daemon
+from vidrop.daemon.wiring import Wiring
+from vidrop.pipeline.generate import VideoGenerator
+from vidrop.pipeline.loader import load_model
+from vidrop.pipeline.memory import ProcessUse, Usage
 
 BLENDER = ProcessUse(pid=4121, name="blender", bytes=12 * GIB)
 SMALL = {"width": 32, "height": 32, "num_frames": 9, "steps": 1}
@@ -39,10 +39,14 @@ class FakeClock:
 
 def settings_for(folders, model, **memory):
     memory = {"wait_poll_seconds": 0.02, "wait_poll_max_seconds": 0.1, **memory}
-    return load_settings(inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-                         pipeline={"model": str(model), "device": "cpu"},
-                         intake={"settle_seconds": 0, "pairing_seconds": 1, "tick_seconds": 0.05},
-                         memory=memory).settings
+    return load_settings(
+        inbox=folders["inbox"],
+        outbox=folders["outbox"],
+        state_dir=folders["state"],
+        pipeline={"model": str(model), "device": "cpu"},
+        intake={"settle_seconds": 0, "pairing_seconds": 1, "tick_seconds": 0.05},
+        memory=memory,
+    ).settings
 
 
 def generator_with(probe, settings):
@@ -70,8 +74,10 @@ def test_a_job_waits_for_memory_then_runs_when_it_frees(folders, demo_models):
     assert waits[0]["waiting_for_bytes"] == waits[0]["need_bytes"] + int(1e9)  # the 1 GB reserve
     waiting = [text for text in notifier.statuses if "waiting for" in text]
     assert len(waiting) == 3
-    assert waiting[0].endswith(f"waiting for {waits[0]['waiting_for_bytes'] / 1e9:.1f} GB free GPU memory, "
-                               "0.0 GB free, held by: blender (pid 4121)")
+    assert waiting[0].endswith(
+        f"waiting for {waits[0]['waiting_for_bytes'] / 1e9:.1f} GB free GPU memory, "
+        "0.0 GB free, held by: blender (pid 4121)"
+    )
     manifest = json.loads((folders["outbox"] / "hero.json").read_text())
     assert manifest["state"] == "done" and manifest["memory"]["mode"] == "as_is"
     assert manifest["memory"]["estimated_bytes"] > 0 and manifest["memory"]["measured_bytes"] >= 0
@@ -111,8 +117,11 @@ def test_idle_unload_then_reload_on_the_next_job_with_its_time_recorded(folders,
     daemon.startup(watch=False)
     try:
         with capture_logs() as logs:
-            wait_for(lambda: daemon.run_once(0.01) or (folders["outbox"] / "first.json").exists(), 120,
-                     what="the first video")
+            wait_for(
+                lambda: daemon.run_once(0.01) or (folders["outbox"] / "first.json").exists(),
+                120,
+                what="the first video",
+            )
             daemon.run_once(0.01)
             assert generators[0].is_loaded  # not idle long enough yet
             clock.now += 601
@@ -120,12 +129,17 @@ def test_idle_unload_then_reload_on_the_next_job_with_its_time_recorded(folders,
             assert not generators[0].is_loaded and "model unloaded" in notifier.statuses[-1]
             drop_job(folders["inbox"], "second")
             clock.now += 40  # the next reconcile scan (every 30 s, jittered by up to 10%) finds it
-            wait_for(lambda: daemon.run_once(0.01) or (folders["outbox"] / "second.json").exists(), 120,
-                     what="the second video")
+            wait_for(
+                lambda: daemon.run_once(0.01) or (folders["outbox"] / "second.json").exists(),
+                120,
+                what="the second video",
+            )
     finally:
         daemon.shutdown()
     assert [event["event"] for event in logs if event["event"] in ("model_idle_unloaded", "model_reloaded")] == [
-        "model_idle_unloaded", "model_reloaded"]
+        "model_idle_unloaded",
+        "model_reloaded",
+    ]
     first = json.loads((folders["outbox"] / "first.json").read_text())
     second = json.loads((folders["outbox"] / "second.json").read_text())
     assert first["memory"]["reload_seconds"] is None and second["memory"]["reload_seconds"] > 0
@@ -142,17 +156,20 @@ def test_usage_drifting_after_jobs_restarts_the_worker_after_the_job_is_safe(fol
 
     probe = FakeProbe([64 * GIB], usage_of=usage)
     generators = []
-    daemon = Daemon(Wiring(settings, generator_factory=lambda s: generators.append(generator_with(probe, s))
-                    or generators[-1]))
+    daemon = Daemon(
+        Wiring(settings, generator_factory=lambda s: generators.append(generator_with(probe, s)) or generators[-1])
+    )
     for name in ("one", "two", "three"):
         drop_job(folders["inbox"], name, seed=len(name))
     with capture_logs() as logs:
         assert daemon.run(once=True) == 0
-    events = [event["event"] for event in logs if event["event"] in ("job_finished", "worker_restarting",
-                                                                      "model_reloaded")]
+    events = [
+        event["event"] for event in logs if event["event"] in ("job_finished", "worker_restarting", "model_reloaded")
+    ]
     assert events.index("worker_restarting") > events.index("job_finished")
-    assert "model_reloaded" in events and all((folders["outbox"] / f"{n}.mp4").exists() for n in ("one", "two",
-                                                                                                   "three"))
+    assert "model_reloaded" in events and all(
+        (folders["outbox"] / f"{n}.mp4").exists() for n in ("one", "two", "three")
+    )
     restart = next(event for event in logs if event["event"] == "worker_restarting")
     assert restart["rss_bytes"] > restart["threshold_bytes"] == int(0.5e9)
     structlog.contextvars.clear_contextvars()

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.errors import GenerationError
-from config.settings import LimitSettings, MemorySettings
-from pipeline.encode import check_video, write_video
-from pipeline.generate import VideoGenerator
-from pipeline.loader import load_model
-from pipeline.modes import MemoryMode, mode_state
 from tests.memory_fakes import GIB, CallCounter, FakeProbe, InjectedOOM
+from vidrop.config.errors import GenerationError
+from vidrop.config.settings import LimitSettings, MemorySettings
+from vidrop.pipeline.encode import check_video, write_video
+from vidrop.pipeline.generate import VideoGenerator
+from vidrop.pipeline.loader import load_model
+from vidrop.pipeline.modes import MemoryMode, mode_state
 
 SMALL = {"prompt": "red square", "width": 32, "height": 32, "num_frames": 9, "steps": 2}
 IMAGE = Image.new("RGB", (40, 32), (200, 30, 30))
@@ -25,8 +25,13 @@ PLAIN = {"vae_tiling": False, "vae_slicing": False, "model_offload_hooks": False
 
 def make_generator(demo_models, family="ltx", mode="auto", probe=None):
     loaded = load_model(str(demo_models[family]), family="auto", device="cpu", dtype="auto", offline=True)
-    return VideoGenerator(loaded, fit="crop", limits=LimitSettings(), memory=MemorySettings(mode=mode),
-                          probe=probe or FakeProbe([64 * GIB], device="cpu"))
+    return VideoGenerator(
+        loaded,
+        fit="crop",
+        limits=LimitSettings(),
+        memory=MemorySettings(mode=mode),
+        probe=probe or FakeProbe([64 * GIB], device="cpu"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +51,13 @@ def test_each_mode_is_applied_to_the_real_pipeline_and_makes_the_same_valid_vide
     admission = ltx.admit(params)
     forced = replace(admission, mode=mode)
     states = []
-    result = ltx.generate(IMAGE, params, seed=5, admission=forced,
-                          on_step=lambda step, total: states.append(mode_state(ltx.loaded.pipe)))
+    result = ltx.generate(
+        IMAGE, params, seed=5, admission=forced, on_step=lambda step, total: states.append(mode_state(ltx.loaded.pipe))
+    )
     # While the job runs, the pipeline is in the mode; afterwards it is plain again for the next job.
     expected = {
-        "vae_tiling": mode.is_tiled, "vae_slicing": mode.is_tiled,
+        "vae_tiling": mode.is_tiled,
+        "vae_slicing": mode.is_tiled,
         "model_offload_hooks": mode is MemoryMode.MODEL_OFFLOAD,
         "group_offload_hooks": mode is MemoryMode.GROUP_OFFLOAD,
     }

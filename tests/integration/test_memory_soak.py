@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.settings import LimitSettings, MemorySettings
-from pipeline.generate import VideoGenerator
-from pipeline.loader import load_model
-from pipeline.memory import rss_bytes
+from vidrop.config.settings import LimitSettings, MemorySettings
+from vidrop.pipeline.generate import VideoGenerator
+from vidrop.pipeline.loader import load_model
+from vidrop.pipeline.memory import rss_bytes
 
 WARMUP = 3
 MIB = 2**20
@@ -35,9 +35,11 @@ def soak(demo_models, jobs, capsys):
     growth = settled.max() - settled[0]
     tail_growth = settled[-3:].mean() - settled[:3].mean()
     with capsys.disabled():
-        print(f"\nRSS over {jobs} jobs ({seconds:.0f} s, {seconds / jobs:.2f} s/job): after warm-up "
-              f"{settled[0]:.0f} MiB, max {settled.max():.0f} MiB, last {settled[-1]:.0f} MiB, "
-              f"max growth {growth:.1f} MiB, last-3 minus first-3 {tail_growth:.1f} MiB")
+        print(
+            f"\nRSS over {jobs} jobs ({seconds:.0f} s, {seconds / jobs:.2f} s/job): after warm-up "
+            f"{settled[0]:.0f} MiB, max {settled.max():.0f} MiB, last {settled[-1]:.0f} MiB, "
+            f"max growth {growth:.1f} MiB, last-3 minus first-3 {tail_growth:.1f} MiB"
+        )
     return growth, tail_growth
 
 

@@ -8,15 +8,15 @@ import json
 
 from structlog.testing import capture_logs
 
-from config.settings import load_settings
-from daemon.app import Daemon
-from daemon.wiring import Wiring
-from pipeline.generate import JobParams
-from pipeline.memory import MemorySnapshot
-from pipeline.model_set import open_models
 from tests.conftest import drop, make_image, sidecar
 from tests.integration.test_memory_daemon import SMALL
 from tests.memory_fakes import GIB, FakeProbe
+from vidrop.config.settings import load_settings
+from vidrop.daemon.app import Daemon
+from vidrop.daemon.wiring import Wiring
+from vidrop.pipeline.generate import JobParams
+from vidrop.pipeline.memory import MemorySnapshot
+from vidrop.pipeline.model_set import open_models
 
 MODEL_GIB = 3  # what each loaded model takes on the pretend GPU
 
@@ -35,11 +35,18 @@ class OneModelGpu(FakeProbe):
 
 def settings_for(folders, demo_models, **pipeline):
     return load_settings(
-        inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-        pipeline={"model": "ltx", "models": {"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"])},
-                  "device": "cpu", **pipeline},
+        inbox=folders["inbox"],
+        outbox=folders["outbox"],
+        state_dir=folders["state"],
+        pipeline={
+            "model": "ltx",
+            "models": {"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"])},
+            "device": "cpu",
+            **pipeline,
+        },
         intake={"settle_seconds": 0, "pairing_seconds": 1, "tick_seconds": 0.05},
-        memory={"reserve_gb": 0.5, "wait_poll_seconds": 0.02, "max_wait_seconds": 5}, gallery={"enabled": False},
+        memory={"reserve_gb": 0.5, "wait_poll_seconds": 0.02, "max_wait_seconds": 5},
+        gallery={"enabled": False},
     ).settings
 
 
@@ -74,12 +81,18 @@ def test_jobs_for_the_loaded_model_run_first_and_a_switch_unloads_the_other(fold
     assert [(event["previous"], event["model"]) for event in switched] == [("ltx", "i2v")]
     evicted = [event for event in logs if event["event"] == "model_evicted"]
     assert [(event["model"], event["reason"], event["for_model"]) for event in evicted] == [
-        ("ltx", "job_needs_memory", "i2v")]
+        ("ltx", "job_needs_memory", "i2v")
+    ]
 
-    manifests = {name: json.loads((folders["outbox"] / f"{name}.json").read_text())
-                 for name in ("a1", "a2", "b1", "b2")}
+    manifests = {
+        name: json.loads((folders["outbox"] / f"{name}.json").read_text()) for name in ("a1", "a2", "b1", "b2")
+    }
     assert {name: manifest["model_name"] for name, manifest in manifests.items()} == {
-        "a1": "ltx", "a2": "ltx", "b1": "i2v", "b2": "i2v"}
+        "a1": "ltx",
+        "a2": "ltx",
+        "b1": "i2v",
+        "b2": "i2v",
+    }
     assert {manifest["family"] for name, manifest in manifests.items() if name[0] == "b"} == {"i2vgen-xl"}
     first_i2v, second_i2v = sorted((manifests["b1"], manifests["b2"]), key=lambda m: m["timings"]["started_at"])
     assert first_i2v["model_switch"]["from"] == "ltx" and first_i2v["model_switch"]["load_seconds"] > 0
@@ -91,27 +104,35 @@ def test_jobs_for_the_loaded_model_run_first_and_a_switch_unloads_the_other(fold
 
 
 def test_a_model_whose_weights_do_not_fit_unloads_the_least_recently_used(folders, demo_models):
-    settings = settings_for(folders, demo_models, models={
-        "ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"]), "svd": str(demo_models["svd"])})
+    settings = settings_for(
+        folders,
+        demo_models,
+        models={"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"]), "svd": str(demo_models["svd"])},
+    )
     probe = OneModelGpu()
     # With one model loaded, 100 kB are left beside the reserve: not enough for another model's weights.
     reserve_gb = (GIB - 100_000) / 1e9
-    models = models_on(probe, settings.model_copy(update={"memory": settings.memory.model_copy(
-        update={"reserve_gb": reserve_gb})}))
+    models = models_on(
+        probe, settings.model_copy(update={"memory": settings.memory.model_copy(update={"reserve_gb": reserve_gb})})
+    )
     assert models.resident_models() == ["ltx"]
     with capture_logs() as logs:
         admission = models.admit(models.resolve({**SMALL, "model": "i2v", "prompt": "x"}))
     assert models.resident_models() == ["i2v"]
     assert [(event["model"], event["reason"]) for event in logs if event["event"] == "model_evicted"] == [
-        ("ltx", "weights_do_not_fit")]
+        ("ltx", "weights_do_not_fit")
+    ]
     assert admission.mode is None  # the pretend GPU has no room for the job itself either: it would wait
     assert isinstance(models.resolve({**SMALL, "model": "svd"}), JobParams)  # resolved without loading svd
     assert not models.generators["svd"].is_loaded
 
 
 def test_max_resident_models_unloads_the_least_recently_used(folders, demo_models):
-    settings = settings_for(folders, demo_models, models={
-        "ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"]), "svd": str(demo_models["svd"])})
+    settings = settings_for(
+        folders,
+        demo_models,
+        models={"ltx": str(demo_models["ltx"]), "i2v": str(demo_models["i2vgen-xl"]), "svd": str(demo_models["svd"])},
+    )
     settings = settings.model_copy(update={"memory": settings.memory.model_copy(update={"max_resident_models": 2})})
     models = models_on(FakeProbe([64 * GIB]), settings)
     with capture_logs() as logs:
@@ -120,4 +141,5 @@ def test_max_resident_models_unloads_the_least_recently_used(folders, demo_model
         models.admit(models.resolve({**SMALL, "model": "svd"}))  # unloads i2v, the least recently used
     assert models.resident_models() == ["svd", "ltx"]
     assert [(event["model"], event["reason"]) for event in logs if event["event"] == "model_evicted"] == [
-        ("i2v", "too_many_models")]
+        ("i2v", "too_many_models")
+    ]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.errors import InputError, ModelUnavailable
-from config.settings import LimitSettings
-from pipeline.generate import VideoGenerator
-from pipeline.loader import load_model
+from vidrop.config.errors import InputError, ModelUnavailable
+from vidrop.config.settings import LimitSettings
+from vidrop.pipeline.generate import VideoGenerator
+from vidrop.pipeline.loader import load_model
 
 
 @pytest.fixture(scope="module", params=["ltx", "i2vgen-xl"])
@@ -24,8 +24,9 @@ def test_family_is_detected_from_model_index(generator):
 def test_generates_requested_frames_and_size_and_reports_every_step(generator):
     params = generator.resolve({"prompt": "red square", "width": 64, "height": 64, "num_frames": 9, "steps": 2})
     steps = []
-    result = generator.generate(Image.new("RGB", (80, 50), (200, 0, 0)), params, seed=5,
-                                on_step=lambda step, total: steps.append((step, total)))
+    result = generator.generate(
+        Image.new("RGB", (80, 50), (200, 0, 0)), params, seed=5, on_step=lambda step, total: steps.append((step, total))
+    )
     assert result.frames.shape == (9, 64, 64, 3) and result.frames.dtype == np.uint8
     assert steps == [(1, 2), (2, 2)]
     assert result.facts["frames"] == 9 and result.facts["peak_memory_bytes"] > 0
@@ -50,8 +51,7 @@ def test_request_is_fitted_to_the_family_and_the_change_recorded(generator):
 def test_family_defaults_fill_what_the_request_leaves_out(generator):
     params = generator.resolve({"prompt": "x"})
     defaults = generator.family.defaults
-    assert (params.steps, params.fps, params.guidance_scale) == (defaults.steps, defaults.fps,
-                                                                 defaults.guidance_scale)
+    assert (params.steps, params.fps, params.guidance_scale) == (defaults.steps, defaults.fps, defaults.guidance_scale)
 
 
 def test_missing_prompt_and_excess_are_input_errors(generator):

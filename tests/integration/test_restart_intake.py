@@ -7,19 +7,20 @@ import os
 
 from structlog.testing import capture_logs
 
-from config.settings import load_settings
-from daemon.app import Daemon
-from daemon.wiring import Wiring
-from daemon.ledger.base import JobState
-from daemon.ledger.sqlite import SqliteLedger
 from tests.conftest import make_image, sidecar
+from vidrop.config.settings import load_settings
+from vidrop.daemon.app import Daemon
+from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.wiring import Wiring
 
 INTAKE = {"settle_seconds": 0, "pairing_seconds": 0, "decode_grace_seconds": 0}
 
 
 def run_once(folders, generator, *, listeners=()) -> tuple[Daemon, list[dict]]:
-    settings = load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-                             intake=INTAKE).settings
+    settings = load_settings(
+        None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"], intake=INTAKE
+    ).settings
     daemon = Daemon(Wiring(settings, generator_factory=lambda settings: generator, listeners=listeners))
     with capture_logs() as logs:
         daemon.run(once=True)
@@ -77,7 +78,10 @@ def test_a_restart_passes_over_what_was_done_takes_a_new_file_and_a_file_changed
     ledger = SqliteLedger(folders["state"] / "ledger.sqlite3")
     try:
         assert sorted(path for path, _, _ in ledger.taken_inputs()) == [
-            "shoot/a.png", "shoot/b.png", "shoot/text-only.json"]
+            "shoot/a.png",
+            "shoot/b.png",
+            "shoot/text-only.json",
+        ]
     finally:
         ledger.close()
 
@@ -97,8 +101,9 @@ def test_a_stop_during_a_batch_of_new_inputs_is_honoured_between_two_of_them(fol
     for index in range(4):
         drop_pair(folders["inbox"], f"img{index}", (index * 50, 100, 100))
     stopper = StopOnFirstQueued()
-    settings = load_settings(None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"],
-                             intake=INTAKE).settings
+    settings = load_settings(
+        None, inbox=folders["inbox"], outbox=folders["outbox"], state_dir=folders["state"], intake=INTAKE
+    ).settings
     daemon = Daemon(Wiring(settings, generator_factory=lambda settings: ltx_generator, listeners=[stopper]))
     stopper.daemon = daemon
     with capture_logs() as logs:

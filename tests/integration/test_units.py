@@ -14,10 +14,20 @@ MAX_EXPOSURE = 3.0
 @pytest.fixture
 def rendered():
     work = make_work_dir("units")
-    (work / "settings.toml").write_text(f'inbox = "{work}/in box"\noutbox = "{work}/outbox"\nstate_dir = "{work}/state"\n'
-                                        "[service]\nstop_timeout_seconds = 45\n")
-    result = run_vidrop({"PATH": "/usr/bin:/bin"}, "--config", str(work / "settings.toml"), "install-systemd",
-                        "--output", str(work / "units"), "--watchdog-seconds", "120")
+    (work / "settings.toml").write_text(
+        f'inbox = "{work}/in box"\noutbox = "{work}/outbox"\nstate_dir = "{work}/state"\n'
+        "[service]\nstop_timeout_seconds = 45\n"
+    )
+    result = run_vidrop(
+        {"PATH": "/usr/bin:/bin"},
+        "--config",
+        str(work / "settings.toml"),
+        "install-systemd",
+        "--output",
+        str(work / "units"),
+        "--watchdog-seconds",
+        "120",
+    )
     if in_private_tmp(VIDROP):  # a checkout under /tmp: its vidrop is hidden from a service, rightly refused
         shutil.rmtree(work)
         assert result.returncode == 78 and "temporary folder" in result.stderr, result.stderr
@@ -43,8 +53,14 @@ def test_install_systemd_writes_both_units_for_this_install_and_prints_the_syste
 
 def test_units_outside_what_the_service_can_see_are_refused(tmp_path):
     (tmp_path / "settings.toml").write_text(f'inbox = "{tmp_path}/inbox"\noutbox = "{tmp_path}/outbox"\n')
-    result = run_vidrop({"PATH": "/usr/bin:/bin"}, "--config", str(tmp_path / "settings.toml"), "install-systemd",
-                        "--output", str(tmp_path / "units"))
+    result = run_vidrop(
+        {"PATH": "/usr/bin:/bin"},
+        "--config",
+        str(tmp_path / "settings.toml"),
+        "install-systemd",
+        "--output",
+        str(tmp_path / "units"),
+    )
     assert result.returncode == 78 and "PrivateTmp" in result.stderr
     assert not (tmp_path / "units").exists()
 

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from config.errors import GenerationError, InputError
-from pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
-from pipeline.families.i2vgen_xl import I2VGenXLFamily
-from pipeline.families.ltx import LTXFamily
-from pipeline.generate import check_frames
-from pipeline.memory import GB, CpuProbe, DriftWatch, MemorySnapshot, ProcessUse, Usage
-from pipeline.modes import LADDER, MemoryMode
 from tests.memory_fakes import GIB, FakeProbe
+from vidrop.config.errors import GenerationError, InputError
+from vidrop.pipeline.admission import MemoryEstimator, ModelFootprint, choose_mode
+from vidrop.pipeline.families.i2vgen_xl import I2VGenXLFamily
+from vidrop.pipeline.families.ltx import LTXFamily
+from vidrop.pipeline.generate import check_frames
+from vidrop.pipeline.memory import GB, CpuProbe, DriftWatch, MemorySnapshot, ProcessUse, Usage
+from vidrop.pipeline.modes import LADDER, MemoryMode
 
 BLENDER = ProcessUse(pid=4121, name="blender", bytes=12 * GIB)
 FOOTPRINT = ModelFootprint(total_bytes=14 * GIB, largest_component_bytes=9 * GIB, largest_leaf_bytes=200 * 2**20)

@@ -7,18 +7,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from structlog.testing import capture_logs
 
-from config.errors import InputError
-from daemon.intake.pairing import sidecars_for
-from daemon.intake.pending import PendingInputs
-from daemon.intake.readiness import JunkFilter, OpenWriters, find_unfinished_file
-from pipeline.images import check_readable_name, find_unfinished, open_image, sniff_format
+from vidrop.config.errors import InputError
+from vidrop.daemon.intake.pairing import sidecars_for
+from vidrop.daemon.intake.pending import PendingInputs
+from vidrop.daemon.intake.readiness import JunkFilter, OpenWriters, find_unfinished_file
+from vidrop.pipeline.images import check_readable_name, find_unfinished, open_image, sniff_format
 
 
 def noisy(fmt: str, size=(128, 96), **options) -> bytes:
@@ -49,7 +48,7 @@ def test_a_preallocated_file_still_being_filled_is_certainly_unfinished(fmt, wri
 def test_a_hole_in_the_middle_is_suspect(fmt):
     data = noisy(fmt, size=(256, 192))
     middle = len(data) // 2
-    found = find_unfinished(data[:middle] + bytes(8192) + data[middle + 8192:])
+    found = find_unfinished(data[:middle] + bytes(8192) + data[middle + 8192 :])
     assert found is not None and "zero bytes" in found.reason
 
 
@@ -83,9 +82,16 @@ def test_a_sidecar_that_is_not_complete_json_is_unfinished(tmp_path):
 def test_a_file_open_for_writing_by_another_process_is_seen(tmp_path):
     path = tmp_path / "open.png"
     path.write_bytes(b"x")
-    holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(path)!r}, 'r+b'); print('open', flush=True); "
-                                                     "import sys; sys.stdin.readline()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"f = open({str(path)!r}, 'r+b'); print('open', flush=True); import sys; sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         writers = OpenWriters()
@@ -102,9 +108,16 @@ def test_a_file_open_only_for_reading_is_not_being_written(tmp_path):
     path = tmp_path / "read.png"
     path.write_bytes(b"x")
     with open(path, "rb"):
-        reader = subprocess.Popen([sys.executable, "-c", f"f = open({str(path)!r}, 'rb'); print('open', flush=True); "
-                                                         "import sys; sys.stdin.readline()"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"f = open({str(path)!r}, 'rb'); print('open', flush=True); import sys; sys.stdin.readline()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert reader.stdout.readline().strip() == "open"
             assert OpenWriters().writer_of(path) is None
@@ -123,8 +136,15 @@ class _NoWriters:
 
 
 def _pending(inbox, **kwargs):
-    return PendingInputs(inbox, is_junk=JunkFilter([]), settle_seconds=1.0, pairing_seconds=2.0,
-                         grace_seconds=10.0, writers=_NoWriters(), **kwargs)
+    return PendingInputs(
+        inbox,
+        is_junk=JunkFilter([]),
+        settle_seconds=1.0,
+        pairing_seconds=2.0,
+        grace_seconds=10.0,
+        writers=_NoWriters(),
+        **kwargs,
+    )
 
 
 def test_a_preallocated_image_waits_for_the_grace_then_is_handed_out_with_what_was_found(tmp_path):
@@ -139,7 +159,8 @@ def test_a_preallocated_image_waits_for_the_grace_then_is_handed_out_with_what_w
         assert pending.take_ready(101.5) == []  # settled, but its end is missing
         assert pending.take_ready(109.0) == []
     assert [e["reason"] for e in logs if e["event"] == "input_still_arriving"] == [
-        "the end of the JPEG (its EOI marker) is missing"]  # said once
+        "the end of the JPEG (its EOI marker) is missing"
+    ]  # said once
     [ready] = pending.take_ready(110.5)
     assert ready.unfinished.is_certain and ready.stable_seconds >= 10
 
@@ -185,8 +206,10 @@ def test_a_handed_back_input_keeps_the_time_it_was_seen_unchanged(tmp_path):
     assert again.stable_seconds == pytest.approx(6.0)
 
 
-@pytest.mark.parametrize("image,sidecar", [("SHOT.PNG", "SHOT.JSON"), ("Banner.png", "Banner.Json"),
-                                           ("logo.PNG", "logo.json"), ("x.jpg", "x.JsOn")])
+@pytest.mark.parametrize(
+    "image,sidecar",
+    [("SHOT.PNG", "SHOT.JSON"), ("Banner.png", "Banner.Json"), ("logo.PNG", "logo.json"), ("x.jpg", "x.JsOn")],
+)
 def test_sidecars_pair_whatever_the_case_of_either_extension(tmp_path, image, sidecar):
     (tmp_path / image).write_bytes(b"x")
     (tmp_path / sidecar).write_text("{}")
@@ -215,18 +238,32 @@ def test_file_times_in_the_future_do_not_hold_the_pairing_window(tmp_path):
     assert ready.sidecar is None
 
 
-@pytest.mark.parametrize("head,name", [(b"8BPS\x00\x01", "Photoshop (PSD)"), (b"\xff\xd8\xff\xe0", "JPEG"),
-                                       (b"\x00\x00\x00\x1cftypheic", "HEIC"), (b"\x00\x00\x00\x1cftypavif", "AVIF"),
-                                       (b"II*\x00\x10\x00\x00\x00CR\x02", "camera RAW (CR2)"),
-                                       (b'<?xml version="1.0"?><svg ', "SVG (vector)"), (b"hello", None)])
+@pytest.mark.parametrize(
+    "head,name",
+    [
+        (b"8BPS\x00\x01", "Photoshop (PSD)"),
+        (b"\xff\xd8\xff\xe0", "JPEG"),
+        (b"\x00\x00\x00\x1cftypheic", "HEIC"),
+        (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+        (b"II*\x00\x10\x00\x00\x00CR\x02", "camera RAW (CR2)"),
+        (b'<?xml version="1.0"?><svg ', "SVG (vector)"),
+        (b"hello", None),
+    ],
+)
 def test_formats_are_named_by_their_first_bytes(head, name):
     assert sniff_format(head) == name
 
 
-@pytest.mark.parametrize("filename,data,named", [
-    ("layers.psd", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)"), ("raw.NEF", b"MM\x00*" + bytes(40), "RAW"),
-    ("logo.svg", b"<svg/>", "SVG"), ("scan", b"\xff\xd8\xff\xe0" + bytes(40), "JPEG"),
-    ("renamed.png", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)")])
+@pytest.mark.parametrize(
+    "filename,data,named",
+    [
+        ("layers.psd", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)"),
+        ("raw.NEF", b"MM\x00*" + bytes(40), "RAW"),
+        ("logo.svg", b"<svg/>", "SVG"),
+        ("scan", b"\xff\xd8\xff\xe0" + bytes(40), "JPEG"),
+        ("renamed.png", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)"),
+    ],
+)
 def test_other_image_files_are_refused_naming_their_format_and_the_export(tmp_path, filename, data, named):
     path = tmp_path / filename
     path.write_bytes(data)

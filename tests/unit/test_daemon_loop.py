@@ -9,11 +9,11 @@ import json
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.ledger.base import JobState
-from daemon.ledger.sqlite import SqliteLedger
-from config.errors import GenerationError
 from tests.conftest import drop, drop_job, job_lines, make_image
 from tests.fakes import FakeGenerator, RecordingNotifier, fake_daemon, quick_settings
+from vidrop.config.errors import GenerationError
+from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 SMALL = {"width": 64, "height": 64, "num_frames": 9, "steps": 4}
 
@@ -91,11 +91,14 @@ class StopWhenRunning:
             self.daemon.request_stop()
 
 
-@pytest.mark.parametrize("stop_timeout, second_request, outcome", [
-    (60, False, JobState.DONE),    # the job ends within the stop timeout
-    (0, False, JobState.QUEUED),   # past the timeout: abandoned at the next step, queued again
-    (60, True, JobState.QUEUED),   # a second request: at once
-])
+@pytest.mark.parametrize(
+    "stop_timeout, second_request, outcome",
+    [
+        (60, False, JobState.DONE),  # the job ends within the stop timeout
+        (0, False, JobState.QUEUED),  # past the timeout: abandoned at the next step, queued again
+        (60, True, JobState.QUEUED),  # a second request: at once
+    ],
+)
 def test_a_stop_during_a_job_finishes_it_or_queues_it_again(folders, stop_timeout, second_request, outcome):
     listener = StopWhenRunning()
 
@@ -123,8 +126,9 @@ def test_a_reload_hands_the_live_settings_to_each_service(folders):
     daemon = fake_daemon(loaded["settings"], generator, notifier=notifier, settings_loader=lambda: loaded["settings"])
     daemon.startup(watch=False)
     try:
-        loaded["settings"] = quick_settings(folders, limits={"max_steps": 3, "max_image_pixels": 10_000},
-                                            intake={"ignore": ["draft-*"]})
+        loaded["settings"] = quick_settings(
+            folders, limits={"max_steps": 3, "max_image_pixels": 10_000}, intake={"ignore": ["draft-*"]}
+        )
         daemon.request_reload()
         with capture_logs() as logs:
             daemon.run_once(timeout=0.01)

@@ -2,12 +2,12 @@ from dataclasses import fields
 
 import pytest
 
-from config.errors import InputError, ModelUnavailable
-from config.request import PRESETS, REQUEST_FIELDS, GenerationFields
-from config.vocabulary import FAMILY_NAMES
-from pipeline.families import FAMILIES, family_by_name, family_for_pipeline_class
-from pipeline.families.base import FamilyDefaults
-from pipeline.generate import JobParams
+from vidrop.config.errors import InputError, ModelUnavailable
+from vidrop.config.request import PRESETS, REQUEST_FIELDS, GenerationFields
+from vidrop.config.vocabulary import FAMILY_NAMES
+from vidrop.pipeline.families import FAMILIES, family_by_name, family_for_pipeline_class
+from vidrop.pipeline.families.base import FamilyDefaults
+from vidrop.pipeline.generate import JobParams
 
 
 def test_ltx_rounds_frames_up_to_8k_plus_1_and_sizes_to_32():

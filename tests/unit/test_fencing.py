@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from daemon.lease import LeaseKeeper, LeaseLost
-from daemon.ledger.base import Job
-from daemon.ledger.sqlite import SqliteLedger
-from daemon.outbox import TEMP_PREFIX, Outbox
-from pipeline.generate import GenerationResult, JobParams
 from tests.fakes import FakeClock
+from vidrop.daemon.lease import LeaseKeeper, LeaseLost
+from vidrop.daemon.ledger.base import Job
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.outbox import TEMP_PREFIX, Outbox
+from vidrop.pipeline.generate import GenerationResult, JobParams
 
 LEASE = 10.0
 
@@ -20,8 +20,19 @@ LEASE = 10.0
 @pytest.fixture
 def ledger(tmp_path):
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
-    ledger.enqueue(Job(id="j1", key="k1", input="shot.png", sidecar=None, input_sha256="a" * 64,
-                       sidecar_sha256=None, params={"prompt": "x"}, seed=1, created_at=1.0))
+    ledger.enqueue(
+        Job(
+            id="j1",
+            key="k1",
+            input="shot.png",
+            sidecar=None,
+            input_sha256="a" * 64,
+            sidecar_sha256=None,
+            params={"prompt": "x"},
+            seed=1,
+            created_at=1.0,
+        )
+    )
     yield ledger
     ledger.close()
 
@@ -40,8 +51,18 @@ def test_a_holder_whose_claim_was_taken_over_cannot_confirm(ledger):
 
 def _result_and_params():
     frames = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    params = JobParams(prompt="x", negative_prompt="", width=32, height=32, num_frames=5, steps=1,
-                       guidance_scale=3.0, fps=8, format="mp4", seed=1)
+    params = JobParams(
+        prompt="x",
+        negative_prompt="",
+        width=32,
+        height=32,
+        num_frames=5,
+        steps=1,
+        guidance_scale=3.0,
+        fps=8,
+        format="mp4",
+        seed=1,
+    )
     return GenerationResult(frames=frames, facts={}), params
 
 
@@ -56,8 +77,9 @@ def test_the_outbox_renames_nothing_when_the_check_before_the_renames_fails(tmp_
         raise LeaseLost("j1")
 
     with pytest.raises(LeaseLost):
-        outbox.commit_success(names=names, result=result, params=params, manifest={"job_id": "j1", "by": "a"},
-                              before_rename=lost)
+        outbox.commit_success(
+            names=names, result=result, params=params, manifest={"job_id": "j1", "by": "a"}, before_rename=lost
+        )
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == taken_over
     assert json.loads(names.manifest.read_text())["by"] == "b"
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(TEMP_PREFIX)]

@@ -3,23 +3,37 @@
 import json
 import time
 
-from daemon.gallery.writer import GalleryWriter
-from daemon.ledger.base import Job, JobState
-from daemon.ledger.sqlite import SqliteLedger
 from tests.browser import Page
 from tests.fakes import FakeClock
+from vidrop.daemon.gallery.writer import GalleryWriter
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>.png'
 HOSTILE_PROMPT = "<script>document.title='pwned'</script><img src=x onerror=alert(2)>"
 
 
-def make_job(number: int, folder: str = "acme", state: JobState = JobState.QUEUED, name: str | None = None,
-             prompt: str = "a red square", created_at: float = 1_700_000_000.0) -> Job:
+def make_job(
+    number: int,
+    folder: str = "acme",
+    state: JobState = JobState.QUEUED,
+    name: str | None = None,
+    prompt: str = "a red square",
+    created_at: float = 1_700_000_000.0,
+) -> Job:
     key = f"{folder}-{number:06d}".ljust(20, "k")
-    job = Job(id=key[:16] + f"{number:06d}", key=key, input=f"{folder}/{name or f'img{number:05d}.png'}",
-              sidecar=None, input_sha256="a" * 64, sidecar_sha256=None, seed=number, state=state,
-              params={"prompt": prompt, "width": 64, "height": 64, "num_frames": 9, "fps": 8, "steps": 2,
-                      "format": "mp4"}, created_at=created_at + number)
+    job = Job(
+        id=key[:16] + f"{number:06d}",
+        key=key,
+        input=f"{folder}/{name or f'img{number:05d}.png'}",
+        sidecar=None,
+        input_sha256="a" * 64,
+        sidecar_sha256=None,
+        seed=number,
+        state=state,
+        params={"prompt": prompt, "width": 64, "height": 64, "num_frames": 9, "fps": 8, "steps": 2, "format": "mp4"},
+        created_at=created_at + number,
+    )
     if state in (JobState.DONE, JobState.FAILED):
         job.started_at, job.finished_at = job.created_at + 1, job.created_at + 3
     if state is JobState.FAILED:
@@ -173,8 +187,10 @@ def test_ten_thousand_jobs_are_paged_in_stable_blocks_and_render_fast(tmp_path):
     writer.job_changed(ledger.get(old.id), JobState.FAILED, {})
     changed = [page for page in pages if page.stat().st_mtime_ns != before[page]]
     assert changed == [folder / "page-1.html"] and "gone" in (folder / "page-1.html").read_text()
-    print(f"\n10,000-job folder: first write of index + 198 pages {first * 1000:.0f} ms, "
-          f"one change (index, _status.json, root, _STATUS.txt) {update * 1000:.0f} ms")
+    print(
+        f"\n10,000-job folder: first write of index + 198 pages {first * 1000:.0f} ms, "
+        f"one change (index, _status.json, root, _STATUS.txt) {update * 1000:.0f} ms"
+    )
     ledger.close()
 
 
@@ -189,8 +205,12 @@ def test_the_ledger_views_group_by_folder_and_follow_the_claim_order(tmp_path):
     assert [job.id for job in ledger.folder_jobs("a", offset=0, limit=10)] == [jobs[0].id, jobs[2].id]
     assert [job.id for job in ledger.folder_jobs("", offset=0, limit=10)] == [top.id]
     assert ledger.folder_position("a", jobs[2].id) == 1 and ledger.folder_position("a", "nope") is None
-    assert {folder: summary["queued"] for folder, summary in ledger.folder_summaries().items()} == \
-        {"a": 2, "a/b": 1, "a_": 1, "": 1}
+    assert {folder: summary["queued"] for folder, summary in ledger.folder_summaries().items()} == {
+        "a": 2,
+        "a/b": 1,
+        "a_": 1,
+        "": 1,
+    }
     assert ledger.queued_ids()[0] == jobs[2].id == ledger.claim_next("test", 1.0, 30.0).id
     ledger.close()
 

@@ -19,20 +19,30 @@ class StepGenerator:
 
 
 def test_faults_go_through_the_environment_and_back(tmp_path):
-    faults = Faults(slow_inputs=["slow-*", "*/slow-*"], slow_step_seconds=0.25, hang_inputs=["hang-*"],
-                    hang_marker=tmp_path / "marker")
+    faults = Faults(
+        slow_inputs=["slow-*", "*/slow-*"],
+        slow_step_seconds=0.25,
+        hang_inputs=["hang-*"],
+        hang_marker=tmp_path / "marker",
+    )
     assert Faults.from_environment(faults.environment()) == Faults(
-        slow_inputs=("slow-*", "*/slow-*"), slow_step_seconds=0.25, hang_inputs=("hang-*",),
-        hang_marker=tmp_path / "marker")
+        slow_inputs=("slow-*", "*/slow-*"),
+        slow_step_seconds=0.25,
+        hang_inputs=("hang-*",),
+        hang_marker=tmp_path / "marker",
+    )
     assert Faults.from_environment({}) == Faults()
 
 
-@pytest.mark.parametrize("environ,needle", [
-    ({"VIDROP_TEST_SLOW_INPUTS": "slow-*"}, "JSON list"),
-    ({"VIDROP_TEST_SLOW_INPUTS": '{"a": 1}'}, "JSON list"),
-    ({"VIDROP_TEST_SLOW_STEP_SECONDS": "soon"}, "number of seconds"),
-    ({"VIDROP_TEST_HANG_INPUTS": '["hang-*"]'}, "hang_marker"),
-])
+@pytest.mark.parametrize(
+    "environ,needle",
+    [
+        ({"VIDROP_TEST_SLOW_INPUTS": "slow-*"}, "JSON list"),
+        ({"VIDROP_TEST_SLOW_INPUTS": '{"a": 1}'}, "JSON list"),
+        ({"VIDROP_TEST_SLOW_STEP_SECONDS": "soon"}, "number of seconds"),
+        ({"VIDROP_TEST_HANG_INPUTS": '["hang-*"]'}, "hang_marker"),
+    ],
+)
 def test_unusable_variables_are_refused_by_name(environ, needle):
     with pytest.raises(FaultsError, match=needle):
         Faults.from_environment(environ)

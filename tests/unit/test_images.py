@@ -1,8 +1,8 @@
 import pytest
 from PIL import Image
 
-from config.errors import InputError
-from pipeline.images import fit_image, load_image
+from vidrop.config.errors import InputError
+from vidrop.pipeline.images import fit_image, load_image
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -14,8 +14,10 @@ def test_exif_rotation_is_applied(tmp_path):
     assert load_image(path, max_pixels=10**6).size == (20, 40)
 
 
-@pytest.mark.parametrize("mode,color", [("CMYK", (0, 255, 255, 0)), ("P", 3), ("RGBA", (255, 0, 0, 0)),
-                                        ("LA", (10, 128)), ("I;16", 65535), ("L", 7)])
+@pytest.mark.parametrize(
+    "mode,color",
+    [("CMYK", (0, 255, 255, 0)), ("P", 3), ("RGBA", (255, 0, 0, 0)), ("LA", (10, 128)), ("I;16", 65535), ("L", 7)],
+)
 def test_design_tool_colour_modes_become_rgb(tmp_path, mode, color):
     path = tmp_path / ("image.tif" if mode == "CMYK" else "image.png")
     Image.new(mode, (8, 8), color).save(path)

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from config.errors import SidecarError
-from config.settings import DEFAULT_IGNORE, IntakeSettings
-from daemon.intake.intake import Intake
-from daemon.intake.mounts import filesystem_type, is_network_filesystem
-from daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
-from daemon.intake.readiness import FINDER_BUSY, JunkFilter, SettleTracker
-from daemon.intake.scan import InboxScanner, InboxUnavailable
-from daemon.intake.taken import TakenInputs
-from daemon.intake.watch import WatchLimitReached
+from vidrop.config.errors import SidecarError
+from vidrop.config.settings import DEFAULT_IGNORE, IntakeSettings
+from vidrop.daemon.intake.intake import Intake
+from vidrop.daemon.intake.mounts import filesystem_type, is_network_filesystem
+from vidrop.daemon.intake.pairing import expand_placeholders, folder_defaults, output_stem
+from vidrop.daemon.intake.readiness import FINDER_BUSY, JunkFilter, SettleTracker
+from vidrop.daemon.intake.scan import InboxScanner, InboxUnavailable
+from vidrop.daemon.intake.taken import TakenInputs
+from vidrop.daemon.intake.watch import WatchLimitReached
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -26,9 +26,16 @@ MOUNTINFO = """\
 """
 
 
-@pytest.mark.parametrize("path,expected", [("/home/me/inbox", "ext4"), ("/mnt/share/inbox", "cifs"),
-                                           ("/mnt/share/local disk/in", "ext4"), ("/srv/nfs", "nfs4"),
-                                           ("/media/cloud/x", "fuse.rclone")])
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        ("/home/me/inbox", "ext4"),
+        ("/mnt/share/inbox", "cifs"),
+        ("/mnt/share/local disk/in", "ext4"),
+        ("/srv/nfs", "nfs4"),
+        ("/media/cloud/x", "fuse.rclone"),
+    ],
+)
 def test_filesystem_type_from_mountinfo(tmp_path, path, expected):
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO)
@@ -219,8 +226,13 @@ def _take_all(intake):
     intake.clock.now += 3600
     ready += intake.take_ready()
     for item in ready:
-        intake.pending.taken.remember(item.image or item.sidecar, item.image_snapshot or item.sidecar_snapshot,
-                                      item.sidecar_snapshot if item.image else None, "key", 0.0)
+        intake.pending.taken.remember(
+            item.image or item.sidecar,
+            item.image_snapshot or item.sidecar_snapshot,
+            item.sidecar_snapshot if item.image else None,
+            "key",
+            0.0,
+        )
     intake.pending.taken.save()
     return sorted(str((item.image or item.sidecar).relative_to(intake.inbox)) for item in ready)
 
@@ -232,8 +244,9 @@ def test_a_reconcile_passes_over_taken_files_until_they_change_and_forgets_gone_
     for name in ("a/one.png", "a/one.json", "a/two.png", "b/text.json", "b/three.png"):
         (inbox / name).write_bytes(b"x")
     store, clock = _Store(), _Clock()
-    intake = Intake(inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock,
-                    taken=TakenInputs(inbox, store))
+    intake = Intake(
+        inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock, taken=TakenInputs(inbox, store)
+    )
     intake.start(watch=False)
     assert _take_all(intake) == ["a/one.png", "a/two.png", "b/text.json", "b/three.png"]
     assert sorted(store.rows) == ["a/one.png", "a/two.png", "b/text.json", "b/three.png"]
@@ -243,8 +256,9 @@ def test_a_reconcile_passes_over_taken_files_until_they_change_and_forgets_gone_
     assert intake.pending.passed_over == 4 and len(intake.pending) == 0
 
     # After a restart (a new intake from what the ledger kept): the same, with no reading of the files.
-    intake = Intake(inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock,
-                    taken=TakenInputs(inbox, store))
+    intake = Intake(
+        inbox, IntakeSettings(watch="polling", pairing_seconds=0), queue.Queue(), clock, taken=TakenInputs(inbox, store)
+    )
     intake.pending.taken.load()
     intake.start(watch=False)
     assert intake.pending.passed_over == 4 and len(intake.pending) == 0
@@ -273,8 +287,10 @@ class _CpuClock:
 
 def test_a_costly_reconcile_runs_less_often_so_a_large_idle_inbox_stays_idle(tmp_path):
     settings = IntakeSettings(watch="events", reconcile_seconds=30, reconcile_cpu_share=0.005)
-    cheap, costly = Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(0.01)), \
-        Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(1.0))
+    cheap, costly = (
+        Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(0.01)),
+        Intake(tmp_path, settings, queue.Queue(), _Clock(), cpu_time=_CpuClock(1.0)),
+    )
     for intake in (cheap, costly):
         intake.start(watch=False)  # no observer: only the reconcile finds files
     (tmp_path / "missed.png").write_bytes(b"x")

@@ -4,10 +4,10 @@ import hashlib
 import json
 import os
 
-from config.settings import IntakeSettings, Settings
-from daemon.inputs import InputDisposal, find_moved, read_input
-from daemon.ledger.base import Job, JobState
-from daemon.recorder import intact_manifest
+from vidrop.config.settings import IntakeSettings, Settings
+from vidrop.daemon.inputs import InputDisposal, find_moved, read_input
+from vidrop.daemon.ledger.base import Job, JobState
+from vidrop.daemon.recorder import intact_manifest
 
 
 def sha(data: bytes) -> str:
@@ -15,8 +15,18 @@ def sha(data: bytes) -> str:
 
 
 def job(key: str, input: str = "a/shot.png", state: JobState = JobState.QUEUED, image=b"image", side=b"{}") -> Job:
-    return Job(id=key, key=key, input=input, sidecar=input.rsplit(".", 1)[0] + ".json", input_sha256=sha(image),
-               sidecar_sha256=sha(side), params={"prompt": "x"}, seed=1, state=state, output=input.rsplit(".", 1)[0])
+    return Job(
+        id=key,
+        key=key,
+        input=input,
+        sidecar=input.rsplit(".", 1)[0] + ".json",
+        input_sha256=sha(image),
+        sidecar_sha256=sha(side),
+        params={"prompt": "x"},
+        seed=1,
+        state=state,
+        output=input.rsplit(".", 1)[0],
+    )
 
 
 def write(path, data: bytes):
@@ -34,8 +44,10 @@ class Siblings:
 
 
 def disposal(tmp_path, ledger, **intake) -> InputDisposal:
-    settings = Settings(inbox=tmp_path / "inbox", intake=IntakeSettings(done_dir=tmp_path / "done",
-                                                                        failed_dir=tmp_path / "failed", **intake))
+    settings = Settings(
+        inbox=tmp_path / "inbox",
+        intake=IntakeSettings(done_dir=tmp_path / "done", failed_dir=tmp_path / "failed", **intake),
+    )
     return InputDisposal(settings, ledger)
 
 
@@ -109,8 +121,12 @@ def test_earlier_results_are_reused_only_while_their_manifest_is_that_jobs(tmp_p
     video, manifest = write(tmp_path / "logo.mp4", b"video"), tmp_path / "logo.json"
     earlier = job("k1", state=JobState.DONE)
     earlier.outputs = {"video": str(video), "manifest": str(manifest)}
-    document = {"job_id": "k1", "state": "done", "outputs": {"video": "logo.mp4"},
-                "input": {"sha256": earlier.input_sha256, "sidecar_sha256": earlier.sidecar_sha256}}
+    document = {
+        "job_id": "k1",
+        "state": "done",
+        "outputs": {"video": "logo.mp4"},
+        "input": {"sha256": earlier.input_sha256, "sidecar_sha256": earlier.sidecar_sha256},
+    }
     manifest.write_text(json.dumps(document))
     assert intact_manifest(earlier) == document
     manifest.write_text(json.dumps({**document, "job_id": "k2"}))  # a re-export under the same name

@@ -6,7 +6,7 @@ import json
 import pytest
 import structlog
 
-from daemon.logs import JournalLogger, configure_logging, journal_fields
+from vidrop.daemon.logs import JournalLogger, configure_logging, journal_fields
 
 
 @pytest.fixture(autouse=True)
@@ -16,13 +16,30 @@ def reset_structlog():
 
 
 def test_events_become_upper_case_journal_fields_with_a_priority():
-    fields = journal_fields({"event": "job_finished", "level": "warning", "timestamp": "2026-01-01T00:00:00Z",
-                             "job_id": "abc", "input": "a/b.png", "output": "a/b.error.json", "stage": "intake",
-                             "duration_ms": 12, "error": "not an image", "detail": {"size": 3}})
+    fields = journal_fields(
+        {
+            "event": "job_finished",
+            "level": "warning",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "job_id": "abc",
+            "input": "a/b.png",
+            "output": "a/b.error.json",
+            "stage": "intake",
+            "duration_ms": 12,
+            "error": "not an image",
+            "detail": {"size": 3},
+        }
+    )
     assert fields["MESSAGE"].startswith("job_finished job_id=abc input=a/b.png")
     assert fields["PRIORITY"] == "4" and fields["EVENT"] == "job_finished" and fields["SYSLOG_IDENTIFIER"] == "vidrop"
-    assert (fields["JOB_ID"], fields["INPUT"], fields["OUTPUT"], fields["STAGE"], fields["DURATION_MS"],
-            fields["ERROR"]) == ("abc", "a/b.png", "a/b.error.json", "intake", "12", "not an image")
+    assert (
+        fields["JOB_ID"],
+        fields["INPUT"],
+        fields["OUTPUT"],
+        fields["STAGE"],
+        fields["DURATION_MS"],
+        fields["ERROR"],
+    ) == ("abc", "a/b.png", "a/b.error.json", "intake", "12", "not an image")
     assert json.loads(fields["DETAIL"]) == {"size": 3} and "TIMESTAMP" not in fields
     assert journal_fields({"event": "x", "level": "error"})["PRIORITY"] == "3"
     assert journal_fields({"event": "x", "level": "debug"})["PRIORITY"] == "7"
@@ -54,5 +71,7 @@ def test_no_journal_at_all_logs_to_stderr_from_the_first_event():
     logger = JournalLogger(None, stderr)
     logger.info(event_dict={"event": "daemon_ready", "level": "info"})
     assert not logger.is_sending_to_journal
-    assert [json.loads(line)["event"] for line in stderr.getvalue().splitlines()] == ["journal_unreachable",
-                                                                                      "daemon_ready"]
+    assert [json.loads(line)["event"] for line in stderr.getvalue().splitlines()] == [
+        "journal_unreachable",
+        "daemon_ready",
+    ]

@@ -4,16 +4,25 @@ import sqlite3
 
 import pytest
 
-from daemon.ledger.base import Instance, Job, JobState, TakenInput
-from daemon.ledger.migrations import LATEST_VERSION
-from daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.ledger.base import Instance, Job, JobState, TakenInput
+from vidrop.daemon.ledger.migrations import LATEST_VERSION
+from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 LEASE = 10.0
 
 
 def job(key: str, created_at: float) -> Job:
-    return Job(id=key[:16], key=key, input=f"{key}.png", sidecar=None, input_sha256="a" * 64, sidecar_sha256=None,
-               params={"prompt": "x"}, seed=1, created_at=created_at)
+    return Job(
+        id=key[:16],
+        key=key,
+        input=f"{key}.png",
+        sidecar=None,
+        input_sha256="a" * 64,
+        sidecar_sha256=None,
+        params={"prompt": "x"},
+        seed=1,
+        created_at=created_at,
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,6 +30,7 @@ def open_ledger(request, tmp_path):
     """A function that opens (another connection to) one fresh ledger of each backend."""
     opened = []
     if request.param == "sqlite":
+
         def make():
             opened.append(SqliteLedger(tmp_path / "l.sqlite3"))
             return opened[-1]
@@ -28,9 +38,11 @@ def open_ledger(request, tmp_path):
         url = request.getfixturevalue("postgres_url")
 
         def make():
-            from daemon.ledger.postgres import PostgresLedger
+            from vidrop.daemon.ledger.postgres import PostgresLedger
+
             opened.append(PostgresLedger(url))
             return opened[-1]
+
     yield make
     for ledger in opened:
         ledger.close()
@@ -54,8 +66,10 @@ def test_jobs_are_claimed_in_arrival_order_and_finished(open_ledger):
     assert ledger.fail(ledger.claim_next("a", now=7.0, lease_seconds=LEASE).id, 8.0, {"error": "bad"}, owner="a")
     assert ledger.claim_next("a", now=9.0, lease_seconds=LEASE) is None
     states = {j.key: (j.state, j.outputs, j.error, j.lease_owner) for j in ledger.jobs()}
-    assert states == {"early": (JobState.DONE, {"video": "/o/early.mp4"}, None, None),
-                      "late": (JobState.FAILED, {}, {"error": "bad"}, None)}
+    assert states == {
+        "early": (JobState.DONE, {"video": "/o/early.mp4"}, None, None),
+        "late": (JobState.FAILED, {}, {"error": "bad"}, None),
+    }
 
 
 def test_priority_first_then_arrival_and_done_work_found_by_content(open_ledger):
@@ -78,8 +92,9 @@ def model_job(key: str, created_at: float, model: str, priority: int = 0) -> Job
 
 def claim_order(ledger, now: float, prefer: list[str], patience: float) -> list[str]:
     order = []
-    while (claimed := ledger.claim_next("a", now=now, lease_seconds=LEASE, prefer_models=prefer,
-                                        patience_seconds=patience)) is not None:
+    while (
+        claimed := ledger.claim_next("a", now=now, lease_seconds=LEASE, prefer_models=prefer, patience_seconds=patience)
+    ) is not None:
         order.append(claimed.key)
         ledger.finish(claimed.id, now, {}, owner="a")
     return order
@@ -87,19 +102,32 @@ def claim_order(ledger, now: float, prefer: list[str], patience: float) -> list[
 
 def test_jobs_for_the_loaded_model_go_first_without_starving_others_or_breaking_priority(open_ledger):
     ledger = open_ledger()
-    for key, created_at, model, priority in [("svd-old", 10.0, "svd", 0), ("ltx-1", 20.0, "ltx", 0),
-                                             ("svd-new", 30.0, "svd", 0), ("ltx-2", 40.0, "ltx", 0),
-                                             ("svd-urgent", 50.0, "svd", 5)]:
+    for key, created_at, model, priority in [
+        ("svd-old", 10.0, "svd", 0),
+        ("ltx-1", 20.0, "ltx", 0),
+        ("svd-new", 30.0, "svd", 0),
+        ("ltx-2", 40.0, "ltx", 0),
+        ("svd-urgent", 50.0, "svd", 5),
+    ]:
         ledger.enqueue(model_job(key, created_at, model, priority))
     # ltx is loaded: its jobs overtake older svd ones, but never a higher priority.
     assert claim_order(ledger, now=60.0, prefer=["ltx"], patience=300.0) == [
-        "svd-urgent", "ltx-1", "ltx-2", "svd-old", "svd-new"]
+        "svd-urgent",
+        "ltx-1",
+        "ltx-2",
+        "svd-old",
+        "svd-new",
+    ]
 
 
 def test_a_job_that_waited_past_the_patience_runs_before_the_loaded_models_jobs(open_ledger):
     ledger = open_ledger()
-    for key, created_at, model in [("svd-old", 10.0, "svd"), ("ltx-1", 20.0, "ltx"), ("svd-new", 55.0, "svd"),
-                                   ("ltx-2", 56.0, "ltx")]:
+    for key, created_at, model in [
+        ("svd-old", 10.0, "svd"),
+        ("ltx-1", 20.0, "ltx"),
+        ("svd-new", 55.0, "svd"),
+        ("ltx-2", 56.0, "ltx"),
+    ]:
         ledger.enqueue(model_job(key, created_at, model))
     # At 60 s with 30 s patience, svd-old (50 s waiting) and ltx-1 (40 s) are overdue: oldest first.
     assert claim_order(ledger, now=60.0, prefer=["ltx"], patience=30.0) == ["svd-old", "ltx-1", "ltx-2", "svd-new"]
@@ -189,13 +217,17 @@ def test_claims_from_many_connections_never_overlap(open_ledger):
 def test_a_ledger_from_before_versioning_is_migrated(tmp_path):
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:  # the skeleton's table, with one job in it
-        db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, state TEXT NOT NULL, "
-                   "input TEXT NOT NULL, sidecar TEXT, input_sha256 TEXT NOT NULL, sidecar_sha256 TEXT, "
-                   "params TEXT NOT NULL, seed INTEGER, created_at REAL NOT NULL, started_at REAL, "
-                   "finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0, outputs TEXT NOT NULL DEFAULT '{}', "
-                   "error TEXT)")
-        db.execute("INSERT INTO jobs (id, key, state, input, input_sha256, params, seed, created_at) "
-                   "VALUES ('old', 'old', 'queued', 'old.png', 'a', '{}', 3, 1.0)")
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, state TEXT NOT NULL, "
+            "input TEXT NOT NULL, sidecar TEXT, input_sha256 TEXT NOT NULL, sidecar_sha256 TEXT, "
+            "params TEXT NOT NULL, seed INTEGER, created_at REAL NOT NULL, started_at REAL, "
+            "finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0, outputs TEXT NOT NULL DEFAULT '{}', "
+            "error TEXT)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, key, state, input, input_sha256, params, seed, created_at) "
+            "VALUES ('old', 'old', 'queued', 'old.png', 'a', '{}', 3, 1.0)"
+        )
     ledger = SqliteLedger(path)
     assert ledger.schema_version() == LATEST_VERSION
     assert ledger.claim_next("a", now=2.0, lease_seconds=LEASE).seed == 3
@@ -207,9 +239,13 @@ def test_taken_inputs_are_remembered_replaced_forgotten_and_count_only_while_the
     ledger = open_ledger()
     ledger.enqueue(job("k1", 1.0))
     ledger.enqueue(job("k2", 2.0))
-    ledger.remember_inputs([TakenInput("a/one.png", "1:2:3:4", "5:6:7:8", "k1", 1.0),
-                            TakenInput("a/two.json", "9:9:9:9", None, "k2", 1.0),
-                            TakenInput("b/three.png", "1:1:1:1", None, "no-such-job", 1.0)])
+    ledger.remember_inputs(
+        [
+            TakenInput("a/one.png", "1:2:3:4", "5:6:7:8", "k1", 1.0),
+            TakenInput("a/two.json", "9:9:9:9", None, "k2", 1.0),
+            TakenInput("b/three.png", "1:1:1:1", None, "no-such-job", 1.0),
+        ]
+    )
     assert sorted(ledger.taken_inputs()) == [("a/one.png", "1:2:3:4", "5:6:7:8"), ("a/two.json", "9:9:9:9", None)]
     ledger.remember_inputs([TakenInput("a/one.png", "2:2:3:4", None, "k1", 2.0)])  # changed: replaced
     ledger.forget(ledger.jobs()[1].id)  # `vidrop retry` of a refusal: the input is looked at again
@@ -225,8 +261,13 @@ def test_a_moved_job_takes_the_new_path_and_a_queued_job_there_gives_way(open_le
     ledger.enqueue(job("new-path", 2.0))  # intake queued the moved file as a job of its own meanwhile
     assert ledger.move_job("old-path"[:16], key="new-path", input="b/x.png", sidecar="b/x.json", output="b/x")
     [moved] = ledger.jobs()
-    assert (moved.id, moved.key, moved.input, moved.sidecar, moved.output) == ("old-path", "new-path", "b/x.png",
-                                                                               "b/x.json", "b/x")
+    assert (moved.id, moved.key, moved.input, moved.sidecar, moved.output) == (
+        "old-path",
+        "new-path",
+        "b/x.png",
+        "b/x.json",
+        "b/x",
+    )
     ledger.enqueue(job("other-old", 3.0))
     ledger.claim_next("a", now=4.0, lease_seconds=LEASE)  # the new-path job runs already: the old one goes
     assert not ledger.move_job("other-old", key="new-path", input="b/x.png", sidecar=None, output="b/x")

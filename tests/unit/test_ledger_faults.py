@@ -8,18 +8,27 @@ import sqlite3
 
 import pytest
 
-from daemon.ledger.base import Job, JobState, LedgerUnavailable
-from daemon.ledger.sqlite import SqliteLedger
-from daemon.ledger_pause import LedgerPause
-from daemon.lease import LeaseLost
-from daemon.outbox import Outbox
-from daemon.recorder import Recorder
 from tests.fakes import FakeClock
+from vidrop.daemon.lease import LeaseLost
+from vidrop.daemon.ledger.base import Job, JobState, LedgerUnavailable
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.ledger_pause import LedgerPause
+from vidrop.daemon.outbox import Outbox
+from vidrop.daemon.recorder import Recorder
 
 
 def job(key: str) -> Job:
-    return Job(id=key[:16], key=key, input=f"{key}.png", sidecar=None, input_sha256="a" * 64, sidecar_sha256=None,
-               params={"prompt": "x"}, seed=1, created_at=1.0)
+    return Job(
+        id=key[:16],
+        key=key,
+        input=f"{key}.png",
+        sidecar=None,
+        input_sha256="a" * 64,
+        sidecar_sha256=None,
+        params={"prompt": "x"},
+        seed=1,
+        created_at=1.0,
+    )
 
 
 @pytest.fixture
@@ -73,7 +82,7 @@ def test_other_sqlite_errors_stay_what_they_are(ledger):
 def test_a_connection_the_server_closed_is_replaced_unnoticed(postgres_url):
     import psycopg
 
-    from daemon.ledger.postgres import PostgresLedger
+    from vidrop.daemon.ledger.postgres import PostgresLedger
 
     ledger = PostgresLedger(postgres_url)
     try:
@@ -116,13 +125,20 @@ class FlakyLedger:
                 self.failures[name] -= 1
                 raise LedgerUnavailable("The ledger database cannot be reached.", detail="down", fix="wait")
             return method(*args, **kwargs)
+
         return call
 
 
 def recorder_for(ledger, tmp_path, clock) -> Recorder:
     pause = LedgerPause(lambda: None, clock=clock, first_wait=0.1, longest_wait=0.1)
-    return Recorder(ledger=ledger, outbox=Outbox(tmp_path / "outbox"), clock=clock, owner="a", ledger_pause=pause,
-                    wait=lambda seconds: False)
+    return Recorder(
+        ledger=ledger,
+        outbox=Outbox(tmp_path / "outbox"),
+        clock=clock,
+        owner="a",
+        ledger_pause=pause,
+        wait=lambda seconds: False,
+    )
 
 
 def test_an_outcome_waits_for_the_ledger_and_is_recorded_once(ledger, tmp_path):
@@ -130,8 +146,12 @@ def test_an_outcome_waits_for_the_ledger_and_is_recorded_once(ledger, tmp_path):
     claimed = ledger.claim_next("a", now=100.0, lease_seconds=3.0)
     flaky, lines = FlakyLedger(ledger, get=2, finish=1), []
     recorder = recorder_for(flaky, tmp_path, FakeClock())
-    recorder._record(claimed, JobState.DONE, lambda: lines.append("done"),
-                   lambda: flaky.finish(claimed.id, 101.0, {"video": "v"}, owner="a"))
+    recorder._record(
+        claimed,
+        JobState.DONE,
+        lambda: lines.append("done"),
+        lambda: flaky.finish(claimed.id, 101.0, {"video": "v"}, owner="a"),
+    )
     assert lines == ["done"] and ledger.get(claimed.id).state is JobState.DONE
     assert not recorder.ledger_pause.is_paused and recorder.ledger_pause.outages == 1
 
@@ -146,8 +166,9 @@ def test_an_answer_lost_with_the_connection_is_not_recorded_twice(ledger, tmp_pa
         if len(tries) == 1:
             raise LedgerUnavailable("The ledger database cannot be reached.", detail="reset", fix="wait")
 
-    recorder_for(ledger, tmp_path, FakeClock())._record(claimed, JobState.DONE, lambda: lines.append("done"),
-                                                      finish_then_lose_the_answer)
+    recorder_for(ledger, tmp_path, FakeClock())._record(
+        claimed, JobState.DONE, lambda: lines.append("done"), finish_then_lose_the_answer
+    )
     assert lines == ["done"] and tries == [True]
 
 
@@ -159,18 +180,23 @@ def test_a_job_taken_over_during_the_outage_is_not_recorded_by_its_old_holder(le
     flaky, lines = FlakyLedger(ledger, get=1), []
     with pytest.raises(LeaseLost):
         recorder_for(flaky, tmp_path, FakeClock())._record(
-            claimed, JobState.DONE, lambda: lines.append("done"),
-            lambda: ledger.finish(claimed.id, 111.0, {"video": "v"}, owner="a"))
+            claimed,
+            JobState.DONE,
+            lambda: lines.append("done"),
+            lambda: ledger.finish(claimed.id, 111.0, {"video": "v"}, owner="a"),
+        )
     assert lines == [] and ledger.get(claimed.id).lease_owner == "b"
 
 
 def test_status_txt_says_why_nothing_moves_without_reading_the_ledger(ledger, tmp_path):
-    from daemon.gallery.writer import STATUS_TEXT, GalleryWriter
+    from vidrop.daemon.gallery.writer import STATUS_TEXT, GalleryWriter
 
     (tmp_path / "outbox").mkdir()
-    gallery = GalleryWriter(ledger=FlakyLedger(ledger, folder_summaries=99, recent_jobs=99, queued_ids=99),
-                            outbox=tmp_path / "outbox", clock=FakeClock())
+    gallery = GalleryWriter(
+        ledger=FlakyLedger(ledger, folder_summaries=99, recent_jobs=99, queued_ids=99),
+        outbox=tmp_path / "outbox",
+        clock=FakeClock(),
+    )
     gallery.show_notice("ledger unavailable: The state disk (where the ledger lives) is full.")
     text = (tmp_path / "outbox" / STATUS_TEXT).read_text()
     assert "Paused: ledger unavailable: The state disk" in text and "Queue: 0 waiting" in text
-

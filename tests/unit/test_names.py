@@ -12,15 +12,23 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.gallery.pages import href, status_json
-from daemon.intake.pairing import output_stem, text_output_stem
-from daemon.ledger.base import Job, JobState, TakenInput
-from daemon.ledger.sqlite import SqliteLedger
-from daemon.logs import JournalLogger, configure_logging
-from daemon.names import (fit_stem, from_ledger_text, json_text, ledger_text, name_bytes, printable, restored,
-                          shown)
-from daemon.outbox import STEM_MAX_BYTES, Outbox, OutputNames, _temporary
 from tests.unit.test_ledger import open_ledger  # noqa: F401 (a fixture: SQLite and PostgreSQL)
+from vidrop.daemon.gallery.pages import href, status_json
+from vidrop.daemon.intake.pairing import output_stem, text_output_stem
+from vidrop.daemon.ledger.base import Job, JobState, TakenInput
+from vidrop.daemon.ledger.sqlite import SqliteLedger
+from vidrop.daemon.logs import JournalLogger, configure_logging
+from vidrop.daemon.names import (
+    fit_stem,
+    from_ledger_text,
+    json_text,
+    ledger_text,
+    name_bytes,
+    printable,
+    restored,
+    shown,
+)
+from vidrop.daemon.outbox import STEM_MAX_BYTES, Outbox, OutputNames, _temporary
 
 LATIN1 = os.fsdecode(b"caf\xe9")
 
@@ -30,8 +38,11 @@ def test_an_undecodable_name_is_shown_with_escapes_and_its_bytes_beside_it():
     assert shown("café.png") == "café.png"
     document = {"input": {"path": f"a/{LATIN1}.png", "sha256": "0" * 64}, "outputs": [LATIN1], "n": 1}
     written = printable(document)
-    assert written == {"input": {"path": "a/caf\\xe9.png", "path_hex": b"a/caf\xe9.png".hex(), "sha256": "0" * 64},
-                       "outputs": ["caf\\xe9"], "n": 1}
+    assert written == {
+        "input": {"path": "a/caf\\xe9.png", "path_hex": b"a/caf\xe9.png".hex(), "sha256": "0" * 64},
+        "outputs": ["caf\\xe9"],
+        "n": 1,
+    }
     assert restored(written) == {**document, "outputs": ["caf\\xe9"]}  # list items have no place for hex
     assert json_text(document).encode("utf-8")
     assert json_text({"a": "plain"}) == json.dumps({"a": "plain"}, ensure_ascii=False)
@@ -82,9 +93,24 @@ def test_every_output_and_temporary_name_fits_in_255_bytes(tmp_path, stem_bytes)
 
 
 def test_inputs_named_like_outputs_get_names_of_their_own(tmp_path):
-    images = ["button.png", "button.error.png", "field.error.png", "x.png", "x.preview.png", "_status.png",
-              "index.png", "jobs.png", "look.png", "look.jpg", "look_png.png", "look_png_png.png", "shot.PNG",
-              "shot.png", "Thing.ERROR.png", "page-1.png"]
+    images = [
+        "button.png",
+        "button.error.png",
+        "field.error.png",
+        "x.png",
+        "x.preview.png",
+        "_status.png",
+        "index.png",
+        "jobs.png",
+        "look.png",
+        "look.jpg",
+        "look_png.png",
+        "look_png_png.png",
+        "shot.PNG",
+        "shot.png",
+        "Thing.ERROR.png",
+        "page-1.png",
+    ]
     for name in images:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "alone.error.json").write_bytes(b"{}")
@@ -116,9 +142,18 @@ def test_removing_a_jobs_temporaries_leaves_those_of_a_stem_that_starts_alike(tm
 
 
 def a_job(key: str, path: str, output: str) -> Job:
-    return Job(id=key[:16], key=key, input=path, sidecar=path.rsplit(".", 1)[0] + ".json", input_sha256="a" * 64,
-               sidecar_sha256=None, params={"prompt": f"{LATIN1} turning"}, seed=1, created_at=float(len(key)),
-               output=output)
+    return Job(
+        id=key[:16],
+        key=key,
+        input=path,
+        sidecar=path.rsplit(".", 1)[0] + ".json",
+        input_sha256="a" * 64,
+        sidecar_sha256=None,
+        params={"prompt": f"{LATIN1} turning"},
+        seed=1,
+        created_at=float(len(key)),
+        output=output,
+    )
 
 
 PATHS = [f"{LATIN1}/{LATIN1}.png", f"{LATIN1}/plain.png", "back\\slash/a\\xe9.png", "plain.png"]
@@ -200,18 +235,23 @@ def test_output_names_construct_the_same_shortened_stem_everywhere(tmp_path):
 def test_a_hook_command_gets_a_failed_undecodable_job_as_json_and_its_name_in_the_environment(tmp_path):
     import sys
 
-    from config.settings import HookSettings
-    from daemon.hooks import HookDispatcher
+    from vidrop.config.settings import HookSettings
+    from vidrop.daemon.hooks import HookDispatcher
 
     received = tmp_path / "received"
-    script = ("import os, sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read() + b'\\n' + "
-              "os.environb[b'VIDROP_JOB_INPUT'])")
+    script = (
+        "import os, sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read() + b'\\n' + "
+        "os.environb[b'VIDROP_JOB_INPUT'])"
+    )
     settings = HookSettings(command=[sys.executable, "-c", script, str(received)], retries=0, timeout_seconds=30)
     hooks = HookDispatcher(settings, dead_letter=tmp_path / "dead.jsonl")
     hooks.start()
     job = a_job("k" * 20, f"{LATIN1}.png", LATIN1)
-    hooks.job_changed(job, JobState.FAILED, {"error_file": str(tmp_path / f"{LATIN1}.error.json"),
-                                             "error": {"input": job.input, "error": "no prompt"}})
+    hooks.job_changed(
+        job,
+        JobState.FAILED,
+        {"error_file": str(tmp_path / f"{LATIN1}.error.json"), "error": {"input": job.input, "error": "no prompt"}},
+    )
     hooks.close()
     payload, environment = received.read_bytes().split(b"\n")
     assert json.loads(payload)["input_hex"] == b"caf\xe9.png".hex() and environment == b"caf\xe9.png"
@@ -221,7 +261,7 @@ def test_a_hook_command_gets_a_failed_undecodable_job_as_json_and_its_name_in_th
 def test_an_input_moved_beside_one_of_the_same_long_name_gets_a_name_that_fits(tmp_path):
     from types import SimpleNamespace
 
-    from daemon.inputs import InputDisposal
+    from vidrop.daemon.inputs import InputDisposal
 
     inbox, done = tmp_path / "inbox", tmp_path / "done"
     name = "d" * 247 + ".png"

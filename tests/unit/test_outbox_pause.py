@@ -4,9 +4,9 @@ import errno
 
 import pytest
 
-from daemon.outbox import Outbox, OutboxUnavailable
-from daemon.outbox_pause import OutboxPause
 from tests.fakes import FakeClock
+from vidrop.daemon.outbox import Outbox, OutboxUnavailable
+from vidrop.daemon.outbox_pause import OutboxPause
 
 
 def test_a_missing_outbox_is_unavailable_and_never_created(tmp_path):

@@ -3,15 +3,30 @@ import time
 
 import pytest
 
-from config.settings import DEFAULT_IGNORE
-from daemon.intake.readiness import JunkFilter, SettleTracker, is_image_name
+from vidrop.config.settings import DEFAULT_IGNORE
+from vidrop.daemon.intake.readiness import JunkFilter, SettleTracker, is_image_name
 
 is_junk = JunkFilter(DEFAULT_IGNORE)
 
 
-@pytest.mark.parametrize("name", [".photo.png.Xa3k9Q", ".DS_Store", "._photo.png", "photo.png.part", "a.tmp",
-                                  "~$deck.png", "photo.png~", "Thumbs.db", "desktop.ini", ".vidrop-tmp-ab-x.mp4",
-                                  "@eaDir", ".syncthing.a.png.tmp", "movie.crdownload"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".photo.png.Xa3k9Q",
+        ".DS_Store",
+        "._photo.png",
+        "photo.png.part",
+        "a.tmp",
+        "~$deck.png",
+        "photo.png~",
+        "Thumbs.db",
+        "desktop.ini",
+        ".vidrop-tmp-ab-x.mp4",
+        "@eaDir",
+        ".syncthing.a.png.tmp",
+        "movie.crdownload",
+    ],
+)
 def test_junk_names(name):
     assert is_junk(name)
 

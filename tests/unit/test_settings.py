@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import ConfigError, flat_settings, load_settings
+from vidrop.config.settings import ConfigError, flat_settings, load_settings
 
 
 @pytest.fixture
@@ -51,14 +51,17 @@ def test_config_file_from_environment_variable(clean_env, tmp_path):
     assert loaded.config_file == config and loaded.settings.log_level == "debug"
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('[pipeline]\ndevice = "gpu"\n', "pipeline.device"),
-    ('[intake]\nsettle_seconds = -1\n', "intake.settle_seconds"),
-    ('colour = "red"\n', "colour"),
-    ("inbox = [", "cannot be read"),
-    ('[output]\nx264_preset = "quick"\n', "output.x264_preset"),
-    ('[debug]\nslow_inputs = ["slow-*"]\n', "debug"),  # the test hooks of earlier versions are gone
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('[pipeline]\ndevice = "gpu"\n', "pipeline.device"),
+        ("[intake]\nsettle_seconds = -1\n", "intake.settle_seconds"),
+        ('colour = "red"\n', "colour"),
+        ("inbox = [", "cannot be read"),
+        ('[output]\nx264_preset = "quick"\n', "output.x264_preset"),
+        ('[debug]\nslow_inputs = ["slow-*"]\n', "debug"),  # the test hooks of earlier versions are gone
+    ],
+)
 def test_invalid_settings_give_one_clear_message(clean_env, tmp_path, text, needle):
     with pytest.raises(ConfigError) as caught:
         load_settings(write_config(tmp_path, text))
@@ -83,7 +86,7 @@ def test_an_inbox_and_outbox_that_are_links_are_resolved_once_at_start(clean_env
 
 
 def test_paths_given_through_the_inbox_link_name_inputs_in_the_resolved_inbox(tmp_path):
-    from daemon.report import relative_inputs
+    from vidrop.daemon.report import relative_inputs
 
     (tmp_path / "share" / "in" / "spring").mkdir(parents=True)
     (tmp_path / "inbox").symlink_to(tmp_path / "share" / "in")

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from config.errors import SidecarError
-from config.sidecar import parse_sidecar, sidecar_schema
+from vidrop.config.errors import SidecarError
+from vidrop.config.sidecar import parse_sidecar, sidecar_schema
 
 
 def parse(data) -> object:
@@ -29,8 +29,9 @@ def test_malformed_json_says_so_and_how_to_fix():
     assert '"prompt"' in caught.value.fix
 
 
-@pytest.mark.parametrize("field,value", [("fps", 2), ("fps", 31), ("guidance_scale", 25), ("seed", -1),
-                                         ("format", "avi"), ("steps", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("fps", 2), ("fps", 31), ("guidance_scale", 25), ("seed", -1), ("format", "avi"), ("steps", 0)]
+)
 def test_out_of_range_values_name_the_field(field, value):
     with pytest.raises(SidecarError) as caught:
         parse({"prompt": "waves", field: value})
@@ -51,5 +52,15 @@ def test_oversized_sidecar_is_refused_before_parsing():
 def test_schema_lists_every_field_and_forbids_others():
     schema = sidecar_schema()
     assert schema["additionalProperties"] is False
-    assert {"prompt", "negative_prompt", "num_frames", "fps", "steps", "guidance_scale", "width", "height", "seed",
-            "format"} <= set(schema["properties"])
+    assert {
+        "prompt",
+        "negative_prompt",
+        "num_frames",
+        "fps",
+        "steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "seed",
+        "format",
+    } <= set(schema["properties"])

@@ -11,7 +11,10 @@ OUTCOME_WRITES = re.compile(r"\.append_job_line\(|\.commit_failure\(|ledger\.(fi
 
 
 def test_only_the_recorder_writes_a_jobs_outcome():
-    writers = {path.relative_to(DAEMON).as_posix() for path in DAEMON.rglob("*.py")
-               if not path.relative_to(DAEMON).as_posix().startswith("ledger/")  # the ledger's own methods
-               and OUTCOME_WRITES.search(path.read_text(encoding="utf-8"))}
+    writers = {
+        path.relative_to(DAEMON).as_posix()
+        for path in DAEMON.rglob("*.py")
+        if not path.relative_to(DAEMON).as_posix().startswith("ledger/")  # the ledger's own methods
+        and OUTCOME_WRITES.search(path.read_text(encoding="utf-8"))
+    }
     assert writers == {"recorder.py"}

@@ -1,8 +1,8 @@
 """Expanding seeds and variants into requests; presets under explicit fields."""
 
-from config.sidecar import Sidecar
-from daemon.intake.variants import expand, layered
-from pipeline.families import FAMILIES, family_by_name
+from vidrop.config.sidecar import Sidecar
+from vidrop.daemon.intake.variants import expand, layered
+from vidrop.pipeline.families import FAMILIES, family_by_name
 
 FAST = {"steps": 10, "num_frames": 17, "guidance_scale": 2.0}
 
@@ -17,8 +17,11 @@ def test_a_plain_sidecar_is_one_request():
 
 
 def test_seeds_times_variants_each_with_its_suffix():
-    sidecar = Sidecar(prompt="waves", seeds=[3, 4], variants=[
-        {"suffix": "_a", "prompt_add": "at dawn"}, {"suffix": "_b", "prompt": "rain", "steps": 7}])
+    sidecar = Sidecar(
+        prompt="waves",
+        seeds=[3, 4],
+        variants=[{"suffix": "_a", "prompt_add": "at dawn"}, {"suffix": "_b", "prompt": "rain", "steps": 7}],
+    )
     requests = {r.suffix: r.fields for r in expand({}, sidecar, preset)}
     assert set(requests) == {"_a_seed3", "_a_seed4", "_b_seed3", "_b_seed4"}
     assert requests["_a_seed4"] == {"prompt": "waves, at dawn", "seed": 4}
