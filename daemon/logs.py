@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ def configure_logging(
     """Configure structlog once at start: contextvars → level → exc_info → ISO UTC time → renderer or journald."""
     stream = stream or sys.stderr
     if fmt == "journal" or (fmt == "auto" and manager is not None and is_stderr_journal(manager, stream)):
-        _configure(level, JournalLogger(journal_send or _journal_send(), stream), [_as_event])
+        send, missing = (journal_send, "") if journal_send else journal_sender()
+        _configure(level, JournalLogger(send, stream, missing=missing), [_as_event])
         return
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
@@ -91,23 +93,25 @@ def _as_event(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str,
     return {"event_dict": escape_names(logger, method, event_dict)}
 
 
-def _journal_send() -> JournalSend | None:
-    """systemd-python's journal.send when journald listens; None when it cannot be reached.
+def journal_sender(
+    import_module: Callable[[str], Any] = importlib.import_module, socket_path: str = JOURNAL_SOCKET
+) -> tuple[JournalSend | None, str]:
+    """systemd-python's journal.send when journald listens, else None and which of the two is missing.
 
     sd_journal_send() drops messages silently when the socket does not exist, so ask the socket first.
     """
     try:
-        from systemd import journal
+        journal = import_module("systemd.journal")
     except ImportError:
-        return None
+        return None, "the systemd Python module is not installed (pip install 'vidrop[systemd]'); logging to stderr"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        probe.connect(JOURNAL_SOCKET)
-    except OSError:
-        return None
+        probe.connect(socket_path)
+    except OSError as exc:
+        return None, f"journald does not listen on {socket_path} ({exc.strerror}); logging to stderr"
     finally:
         probe.close()
-    return journal.send
+    return journal.send, ""
 
 
 def journal_fields(event_dict: dict[str, Any]) -> dict[str, str]:
@@ -145,17 +149,13 @@ def _field_value(value: Any) -> str:
 class JournalLogger:
     """The sink under systemd: each event goes to journald; once journald cannot be reached, to stderr as JSON."""
 
-    def __init__(self, send: JournalSend | None, fallback: TextIO) -> None:
+    def __init__(self, send: JournalSend | None, fallback: TextIO, missing: str = "") -> None:
         self._send = send
         self._fallback = fallback
         if send is None:
+            error = missing or "journald does not listen; logging to stderr"
             self._write_json(
-                {
-                    "event": "journal_unreachable",
-                    "level": "warning",
-                    "socket": JOURNAL_SOCKET,
-                    "error": "journald does not listen; logging to stderr",
-                }
+                {"event": "journal_unreachable", "level": "warning", "socket": JOURNAL_SOCKET, "error": error}
             )
 
     @property

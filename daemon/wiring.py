@@ -27,7 +27,7 @@ from vidrop.daemon.services import Services
 from vidrop.daemon.status import ServiceStatus
 from vidrop.daemon.steps import BetweenSteps
 from vidrop.daemon.stop import StopRequest
-from vidrop.daemon.systemd import Notifier, NullNotifier
+from vidrop.daemon.systemd import Notifier, NullNotifier, StartExtension
 from vidrop.pipeline.generate import Generator
 
 log = structlog.get_logger()
@@ -78,7 +78,8 @@ class Wiring:
             schema_version=ledger.schema_version(),
         )
         self.notifier.status("loading model")
-        generator = self.generator_factory(settings)
+        with StartExtension(self.notifier):  # the load may take minutes: TimeoutStartSec stays short
+            generator = self.generator_factory(settings)
         described = generator.describe()
         log.info("model_loaded", **described)
         instance = this_instance(str(described.get("device", "?")), clock.time())

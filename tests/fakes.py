@@ -61,6 +61,9 @@ class RecordingNotifier:
     def stopping(self) -> None:
         self.messages.append("STOPPING=1")
 
+    def extend_timeout(self, seconds: float) -> None:
+        self.messages.append(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     @property
     def statuses(self) -> list[str]:
         """The STATUS= texts, in order."""

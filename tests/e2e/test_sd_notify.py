@@ -83,6 +83,8 @@ def test_ready_after_the_model_status_follows_a_job_watchdog_while_it_progresses
     ready_index, ready_at = notify.first("READY=1")
     loading_index, _ = notify.first("STATUS=loading model")
     assert loading_index < ready_index
+    extend_index, _ = notify.first("EXTEND_TIMEOUT_USEC=90000000")  # more start time while the model loads
+    assert loading_index < extend_index < ready_index
     model_loaded = vidrop.wait_event("model_loaded")[0]
     assert datetime.fromisoformat(model_loaded["timestamp"]).timestamp() <= ready_at
     wait_for(lambda: "idle, 0 queued" in notify.statuses(), 30, what="the idle status")

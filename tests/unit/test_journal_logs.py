@@ -2,11 +2,13 @@
 
 import io
 import json
+import socket
+from types import SimpleNamespace
 
 import pytest
 import structlog
 
-from vidrop.daemon.logs import JournalLogger, configure_logging, journal_fields
+from vidrop.daemon.logs import JournalLogger, configure_logging, journal_fields, journal_sender
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +77,29 @@ def test_no_journal_at_all_logs_to_stderr_from_the_first_event():
         "journal_unreachable",
         "daemon_ready",
     ]
+
+
+def test_the_warning_says_which_is_missing_the_python_module_or_journald(tmp_path):
+    def no_systemd_python(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    send, missing = journal_sender(import_module=no_systemd_python)
+    assert send is None and "systemd Python module is not installed" in missing and "vidrop[systemd]" in missing
+
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listening.bind(str(tmp_path / "journal.sock"))
+    try:
+        send, missing = journal_sender(
+            import_module=lambda name: SimpleNamespace(send=print), socket_path=listening.getsockname()
+        )
+        assert send is print and missing == ""
+    finally:
+        listening.close()
+    send, missing = journal_sender(
+        import_module=lambda name: SimpleNamespace(send=print), socket_path=str(tmp_path / "journal.sock")
+    )
+    assert send is None and "journald does not listen on" in missing and "Python module" not in missing
+
+    stderr = io.StringIO()
+    JournalLogger(None, stderr, missing="the systemd Python module is not installed")
+    assert json.loads(stderr.getvalue())["error"] == "the systemd Python module is not installed"
