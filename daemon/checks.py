@@ -9,12 +9,14 @@ from typing import Callable
 
 from vidrop.config.errors import VidropError
 from vidrop.config.settings import LoadedSettings
+from vidrop.daemon.versions import version_line
 
 
 def run_checks(loaded: LoadedSettings, out: Callable[[str], None] = print) -> int:
     """Print one line per check; 0 when everything is usable, 1 otherwise."""
     settings = loaded.settings
-    results: list[tuple[bool, str]] = [(True, f"settings: valid ({loaded.config_file or 'no file'})")]
+    results: list[tuple[bool, str]] = [(True, f"versions: {version_line()}")]
+    results.append((True, f"settings: valid ({loaded.config_file or 'no file'})"))
     for role, folder in (("inbox", settings.inbox), ("outbox", settings.outbox), ("state_dir", settings.state_dir)):
         results.append(_check_folder(role, folder, writable=role != "inbox"))
     results.extend(_check_models(settings))

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None, *, generator_factory: GeneratorFactory =
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidrop", description="Turn dropped images and prompts into videos.")
     parser.add_argument("--config", help="settings file (default: $VIDROP_CONFIG, else config/vidrop.toml)")
+    parser.add_argument("--version", action=_Version, help="print the vidrop, diffusers and torch versions")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, text in (
         ("run", _run, "run the daemon in the foreground"),
@@ -88,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version: read only when asked, from the installed metadata (torch is not imported)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from vidrop.daemon.versions import version_line
+
+        print(version_line())
+        parser.exit()
 
 
 class _DemoModels:

@@ -23,6 +23,7 @@ from vidrop.daemon.lease import LeaseLost
 from vidrop.daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
 from vidrop.daemon.ledger_pause import LedgerPause
 from vidrop.daemon.outbox import Outbox, OutboxUnavailable, OutputNames, iso_time
+from vidrop.daemon.versions import versions
 from vidrop.pipeline.generate import GenerationResult, JobParams
 
 log = structlog.get_logger()
@@ -528,6 +529,7 @@ def _manifest(job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, A
         "peak_memory_bytes": facts["peak_memory_bytes"],
         "memory": facts["memory"],
         "attempts": job.attempts,
+        "versions": versions(),  # vidrop, diffusers, torch
     }
 
 

@@ -22,6 +22,7 @@ def test_check_reports_every_part(folders, demo_models, tmp_path):
     result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "check")
     assert result.returncode == 0, result.stdout
     assert "model: " in result.stdout and "family ltx" in result.stdout and "device: cpu" in result.stdout
+    assert "ok   versions: vidrop " in result.stdout and ", torch " in result.stdout
     failing = run_vidrop(vidrop_env(folders, tmp_path / "no-model"), "check")
     assert failing.returncode == 1 and "FAIL model" in failing.stdout
 

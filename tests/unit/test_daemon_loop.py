@@ -38,6 +38,7 @@ def test_a_job_is_made_recorded_once_and_told_to_systemd(folders):
     assert [seed for _, seed in generator.generated] == [3]
     manifest = json.loads((folders["outbox"] / "hero.json").read_text())
     assert manifest["state"] == "done" and manifest["video"]["frames"] == 9
+    assert set(manifest["versions"]) == {"vidrop", "diffusers", "torch"} and manifest["versions"]["vidrop"]
     assert [line["state"] for line in job_lines(folders["outbox"])] == ["done"]
     [event] = finished(logs)
     assert event["state"] == "done" and event["how"] == "generated" and event["output"].endswith("hero.mp4")
