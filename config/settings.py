@@ -5,9 +5,12 @@ This is the only module that reads the environment. Everything else receives a `
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +21,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from vidrop.config.errors import ConfigError
@@ -386,6 +390,7 @@ class LoadedSettings(BaseModel):
     settings: Settings
     config_file: Path | None
     sources: dict[str, str]
+    warnings: list[str] = []  # VIDROP_* variables that are no setting, each with the nearest known name
 
 
 def resolve_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -419,6 +424,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         settings = Settings.model_validate(bound(**overrides).model_dump())
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, path)) from None
+    except SettingsError as exc:  # a VIDROP_* value that must be JSON (a list, a table) and is not
+        raise ConfigError(_describe_env_json_error(exc)) from None
 
     settings = _with_derived_values(settings)
     _check_paths(settings)
@@ -426,7 +433,42 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         settings.pipeline.offered_models()
     except ValueError as exc:
         raise ConfigError(f"invalid settings: pipeline.models: {exc}") from None
-    return LoadedSettings(settings=settings, config_file=path, sources=_sources(settings, toml_data, overrides))
+    sources = _sources(settings, toml_data, overrides)
+    return LoadedSettings(settings=settings, config_file=path, sources=sources, warnings=unknown_variables(os.environ))
+
+
+# Set by vidrop for its hook commands (daemon/hooks.py), so a hook that runs `vidrop` passes them on.
+HOOK_ENV_PREFIX = "VIDROP_JOB_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each VIDROP_* variable that names no setting (VIDROP_OUTBX, VIDROP_DEBUG__X): it would be
+    silently ignored, so say so and name the nearest known one."""
+    known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV_VAR})
+    warnings = []
+    for name in sorted(environ):
+        head = name.split(ENV_NESTED_DELIMITER)[0]
+        if not name.startswith(ENV_PREFIX) or name.startswith(HOOK_ENV_PREFIX) or head in known:
+            continue
+        nearest = difflib.get_close_matches(head, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]}{name[len(head) :]}?" if nearest else ""
+        warnings.append(f"{name} is not a vidrop setting and is ignored{hint}")
+    return warnings
+
+
+def _describe_env_json_error(exc: SettingsError) -> str:
+    """Which VIDROP_* variable holds a malformed JSON value, and why, in one line."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    field = match.group(1) if match else ""
+    prefix = ENV_PREFIX + field.upper()
+    for name in sorted(os.environ):
+        if name == prefix or name.startswith(prefix + ENV_NESTED_DELIMITER):
+            try:
+                json.loads(os.environ[name])
+            except json.JSONDecodeError as error:
+                if os.environ[name].lstrip()[:1] in "[{":
+                    return f"invalid settings: {name} is not valid JSON ({error}); write a list or table as JSON"
+    return f"invalid settings in VIDROP_* environment variables: {exc}"
 
 
 def _with_derived_values(settings: Settings) -> Settings:

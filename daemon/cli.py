@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
+EX_CANTCREAT = 73
+EX_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s yes
 
 
 def production_generator(settings: Settings) -> Generator:
@@ -35,10 +37,24 @@ def main(argv: list[str] | None = None, *, generator_factory: GeneratorFactory =
     args = parser.parse_args(argv)
     args.generator_factory = generator_factory
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away (`vidrop config | head -1`) is caught
+        return code
     except LedgerUnavailable as exc:  # `vidrop status` on a database that is down: one line, try again later
         print(f"vidrop: {exc.reason} ({exc.detail}) {exc.fix}", file=sys.stderr)
         return EX_TEMPFAIL
+    except BrokenPipeError:  # the reader of stdout closed it: stop quietly, as `cat` and `yes` do
+        _quiet_stdout()
+        return EX_BROKEN_PIPE
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit fails no more."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     retry.set_defaults(handler=_retry)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
+    demo.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     demo.add_argument(
         "--family",
         choices=_DemoModels(),
@@ -116,19 +133,22 @@ class _DemoModels:
         return name in list(self)
 
 
-def _load(args):
+def _load(args, *, warn: bool = True):
     from vidrop.config.errors import ConfigError
     from vidrop.config.settings import load_settings
 
     try:
-        return load_settings(args.config)
+        loaded = load_settings(args.config)
     except ConfigError as exc:
         print(f"vidrop: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    for warning in loaded.warnings if warn else ():  # `run` logs them as events instead
+        print(f"vidrop: warning: {warning}", file=sys.stderr)
+    return loaded
 
 
 def _serve(args, *, once: bool) -> int:
-    loaded = _load(args)
+    loaded = _load(args, warn=False)
     settings = loaded.settings
     import faulthandler
 
@@ -138,6 +158,10 @@ def _serve(args, *, once: bool) -> int:
     # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
     faulthandler.enable()
     configure_logging(settings.log_level, settings.log_format, manager=service_manager())
+    for warning in loaded.warnings:
+        import structlog
+
+        structlog.get_logger().warning("unknown_variable", warning=warning)
     apply_process_environment(settings)
     from vidrop.config.errors import ModelUnavailable
     from vidrop.daemon.app import Daemon
@@ -254,7 +278,10 @@ def _status(args) -> int:
     from vidrop.daemon.ledger import open_ledger
     from vidrop.daemon.report import render_status
 
-    settings = _load(args).settings
+    loaded = _load(args)
+    settings = loaded.settings
+    if _no_ledger(loaded):
+        return EX_CONFIG
     ledger = open_ledger(settings.ledger_url, settings.state_dir)
     try:
         now = time.time()
@@ -264,14 +291,38 @@ def _status(args) -> int:
     return 0
 
 
+def _no_ledger(loaded) -> bool:
+    """Whether the SQLite ledger the settings name is missing: say so (and what chose that place); create none."""
+    settings = loaded.settings
+    if settings.ledger_url.startswith(("postgresql://", "postgres://")):
+        return False
+    if settings.ledger_url:
+        path, chosen_by = Path(settings.ledger_url.removeprefix("sqlite://")), ("ledger_url", "VIDROP_LEDGER_URL")
+    else:
+        path, chosen_by = settings.ledger_path, ("state_dir", "VIDROP_STATE_DIR")
+    if path.exists():
+        return False
+    source = loaded.sources.get(chosen_by[0], "default")
+    where = {"default": "the default", "file": f"{loaded.config_file}"}.get(source, source)
+    print(
+        f"vidrop: no ledger at {path} ({chosen_by[0]} from {where}): nothing has run with these settings; "
+        f"check {chosen_by[1]} or {chosen_by[0]} in the settings file",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _retry(args) -> int:
     from vidrop.daemon.ledger import open_ledger
     from vidrop.daemon.report import describe_requeued, relative_inputs
 
-    settings = _load(args).settings
+    loaded = _load(args)
+    settings = loaded.settings
     if not args.paths and not args.failed:
         print("vidrop retry: name an input PATH or --failed", file=sys.stderr)
         return 2
+    if _no_ledger(loaded):
+        return EX_CONFIG
     inputs = None if args.failed else relative_inputs(args.paths, settings.inbox)
     ledger = open_ledger(settings.ledger_url, settings.state_dir)
     try:
@@ -290,13 +341,35 @@ def _retry(args) -> int:
 
 
 def _demo_model(args) -> int:
+    refusal = _demo_target_refusal(args.directory, force=args.force)
+    if refusal:
+        print(f"vidrop demo-model: {refusal[1]}", file=sys.stderr)
+        return refusal[0]
     from vidrop.pipeline.demo_model import DEMO_NOTE, write_demo_model
 
-    path = write_demo_model(args.directory, args.family)
+    try:
+        path = write_demo_model(args.directory, args.family)
+    except OSError as exc:
+        print(f"vidrop demo-model: cannot write {args.directory}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CANTCREAT
     print(f"wrote a tiny {args.family} pipeline to {path}")
     print(DEMO_NOTE)
     print(f"use it with: VIDROP_PIPELINE__MODEL={path.absolute()} vidrop run")
     return 0
+
+
+def _demo_target_refusal(directory: Path, *, force: bool) -> tuple[int, str] | None:
+    """Why `demo-model` must not write to `directory` (exit code and one line), or None when it may."""
+    import os
+
+    if directory.exists() and not directory.is_dir():
+        return EX_CANTCREAT, f"{directory} is a file, not a folder; name a new folder"
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        return EX_CANTCREAT, f"{directory} is not empty; name a new folder, or add --force to write into it"
+    parent = next((p for p in (directory, *directory.absolute().parents) if p.exists()), Path("/"))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return EX_CANTCREAT, f"cannot create {directory}: {parent} is not a writable folder"
+    return None
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except FaultsError as exc:
         print(f"vidrop_test_run: {exc}", file=sys.stderr)
         return EX_USAGE
+    for name in (SLOW_INPUTS, SLOW_STEP_SECONDS, HANG_INPUTS, HANG_MARKER):  # read: no VIDROP_* left unknown
+        os.environ.pop(name, None)
     from vidrop.daemon.cli import main as vidrop_main
     from vidrop.daemon.cli import production_generator
 
