@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import transformers
 
 from vidrop.config.errors import ModelUnavailable
 from vidrop.pipeline.families import Family, family_by_name, family_for_pipeline_class
+from vidrop.pipeline.hub import cache_description, hub_unreachable
 from vidrop.pipeline.memory import most_free_cuda_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -78,9 +80,18 @@ def read_model_index(model: str, *, offline: bool) -> dict[str, Any]:
                 fix="Point pipeline.model at a folder written by save_pretrained, or at a Hugging Face model id.",
             )
         return json.loads(index.read_text(encoding="utf-8"))
-    try:
-        return dict(diffusers.DiffusionPipeline.load_config(model, local_files_only=offline))
+    try:  # the cache first: a cached model starts without the network
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return dict(diffusers.DiffusionPipeline.load_config(model, local_files_only=True))
     except Exception as exc:  # the hub client raises many types for "not there"
+        missing = exc
+    unreachable = None if offline else hub_unreachable()
+    if offline or unreachable:
+        raise _not_found(model, offline, missing, unreachable=unreachable)
+    try:
+        return dict(diffusers.DiffusionPipeline.load_config(model))
+    except Exception as exc:
         raise _not_found(model, offline, exc) from None
 
 
@@ -139,7 +150,10 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
     first, *others = classes.items()
     try:
         pipe = getattr(diffusers, first[1]).from_pretrained(
-            model, dtype=DTYPES[chosen_dtype], local_files_only=offline or Path(model).expanduser().is_dir()
+            model,
+            dtype=DTYPES[chosen_dtype],
+            # No hub to ask: the cache as it is, without some 24 s of retries first.
+            local_files_only=offline or Path(model).expanduser().is_dir() or bool(hub_unreachable()),
         )
     except (OSError, ValueError, EnvironmentError) as exc:
         raise _not_found(model, offline, exc) from None
@@ -161,16 +175,22 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
     )
 
 
-def _not_found(model: str, offline: bool, exc: Exception) -> ModelUnavailable:
-    where = f"the local folder {Path(model).expanduser().absolute()} (not there) and the Hugging Face cache"
+def _not_found(model: str, offline: bool, exc: Exception, *, unreachable: str | None = None) -> ModelUnavailable:
+    local = Path(model).expanduser().absolute()
+    where = f"the local folder {local} (not there) and {cache_description()}"
+    if unreachable:
+        reason = f"The model {model!r} is not in the Hugging Face cache, and the hub cannot be reached ({unreachable})."
+    else:
+        reason = f"The model {model!r} could not be loaded."
     how = (
-        f"Download it once on a machine with internet (`huggingface-cli download {model}`) and copy the cache, "
-        "or set pipeline.model (VIDROP_PIPELINE__MODEL) to a local folder"
+        f"On a machine with internet run `hf download {model} --local-dir models/{model.rsplit('/', 1)[-1]}`, copy "
+        "that folder here and set pipeline.model (VIDROP_PIPELINE__MODEL) to it; or fill the cache the service reads "
+        "(HF_HOME; the systemd unit sets HF_HOME=/var/cache/vidrop/huggingface)"
     )
     if offline:
         how += "; downloads are off because HF_HUB_OFFLINE=1 or pipeline.offline = true"
     return ModelUnavailable(
-        f"The model {model!r} could not be loaded.",
+        reason,
         detail=f"looked in {where}: {type(exc).__name__}: {exc}",
         fix=how + ". `vidrop demo-model DIR` writes a tiny test model.",
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 
 import pytest
@@ -90,3 +91,24 @@ def test_demo_model_refuses_a_file_an_unwritable_place_and_a_folder_that_is_not_
     assert (full / "model_index.json").read_text() == "{}"
     for result in (onto_file, under_file, refused):
         assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+
+
+def test_a_model_neither_cached_nor_reachable_is_one_line_naming_hf_download_and_the_cache(folders, tmp_path):
+    with socket.socket() as probe:  # a port that nothing listens on: connections are refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = vidrop_env(
+        folders,
+        "acme/not-cached-model",
+        HF_HOME=str(tmp_path / "hf"),
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        HF_HUB_OFFLINE="0",
+    )
+    result = run_vidrop(env, "check")
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("FAIL model: The model 'acme/not-cached-model' is not in the")
+    assert f"the hub cannot be reached (127.0.0.1:{port}: Connection refused)" in failed[0]
+    assert "`hf download acme/not-cached-model --local-dir " in failed[0] and "huggingface-cli" not in result.stdout
+    assert f"HF_HOME={tmp_path / 'hf'}" in failed[0] and "HF_HOME=/var/cache/vidrop/huggingface" in failed[0]
+    assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
