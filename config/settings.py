@@ -390,7 +390,8 @@ class LoadedSettings(BaseModel):
     settings: Settings
     config_file: Path | None
     sources: dict[str, str]
-    warnings: list[str] = []  # VIDROP_* variables that are no setting, each with the nearest known name
+    # VIDROP_* variables that name no setting, each with the nearest known name (None: nothing close)
+    unknown_variables: list[tuple[str, str | None]] = []
 
 
 def resolve_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -434,26 +435,35 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     except ValueError as exc:
         raise ConfigError(f"invalid settings: pipeline.models: {exc}") from None
     sources = _sources(settings, toml_data, overrides)
-    return LoadedSettings(settings=settings, config_file=path, sources=sources, warnings=unknown_variables(os.environ))
+    return LoadedSettings(
+        settings=settings, config_file=path, sources=sources, unknown_variables=unknown_variables(os.environ)
+    )
 
 
 # Set by vidrop for its hook commands (daemon/hooks.py), so a hook that runs `vidrop` passes them on.
 HOOK_ENV_PREFIX = "VIDROP_JOB_"
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """A warning for each VIDROP_* variable that names no setting (VIDROP_OUTBX, VIDROP_DEBUG__X): it would be
-    silently ignored, so say so and name the nearest known one."""
-    known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV_VAR})
-    warnings = []
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each VIDROP_* variable that names no setting (VIDROP_OUTBX, VIDROP_DEBUG__X), which would be silently
+    ignored, with the nearest known name."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV_VAR}
+    # Compared without the common VIDROP_, which would make every name look close to every other.
+    names = [name.upper() for name in Settings.model_fields] + ["CONFIG"]
+    sections = [name.upper() for name, info in Settings.model_fields.items() if _is_section(info)]
+    unknown = []
     for name in sorted(environ):
         head = name.split(ENV_NESTED_DELIMITER)[0]
         if not name.startswith(ENV_PREFIX) or name.startswith(HOOK_ENV_PREFIX) or head in known:
             continue
-        nearest = difflib.get_close_matches(head, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {nearest[0]}{name[len(head) :]}?" if nearest else ""
-        warnings.append(f"{name} is not a vidrop setting and is ignored{hint}")
-    return warnings
+        bare = head.removeprefix(ENV_PREFIX)
+        nearest = difflib.get_close_matches(bare, sections if head != name else names, n=1, cutoff=0.6)
+        unknown.append((name, ENV_PREFIX + nearest[0] + name[len(head) :] if nearest else None))
+    return unknown
+
+
+def _is_section(info: Any) -> bool:
+    return isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
 
 
 def _describe_env_json_error(exc: SettingsError) -> str:

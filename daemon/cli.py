@@ -142,8 +142,9 @@ def _load(args, *, warn: bool = True):
     except ConfigError as exc:
         print(f"vidrop: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
-    for warning in loaded.warnings if warn else ():  # `run` logs them as events instead
-        print(f"vidrop: warning: {warning}", file=sys.stderr)
+    for name, nearest in loaded.unknown_variables if warn else ():  # `run` logs them as events instead
+        hint = f"; did you mean {nearest}?" if nearest else "; `vidrop config` lists every setting"
+        print(f"vidrop: warning: {name} is not a vidrop setting and is ignored{hint}", file=sys.stderr)
     return loaded
 
 
@@ -158,10 +159,10 @@ def _serve(args, *, once: bool) -> int:
     # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
     faulthandler.enable()
     configure_logging(settings.log_level, settings.log_format, manager=service_manager())
-    for warning in loaded.warnings:
+    for name, nearest in loaded.unknown_variables:
         import structlog
 
-        structlog.get_logger().warning("unknown_variable", warning=warning)
+        structlog.get_logger().warning("unknown_variable", variable=name, nearest=nearest, ignored=True)
     apply_process_environment(settings)
     from vidrop.config.errors import ModelUnavailable
     from vidrop.daemon.app import Daemon

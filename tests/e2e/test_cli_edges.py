@@ -52,11 +52,15 @@ def test_a_malformed_json_value_is_one_line_exit_78(folders, tmp_path):
 
 
 def test_a_mistyped_variable_gets_a_warning_naming_the_nearest_setting(folders, tmp_path):
-    env = vidrop_env(folders, tmp_path / "no-model", VIDROP_OUTBX="/srv/out", VIDROP_PIPELIN__MODEL="x")
+    env = vidrop_env(
+        folders, tmp_path / "no-model", VIDROP_OUTBX="/srv/out", VIDROP_PIPELIN__MODEL="x", VIDROP_DEBUG__STEPS="1"
+    )
     result = run_vidrop(env, "config")
     assert result.returncode == 0
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warnings == [
+        "vidrop: warning: VIDROP_DEBUG__STEPS is not a vidrop setting and is ignored; "
+        "`vidrop config` lists every setting",
         "vidrop: warning: VIDROP_OUTBX is not a vidrop setting and is ignored; did you mean VIDROP_OUTBOX?",
         "vidrop: warning: VIDROP_PIPELIN__MODEL is not a vidrop setting and is ignored; "
         "did you mean VIDROP_PIPELINE__MODEL?",

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from vidrop.config.settings import ConfigError, flat_settings, load_settings
+from vidrop.config.settings import ConfigError, flat_settings, load_settings, unknown_variables
 
 
 @pytest.fixture
@@ -102,3 +102,15 @@ def test_hf_hub_offline_turns_offline_on(clean_env):
 def test_flat_settings_names_every_value(clean_env):
     names = flat_settings(load_settings().settings)
     assert {"inbox", "pipeline.model", "generation.format", "limits.max_frames"} <= set(names)
+
+
+def test_unknown_vidrop_variables_come_with_the_nearest_known_name():
+    environ = {
+        "VIDROP_OUTBX": "/srv/out",
+        "VIDROP_DEBUG__STEPS": "1",
+        "VIDROP_PIPELINE__MODEL": "x",
+        "VIDROP_CONFIG": "/etc/vidrop/vidrop.toml",
+        "VIDROP_JOB_ID": "abc",  # set by vidrop for its hooks
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == [("VIDROP_DEBUG__STEPS", None), ("VIDROP_OUTBX", "VIDROP_OUTBOX")]
