@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import structlog
 import torch
 import transformers
 
 from vidrop.config.errors import ModelUnavailable
 from vidrop.pipeline.families import Family, family_by_name, family_for_model_index
 from vidrop.pipeline.memory import most_free_cuda_device
+
+log = structlog.get_logger()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -152,6 +155,8 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
         pipes[mode] = getattr(diffusers, class_name).from_pipe(pipe)
         pipes[mode].set_progress_bar_config(disable=True)
     chosen_family.bind(pipe)
+    if chosen_family.deprecated:
+        log.warning("model_family_deprecated", model=model, family=chosen_family.name, reason=chosen_family.deprecated)
     return LoadedModel(
         pipe=pipe,
         family=chosen_family,

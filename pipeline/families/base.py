@@ -74,6 +74,8 @@ class Family:
     uses_prompt: ClassVar[bool] = True
     # Frame counts the family produces are frame_step·k + 1 (temporal compression of its VAE); 1: any.
     frame_step: ClassVar[int] = 1
+    # Why the family is deprecated (logged as model_family_deprecated when loaded); None: current.
+    deprecated: ClassVar[str | None] = None
 
     @classmethod
     def matches(cls, index: dict[str, Any]) -> bool:
