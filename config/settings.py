@@ -47,7 +47,8 @@ class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
     model: str = Field(
-        "Lightricks/LTX-Video",
+        # Wan 2.2 TI2V-5B: current (2025), image and text in one checkpoint, fits a 24 GB GPU with offload.
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
         description="the model used when a request names none: a name from `models`, or a local directory or model id",
     )
     models: dict[str, str] = Field(

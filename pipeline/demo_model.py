@@ -370,6 +370,82 @@ def build_wan_i2v():
     )
 
 
+def _tiny_umt5(tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**_TINY_T5, vocab_size=len(tokenizer)))
+
+
+def _tiny_wan_transformer(in_channels: int, out_channels: int, image_dim: int | None = None):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=image_dim,
+    )
+
+
+def build_wan22_i2v():
+    """A tiny Wan 2.2 A14B-style WanImageToVideoPipeline: two experts split at boundary_ratio, no image encoder."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_tiny_umt5(tokenizer),
+        vae=vae,
+        transformer=_tiny_wan_transformer(36, 16),  # the high-noise expert
+        transformer_2=_tiny_wan_transformer(36, 16),  # the low-noise expert
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        boundary_ratio=0.9,  # as in Wan2.2-I2V-A14B-Diffusers' model_index.json
+    )
+
+
+def build_wan22_ti2v():
+    """A tiny Wan 2.2 TI2V-5B-style WanPipeline: one model for text and image, its own z_dim-48 VAE (×16)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=4,
+        z_dim=48,
+        in_channels=12,
+        out_channels=12,
+        is_residual=True,
+        patch_size=2,
+        scale_factor_spatial=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_tiny_umt5(tokenizer),
+        vae=vae,
+        transformer=_tiny_wan_transformer(48, 48),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        expand_timesteps=True,  # as in Wan2.2-TI2V-5B-Diffusers' model_index.json
+    )
+
+
 def build_animatediff():
     """A tiny AnimateDiffPipeline: text to a looping GIF (sizes in multiples of 8)."""
     from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
@@ -431,6 +507,8 @@ BUILDERS = {
     "cogvideox": build_cogvideox_i2v,
     "cogvideox-t2v": build_cogvideox_t2v,
     "wan": build_wan_i2v,
+    "wan2.2": build_wan22_i2v,
+    "wan2.2-ti2v": build_wan22_ti2v,
     "animatediff": build_animatediff,
 }
 

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import structlog
 import torch
 import transformers
 
 from vidrop.config.errors import ModelUnavailable
-from vidrop.pipeline.families import Family, family_by_name, family_for_pipeline_class
+from vidrop.pipeline.families import Family, family_by_name, family_for_model_index
 from vidrop.pipeline.hub import cache_description, hub_unreachable
 from vidrop.pipeline.memory import most_free_cuda_device
+
+log = structlog.get_logger()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -95,13 +98,13 @@ def read_model_index(model: str, *, offline: bool) -> dict[str, Any]:
         raise _not_found(model, offline, exc) from None
 
 
-def detect_family(model: str, configured: str, *, offline: bool, class_name: str | None = None) -> Family:
+def detect_family(model: str, configured: str, *, offline: bool, index: dict[str, Any] | None = None) -> Family:
     """The family named in settings, or the one model_index.json declares."""
     if configured != "auto":
         return family_by_name(configured)
-    if class_name is None:
-        class_name = read_model_index(model, offline=offline).get("_class_name", "")
-    return family_for_pipeline_class(class_name)
+    if index is None:
+        index = read_model_index(model, offline=offline)
+    return family_for_model_index(index)
 
 
 def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: bool) -> LoadedModel:
@@ -109,8 +112,9 @@ def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: 
 
     The result is an unloaded LoadedModel (no pipelines); loading it is `load_model` with the same arguments.
     """
-    class_name = read_model_index(model, offline=offline).get("_class_name", "")
-    chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
+    index = read_model_index(model, offline=offline)
+    class_name = index.get("_class_name", "")
+    chosen_family = detect_family(model, family, offline=offline, index=index)
     classes = _pipeline_classes(chosen_family, class_name)
     chosen_device = resolve_device(device)
     return LoadedModel(
@@ -142,8 +146,9 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
     # Progress bars are for notebooks; the daemon reports progress through its own events.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    class_name = read_model_index(model, offline=offline).get("_class_name", "")
-    chosen_family = detect_family(model, family, offline=offline, class_name=class_name)
+    index = read_model_index(model, offline=offline)
+    class_name = index.get("_class_name", "")
+    chosen_family = detect_family(model, family, offline=offline, index=index)
     classes = _pipeline_classes(chosen_family, class_name)
     chosen_device = resolve_device(device)
     chosen_dtype = resolve_dtype(dtype, chosen_device, chosen_family)
@@ -164,6 +169,8 @@ def load_model(model: str, *, family: str, device: str, dtype: str, offline: boo
         pipes[mode] = getattr(diffusers, class_name).from_pipe(pipe)
         pipes[mode].set_progress_bar_config(disable=True)
     chosen_family.bind(pipe)
+    if chosen_family.deprecated:
+        log.warning("model_family_deprecated", model=model, family=chosen_family.name, reason=chosen_family.deprecated)
     return LoadedModel(
         pipe=pipe,
         family=chosen_family,

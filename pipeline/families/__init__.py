@@ -10,10 +10,20 @@ from vidrop.pipeline.families.i2vgen_xl import I2VGenXLFamily
 from vidrop.pipeline.families.ltx import LTXFamily
 from vidrop.pipeline.families.svd import SVDFamily
 from vidrop.pipeline.families.wan import WanFamily
+from vidrop.pipeline.families.wan22 import Wan22Family, Wan22TI2VFamily
 
 FAMILIES: dict[str, type[Family]] = {
     family.name: family
-    for family in (LTXFamily, I2VGenXLFamily, SVDFamily, CogVideoXFamily, WanFamily, AnimateDiffFamily)
+    for family in (
+        LTXFamily,
+        I2VGenXLFamily,
+        SVDFamily,
+        CogVideoXFamily,
+        WanFamily,
+        AnimateDiffFamily,
+        Wan22Family,
+        Wan22TI2VFamily,
+    )
 }
 
 
@@ -24,8 +34,14 @@ def family_by_name(name: str) -> Family:
 
 def family_for_pipeline_class(class_name: str) -> Family:
     """The family whose pipelines include `class_name` (from a model's model_index.json)."""
+    return family_for_model_index({"_class_name": class_name})
+
+
+def family_for_model_index(index: dict) -> Family:
+    """The family a model's model_index.json declares: its pipeline class and markers (Wan 2.2's experts)."""
+    class_name = index.get("_class_name", "")
     for family in FAMILIES.values():
-        if class_name in family.pipeline_class_names:
+        if family.matches(index):
             return family()
     known = ", ".join(name for family in FAMILIES.values() for name in family.pipeline_class_names)
     raise ModelUnavailable(

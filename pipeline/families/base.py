@@ -74,6 +74,13 @@ class Family:
     uses_prompt: ClassVar[bool] = True
     # Frame counts the family produces are frame_step·k + 1 (temporal compression of its VAE); 1: any.
     frame_step: ClassVar[int] = 1
+    # Why the family is deprecated (logged as model_family_deprecated when loaded); None: current.
+    deprecated: ClassVar[str | None] = None
+
+    @classmethod
+    def matches(cls, index: dict[str, Any]) -> bool:
+        """Whether a checkpoint's model_index.json is of this family (its pipeline class, by default)."""
+        return index.get("_class_name") in cls.pipeline_class_names
 
     def pipeline_classes(self, class_name: str | None) -> dict[str, str]:
         """Mode (image/text) → the diffusers class that runs it, for a checkpoint declaring `class_name`."""

@@ -14,6 +14,10 @@ class I2VGenXLFamily(Family):
     pipeline_class_names = ("I2VGenXLPipeline",)
     image_pipeline_class_name = "I2VGenXLPipeline"
     size_multiple = 8
+    deprecated = (
+        "I2VGenXLPipeline is deprecated in diffusers and the checkpoint (2023) is superseded; "
+        "use Wan 2.2 (wan2.2-ti2v or wan2.2) for image-to-video"
+    )
     defaults = FamilyDefaults(
         width=1280,
         height=704,

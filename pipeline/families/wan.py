@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vidrop.pipeline.families.base import Family, FamilyDefaults, FamilyLimits
+from vidrop.pipeline.families.wan22 import is_wan22_experts, is_wan22_ti2v
 
 
 class WanFamily(Family):
@@ -30,3 +33,7 @@ class WanFamily(Family):
         "high": {"steps": 50, "num_frames": 81, "width": 1280, "height": 720},
     }
     gpu_dtype = "bfloat16"
+
+    @classmethod
+    def matches(cls, index: dict[str, Any]) -> bool:
+        return super().matches(index) and not (is_wan22_experts(index) or is_wan22_ti2v(index))

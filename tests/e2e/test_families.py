@@ -66,3 +66,26 @@ def test_cogvideox_text_to_video(folders, demo_models):
     assert decode(folders["outbox"] / "idea.mp4").shape == (9, 64, 80, 3)
     manifest = json.loads((folders["outbox"] / "idea.json").read_text())
     assert manifest["family"] == "cogvideox" and manifest["parameters"]["mode"] == "text"
+
+
+def test_wan22_two_experts_image_to_video(folders, demo_models):
+    # Wan 2.2 A14B: two experts split at boundary_ratio; multiples of 16, 4k+1 frames: 72 wide → 80, 7 → 9.
+    make_image(folders["inbox"] / "shot.png", size=(80, 64))
+    (folders["inbox"] / "shot.json").write_text(sidecar(width=72, num_frames=7))
+    result = run_vidrop(vidrop_env(folders, demo_models["wan2.2"]), "once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert decode(folders["outbox"] / "shot.mp4").shape == (9, 64, 80, 3)
+    manifest = json.loads((folders["outbox"] / "shot.json").read_text())
+    assert manifest["family"] == "wan2.2" and manifest["parameters"]["mode"] == "image"
+    assert {change["field"] for change in manifest["adjustments"]} == {"width", "num_frames"}
+
+
+def test_wan22_ti2v_text_to_video(folders, demo_models):
+    # Wan 2.2 TI2V-5B: its 16× VAE makes sizes multiples of 32: 80 wide → 96 (rounded to the nearest).
+    (folders["inbox"] / "idea.json").write_text(sidecar(width=80, num_frames=9))
+    result = run_vidrop(vidrop_env(folders, demo_models["wan2.2-ti2v"]), "once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert decode(folders["outbox"] / "idea.mp4").shape == (9, 64, 96, 3)
+    manifest = json.loads((folders["outbox"] / "idea.json").read_text())
+    assert manifest["family"] == "wan2.2-ti2v" and manifest["parameters"]["mode"] == "text"
+    assert manifest["adjustments"][0]["rule"] == "wan2.2-ti2v needs width in multiples of 32"

@@ -66,3 +66,12 @@ def test_missing_model_says_where_it_looked_and_what_to_do(tmp_path):
         load_model(str(tmp_path / "nowhere"), family="auto", device="cpu", dtype="auto", offline=True)
     assert str(tmp_path / "nowhere") in caught.value.detail
     assert "VIDROP_PIPELINE__MODEL" in caught.value.fix and "HF_HUB_OFFLINE" in caught.value.fix
+
+
+def test_loading_a_deprecated_family_logs_why(demo_models):
+    from structlog.testing import capture_logs
+
+    with capture_logs() as events:
+        load_model(str(demo_models["i2vgen-xl"]), family="auto", device="cpu", dtype="auto", offline=True)
+    deprecated = [event for event in events if event["event"] == "model_family_deprecated"]
+    assert deprecated and deprecated[0]["family"] == "i2vgen-xl" and "Wan 2.2" in deprecated[0]["reason"]

@@ -5,7 +5,7 @@ import pytest
 from vidrop.config.errors import InputError, ModelUnavailable
 from vidrop.config.request import PRESETS, REQUEST_FIELDS, GenerationFields
 from vidrop.config.vocabulary import FAMILY_NAMES
-from vidrop.pipeline.families import FAMILIES, family_by_name, family_for_pipeline_class
+from vidrop.pipeline.families import FAMILIES, family_by_name, family_for_model_index, family_for_pipeline_class
 from vidrop.pipeline.families.base import FamilyDefaults
 from vidrop.pipeline.generate import JobParams
 
@@ -39,6 +39,18 @@ def test_family_detected_from_pipeline_class():
     assert family_for_pipeline_class("I2VGenXLPipeline").name == "i2vgen-xl"
     with pytest.raises(ModelUnavailable, match="StableDiffusionPipeline"):
         family_for_pipeline_class("StableDiffusionPipeline")
+
+
+def test_wan_generations_told_apart_by_their_model_index():
+    # As in the Wan-AI/*-Diffusers checkpoints' model_index.json files.
+    wan21 = {"_class_name": "WanImageToVideoPipeline", "image_encoder": ["transformers", "CLIPVisionModel"]}
+    a14b = {"_class_name": "WanPipeline", "boundary_ratio": 0.875, "transformer_2": ["diffusers", "X"]}
+    ti2v = {"_class_name": "WanPipeline", "boundary_ratio": None, "expand_timesteps": True}
+    assert [family_for_model_index(index).name for index in (wan21, a14b, ti2v)] == ["wan", "wan2.2", "wan2.2-ti2v"]
+    assert family_by_name("wan2.2-ti2v").pipeline_classes("WanPipeline").keys() == {"image", "text"}
+    assert family_by_name("wan2.2").pipeline_classes("WanPipeline").keys() == {"text"}
+    assert family_by_name("wan2.2-ti2v").fit(1280, 720, 120).num_frames == 121
+    assert family_by_name("wan2.2-ti2v").fit(1280, 720, 121).height == 736  # to the nearest multiple of 32
 
 
 def test_the_settings_accept_exactly_the_families_of_the_family_table():

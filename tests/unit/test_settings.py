@@ -21,7 +21,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_config_is_valid(clean_env):
     loaded = load_settings()
-    assert loaded.settings.pipeline.model == "Lightricks/LTX-Video"
+    assert loaded.settings.pipeline.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     assert loaded.settings.pipeline.family == "auto"
 
 
