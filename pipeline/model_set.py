@@ -253,6 +253,7 @@ def open_models(
             probe=probe,
             reload=partial(load_model, source, **arguments),
             name=name,
+            loras=pipeline.loras,
         )
     device = generators[default].loaded.device
     return ModelSet(
