@@ -55,7 +55,7 @@ def check_loras(requested: list[dict[str, Any]], loras: dict[str, LoraSettings],
         if not low <= weight <= high:
             raise InputError(
                 f"The LoRA '{name}' cannot be used at weight {weight}.",
-                detail=f"{name} allows weights {low}..{high}",
+                detail=f"{name} allows weights {low}..{high}; offered for model {model}: {offered}",
                 fix=f"Set its weight between {low} and {high}.",
             )
         if name in seen:
@@ -112,6 +112,8 @@ class LoraAdapters:
             pipe.load_lora_weights(str(source), adapter_name=name, **options)
             if getattr(pipe, "transformer_2", None) is not None:  # Wan 2.2: the second expert gets its part
                 pipe.load_lora_weights(str(source), adapter_name=name, load_into_transformer_2=True, **options)
+            if not any(name in names for names in pipe.get_list_adapters().values()):
+                raise ValueError("none of its keys name a layer of this model")
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             self._drop(pipe, name)
             raise InputError(
