@@ -7,7 +7,7 @@ the settings (config/settings.py) and the pipeline's job parameters (pipeline/ge
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field
 
@@ -78,3 +78,8 @@ class RequestFields(GenerationFields):
 
 
 REQUEST_FIELDS = tuple(RequestFields.model_fields)
+
+
+def lora_set(loras: Sequence[dict[str, Any]]) -> str:
+    """A job's LoRAs as one key (the ledger's `loras` column): their names, sorted, joined by commas."""
+    return ",".join(sorted(entry["name"] for entry in loras))

@@ -311,6 +311,10 @@ class VideoGenerator:
         """This model's name while it is loaded."""
         return [self.name] if self.is_loaded else []
 
+    def resident_loras(self) -> list[str]:
+        """The LoRA sets a job may ask for without loading an adapter (while the model is loaded)."""
+        return self.adapters.kept_sets() if self.is_loaded else []
+
     @property
     def weight_bytes(self) -> int:
         """The model's weights (measured once loaded, guessed from its files before)."""

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from vidrop.config.errors import InputError
+from vidrop.config.request import lora_set
 from vidrop.config.settings import LoraSettings
 
 log = structlog.get_logger()
@@ -73,11 +74,18 @@ class LoraAdapters:
     def __init__(self, loras: dict[str, LoraSettings]) -> None:
         self.loras = loras
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self.active: list[str] = []  # the last job's
         self.loads = 0  # how many times an adapter was read from its file (tests and logs count them)
+
+    def kept_sets(self) -> list[str]:
+        """The LoRA sets (`lora_set`) a job may ask for without loading an adapter: none, each loaded one,
+        and the last job's (the queue prefers their jobs)."""
+        return list(dict.fromkeys(["", *self.loaded, lora_set([{"name": n} for n in self.active])]))
 
     def forget(self) -> None:
         """The pipeline was unloaded: its adapters went with it."""
         self.loaded.clear()
+        self.active = []
 
     def apply(self, pipe: Any, requested: tuple[dict[str, Any], ...], *, model: str) -> list[dict[str, Any]]:
         """Make exactly the requested adapters active at their weights; what the manifest records."""
@@ -97,6 +105,7 @@ class LoraAdapters:
                 }
             )
         self._trim(pipe, keep=set(names))
+        self.active = names
         if names:
             pipe.enable_lora()
             pipe.set_adapters(names, [fact["weight"] for fact in facts])
