@@ -1,6 +1,8 @@
 """LoRAs per job on a tiny real LTX model: a tiny real LoRA (peft, saved with save_lora_weights) changes the
 video, is loaded once, switched without reloading the base model, and refused with a clear reason."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,36 @@ def test_a_missing_lora_file_stops_the_start(tmp_path):
         load_settings(
             inbox=tmp_path / "in", outbox=tmp_path / "out", pipeline={"loras": {"sepia": "/nope.safetensors"}}
         )
+
+
+def test_the_daemon_records_loras_and_refuses_unknown_ones_with_an_error_file(folders, demo_models, lora_files):
+    from structlog.testing import capture_logs
+
+    from tests.integration.test_model_set import drop_job
+    from vidrop.daemon.app import Daemon
+    from vidrop.daemon.wiring import Wiring
+    from vidrop.pipeline.model_set import open_models
+
+    def production(settings):
+        return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
+
+    settings = load_settings(
+        inbox=folders["inbox"],
+        outbox=folders["outbox"],
+        state_dir=folders["state"],
+        pipeline={"model": str(demo_models["ltx"]), "device": "cpu", "loras": {"ink": str(lora_files["ink"])}},
+        intake={"settle_seconds": 0, "pairing_seconds": 1, "tick_seconds": 0.05},
+        gallery={"enabled": False},
+    ).settings
+    drop_job(folders["inbox"], "inked", loras=[{"name": "ink", "weight": 0.5}])
+    drop_job(folders["inbox"], "sepia", loras=[{"name": "sepia", "weight": 0.5}])
+    with capture_logs() as logs:
+        assert Daemon(Wiring(settings, generator_factory=production)).run(once=True) == 1  # sepia failed
+    manifest = json.loads((folders["outbox"] / "inked.json").read_text())
+    assert [(lora["name"], lora["weight"]) for lora in manifest["loras"]] == [("ink", 0.5)]
+    error = json.loads((folders["outbox"] / "sepia.error.json").read_text())
+    assert (
+        "The LoRA 'sepia' is not one of the LoRAs" in error["error"]
+        and "offered for model default: ink" in error["detail"]
+    )
+    assert [event["lora"] for event in logs if event["event"] == "lora_loaded"] == ["ink"]
