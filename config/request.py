@@ -7,7 +7,7 @@ the settings (config/settings.py) and the pipeline's job parameters (pipeline/ge
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field
 
@@ -21,6 +21,16 @@ VideoFormat = Literal[VIDEO_FORMATS]
 Preset = Literal[PRESETS]
 # Names common web APIs use for a field, accepted in sidecars (not in the settings).
 ALIASES = {"steps": ("num_inference_steps",), "num_frames": ("frame_count",)}
+LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_LORAS = 8
+
+
+class LoraRequest(BaseModel):
+    """One LoRA a request asks for, by its name in the settings' [pipeline.loras], at a weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., pattern=LORA_NAME_PATTERN, description="a LoRA offered in the settings")
+    weight: float = Field(1.0, ge=-10.0, le=10.0, description="how strongly it applies; the LoRA's range decides")
 
 
 class GenerationFields(BaseModel):
@@ -42,6 +52,9 @@ class GenerationFields(BaseModel):
         None,
         description="the family's steps, frames, size and guidance for fast, standard or high quality; "
         "fields set explicitly win",
+    )
+    loras: list[LoraRequest] | None = Field(
+        None, max_length=MAX_LORAS, description="LoRAs to apply, by name (`vidrop check` lists them), with weights"
     )
 
 
@@ -65,3 +78,8 @@ class RequestFields(GenerationFields):
 
 
 REQUEST_FIELDS = tuple(RequestFields.model_fields)
+
+
+def lora_set(loras: Sequence[dict[str, Any]]) -> str:
+    """A job's LoRAs as one key (the ledger's `loras` column): their names, sorted, joined by commas."""
+    return ",".join(sorted(entry["name"] for entry in loras))

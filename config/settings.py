@@ -43,6 +43,25 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_MODEL_NAME = "default"
 
 
+class LoraSettings(_Section):
+    """One LoRA on offer: its file or folder, the families and models it fits, the weights it allows."""
+
+    path: Path = Field(..., description="a local .safetensors file, or a folder holding one")
+    families: list[Literal[FAMILY_NAMES]] = Field(default_factory=list, description="families it fits; []: any")
+    models: list[str] = Field(default_factory=list, description="model names it fits; []: any")
+    weight_range: tuple[float, float] = Field((0.0, 2.0), description="the weights a request may ask for")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path) -> Path:
+        path = path.expanduser()
+        if not path.exists():
+            raise ValueError(f"LoRA file {path} does not exist")
+        if path.is_file() and path.suffix != ".safetensors":
+            raise ValueError(f"LoRA file {path} is not a .safetensors file")
+        return path
+
+
 class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
@@ -66,6 +85,18 @@ class PipelineSettings(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     fit: Literal["crop", "pad"] = "crop"
     offline: bool = Field(False, description="never contact the hub (also on when HF_HUB_OFFLINE=1)")
+    loras: dict[str, LoraSettings] = Field(
+        default_factory=dict,
+        description='LoRAs a request may ask for with "loras": name → a path, '
+        "or {path, families, models, weight_range}",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_paths(cls, loras: Any) -> Any:
+        if isinstance(loras, dict):
+            return {name: {"path": value} if isinstance(value, str) else value for name, value in loras.items()}
+        return loras
 
     @field_validator("device")
     @classmethod

@@ -67,6 +67,10 @@ def _check_models(settings) -> list[tuple[bool, str]]:
             lines.append((False, f"{label}: {exc.reason} {exc.detail}. {exc.fix}"))
             continue
         lines.append((True, f"{label}: {model} (family {family.name})"))
+    for name, lora in pipeline.loras.items():
+        fits = ", ".join([*lora.families, *lora.models]) or "any model"
+        low, high = lora.weight_range
+        lines.append((True, f"lora {name}: {lora.path} (for {fits}; weights {low}..{high})"))
     return lines
 
 

@@ -517,6 +517,8 @@ def _manifest(job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, A
         "model_name": facts.get("model_name"),
         # The model before this job's and what loading this one took (None: it was already the one).
         "model_switch": facts.get("model_switch"),
+        # The LoRAs applied (name, weight, path, loaded_now: read from its file for this job).
+        "loras": facts.get("loras", []),
         "family": facts["family"],
         "device": facts["device"],
         "dtype": facts["dtype"],

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, InputError
 from vidrop.config.request import REQUEST_FIELDS, Preset, VideoFormat
-from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, MemorySettings
+from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, LoraSettings, MemorySettings
 from vidrop.config.vocabulary import MemoryMode
 from vidrop.pipeline.admission import (
     MemoryAdmission,
@@ -26,6 +26,7 @@ from vidrop.pipeline.admission import (
 from vidrop.pipeline.families.base import Family, FamilyLimits
 from vidrop.pipeline.images import fit_image
 from vidrop.pipeline.loader import DTYPES, LoadedModel, load_model
+from vidrop.pipeline.loras import LoraAdapters, check_loras
 from vidrop.pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
 from vidrop.pipeline.modes import apply_mode, reset_mode
 
@@ -55,18 +56,22 @@ class JobParams:
     mode: Literal["image", "text"] = IMAGE  # text: no image, the prompt alone
     preset: Preset | None = None
     model: str = ""  # which of the models on offer makes it (its name in the settings); "": the default
+    loras: tuple[dict[str, Any], ...] = ()  # {"name", "weight"} for each LoRA asked for
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the ledger and the manifest."""
         data = asdict(self)
         data["adjustments"] = list(self.adjustments)
+        data["loras"] = list(self.loras)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobParams:
         """The inverse of to_dict (keys that are not parameters, such as a variant's suffix, are left out)."""
         known = {name: value for name, value in data.items() if name in cls.__dataclass_fields__}
-        return cls(**{**known, "adjustments": tuple(data.get("adjustments", ()))})
+        return cls(
+            **{**known, "adjustments": tuple(data.get("adjustments", ())), "loras": tuple(data.get("loras") or ())}
+        )
 
 
 @dataclass
@@ -120,8 +125,18 @@ class Generator(RequestRules, JobRunning, Protocol):
 class FamilyRules:
     """A model's request rules: its family's defaults, sizes, presets and modes, under the limits."""
 
-    def __init__(self, *, name: str, family: Family, model: str, modes: tuple[str, ...], limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        family: Family,
+        model: str,
+        modes: tuple[str, ...],
+        limits: LimitSettings,
+        loras: dict[str, LoraSettings] | None = None,
+    ) -> None:
         self.name = name
+        self.loras = loras or {}
         self.family = family
         self.model = model
         self.model_modes = modes
@@ -186,6 +201,8 @@ class FamilyRules:
         )
         steps = values["steps"] or defaults.steps
         self.family.check_limits(fitted.width, fitted.height, fitted.num_frames, steps, self.limits)
+        loras = [dict(entry) for entry in values["loras"] or ()]
+        check_loras(loras, self.loras, family=self.family.name, model=self.name)
         return JobParams(
             prompt=values["prompt"],
             negative_prompt=values["negative_prompt"]
@@ -203,6 +220,7 @@ class FamilyRules:
             mode=mode,
             preset=values["preset"],
             model=self.name,
+            loras=tuple({"name": e["name"], "weight": float(e.get("weight", 1.0))} for e in loras),
         )
 
     def _check_name(self, model: str | None) -> None:
@@ -235,13 +253,17 @@ class VideoGenerator:
         probe: MemoryProbe | None = None,
         reload: Callable[[], LoadedModel] | None = None,
         name: str = DEFAULT_MODEL_NAME,
+        loras: dict[str, LoraSettings] | None = None,
     ) -> None:
         """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
         self.name = name
+        self.adapters = LoraAdapters(loras or {})
         self.loaded = loaded
         self.family = loaded.family
         self.fit = fit
-        self.rules = FamilyRules(name=name, family=loaded.family, model=loaded.model, modes=loaded.modes, limits=limits)
+        self.rules = FamilyRules(
+            name=name, family=loaded.family, model=loaded.model, modes=loaded.modes, limits=limits, loras=loras
+        )
         self.memory = memory or MemorySettings()
         self.probe = probe or probe_for(loaded.device)
         # Reloading after an idle unload or a restart: on the same device and dtype; the files are local
@@ -289,6 +311,10 @@ class VideoGenerator:
         """This model's name while it is loaded."""
         return [self.name] if self.is_loaded else []
 
+    def resident_loras(self) -> list[str]:
+        """The LoRA sets a job may ask for without loading an adapter (while the model is loaded)."""
+        return self.adapters.kept_sets() if self.is_loaded else []
+
     @property
     def weight_bytes(self) -> int:
         """The model's weights (measured once loaded, guessed from its files before)."""
@@ -333,6 +359,7 @@ class VideoGenerator:
 
         # 1. The model on its device (reloaded after an idle unload), and the mode admission chose.
         reload_seconds = self._ensure_loaded()
+        lora_facts = self.adapters.apply(self.loaded.pipe, params.loras, model=self.name)
         admission = admission or self.admit(params)
         mode = admission.mode or self.forced_mode or MemoryMode.AS_IS
 
@@ -377,6 +404,7 @@ class VideoGenerator:
                 "timings": {name: round(value, 3) for name, value in timings.items()},
                 "peak_memory_bytes": peak,
                 "memory": memory_facts,
+                "loras": lora_facts,
                 "frames": int(frames.shape[0]),
                 "width": int(frames.shape[2]),
                 "height": int(frames.shape[1]),
@@ -434,6 +462,7 @@ class VideoGenerator:
             return False
         # Every reference goes (the image and text pipelines share components); the modes stay known.
         self.loaded = replace(self.loaded, pipe=None, pipes={mode: None for mode in self.loaded.modes})
+        self.adapters.forget()
         self.probe.release()
         log.info("model_unloaded", device=self.loaded.device, **self.probe.usage().to_dict())
         return True
@@ -442,6 +471,7 @@ class VideoGenerator:
         if self.is_loaded:
             return None
         started = time.monotonic()
+        self.adapters.forget()
         self.loaded = self.reload()
         seconds = time.monotonic() - started
         self.estimator.footprint = ModelFootprint.of_pipeline(self.loaded.pipe)

@@ -112,6 +112,10 @@ class ModelSet:
         """Loaded models, most recently used first (the queue prefers their jobs)."""
         return [name for name in reversed(self._recent) if self.generators[name].is_loaded]
 
+    def resident_loras(self) -> list[str]:
+        """The LoRA sets the loaded models keep (the queue prefers jobs that need no adapter loaded)."""
+        return list(dict.fromkeys(key for g in self.generators.values() for key in g.resident_loras()))
+
     # -- what the runner asks ------------------------------------------------------------------
 
     def admit(self, params: JobParams) -> MemoryAdmission:
@@ -253,6 +257,7 @@ def open_models(
             probe=probe,
             reload=partial(load_model, source, **arguments),
             name=name,
+            loras=pipeline.loras,
         )
     device = generators[default].loaded.device
     return ModelSet(

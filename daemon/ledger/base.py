@@ -149,11 +149,13 @@ class Ledger(Protocol):
         *,
         prefer_models: Sequence[str] = (),
         patience_seconds: float = 0.0,
+        prefer_loras: Sequence[str] = (),
     ) -> Job | None:
         """Atomically take the next queued job, or one whose lease expired, under a lease for owner.
 
         The highest priority first; within one priority, jobs for `prefer_models` (the loaded ones) before
-        older jobs for other models, unless those have waited longer than `patience_seconds`.
+        older jobs for other models, unless those have waited longer than `patience_seconds`; among the
+        preferred models' jobs, those whose LoRA set (`lora_set`) is in `prefer_loras` first.
         """
 
     def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:

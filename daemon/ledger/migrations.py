@@ -99,6 +99,13 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             AddColumn("jobs", "lost_attempts", "INTEGER NOT NULL DEFAULT 0"),
         ],
     ),
+    (
+        7,
+        [
+            # LoRAs per job: the queue prefers jobs that keep the loaded adapters (their names, sorted, joined).
+            AddColumn("jobs", "loras", "TEXT NOT NULL DEFAULT ''"),
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

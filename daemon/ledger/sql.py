@@ -7,6 +7,7 @@ import threading
 from contextlib import AbstractContextManager
 from typing import Any, Iterator, Sequence
 
+from vidrop.config.request import lora_set
 from vidrop.daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
 from vidrop.daemon.ledger.migrations import MIGRATIONS, AddColumn
 from vidrop.daemon.names import from_ledger_text, ledger_text
@@ -37,7 +38,7 @@ COLUMNS = (
 )
 SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # Written, not read back: the model's name (also in params) as a column, for the claim's ORDER BY.
-STORED_COLUMNS = (*COLUMNS, "model")
+STORED_COLUMNS = (*COLUMNS, "model", "loras")
 INSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))}) "
     "ON CONFLICT (key) DO NOTHING"
@@ -212,14 +213,20 @@ class SqlLedger:
         *,
         prefer_models: Sequence[str] = (),
         patience_seconds: float = 0.0,
+        prefer_loras: Sequence[str] = (),
     ) -> Job | None:
         # Highest priority first. Within a priority: jobs that waited longer than patience_seconds, oldest
-        # first; then jobs for a preferred (loaded) model; then the rest, oldest first.
+        # first; then jobs for a preferred (loaded) model, those keeping its loaded LoRAs first; then the rest.
         preferred = ", ".join("?" * len(prefer_models))
+        keeps = f"WHEN model IN ({preferred}) AND loras IN ({', '.join('?' * len(prefer_loras))}) THEN 1 "
         rank = (
-            f"CASE WHEN created_at <= ? THEN 0 WHEN model IN ({preferred}) THEN 1 ELSE 2 END, " if prefer_models else ""
+            f"CASE WHEN created_at <= ? THEN 0 {keeps if prefer_loras else ''}"
+            f"WHEN model IN ({preferred}) THEN 2 ELSE 3 END, "
+            if prefer_models
+            else ""
         )
-        rank_params = (now - patience_seconds, *prefer_models) if prefer_models else ()
+        lora_params = (*prefer_models, *prefer_loras) if prefer_loras else ()
+        rank_params = (now - patience_seconds, *lora_params, *prefer_models) if prefer_models else ()
         with self._lock:
             with self._transaction():
                 row = self._execute(
@@ -427,6 +434,7 @@ def _to_row(job: Job) -> tuple[Any, ...]:
         job.claims,
         job.lost_attempts,
         job.params.get("model", ""),
+        lora_set(job.params.get("loras") or ()),
     )
 
 

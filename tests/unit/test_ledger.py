@@ -100,6 +100,29 @@ def claim_order(ledger, now: float, prefer: list[str], patience: float) -> list[
     return order
 
 
+def test_jobs_that_keep_the_loaded_loras_go_first_among_the_loaded_models_jobs(open_ledger):
+    ledger = open_ledger()
+    for key, created_at, model, loras in [
+        ("svd-old", 10.0, "svd", []),
+        ("ltx-ink", 20.0, "ltx", ["ink"]),
+        ("ltx-both", 30.0, "ltx", ["watercolor", "ink"]),
+        ("ltx-watercolor", 40.0, "ltx", ["watercolor"]),
+    ]:
+        queued = model_job(key, created_at, model)
+        queued.params["loras"] = [{"name": name, "weight": 1.0} for name in loras]
+        ledger.enqueue(queued)
+    keeps = ["", "watercolor", "ink,watercolor"]  # what the loaded ltx keeps: no LoRA, watercolor, both
+    claimed = ledger.claim_next(
+        "a", now=50.0, lease_seconds=LEASE, prefer_models=["ltx"], prefer_loras=keeps, patience_seconds=300
+    )
+    assert claimed.key == "ltx-both"
+    ledger.finish(claimed.id, 50.0, {}, owner="a")
+    claimed = ledger.claim_next(
+        "a", now=50.0, lease_seconds=LEASE, prefer_models=["ltx"], prefer_loras=keeps, patience_seconds=300
+    )
+    assert claimed.key == "ltx-watercolor"
+
+
 def test_jobs_for_the_loaded_model_go_first_without_starving_others_or_breaking_priority(open_ledger):
     ledger = open_ledger()
     for key, created_at, model, priority in [
