@@ -156,6 +156,7 @@ def test_pages_left_by_a_stopped_daemon_say_it_is_not_running(folders, demo_mode
     page = Page(chromium((outbox / "index.html").as_uri(), "--dump-dom"))
     text = " ".join(page.text)
     assert f"vidrop is not running since {last['local']}" in text and heartbeat["lease"] == 2
+    assert "waiting: vidrop is not running" in text and "in the queue" not in text  # no place, no start time
     (banner,) = [attrs for tag, attrs in page.elements if attrs.get("id") == "not-running"]
     assert "hidden" not in banner
     assert "Last heartbeat:" in (outbox / "_STATUS.txt").read_text()
