@@ -4,6 +4,8 @@ handlers only set flags."""
 from __future__ import annotations
 
 import signal
+import sys
+import threading
 from typing import Callable
 
 import structlog
@@ -14,7 +16,7 @@ from vidrop.daemon.ledger.base import Job, LedgerUnavailable
 from vidrop.daemon.logs import set_level
 from vidrop.daemon.outbox import OutboxUnavailable
 from vidrop.daemon.runner import InboxUnavailable
-from vidrop.daemon.stop import StopRequest
+from vidrop.daemon.stop import StopRequest, stop_message
 from vidrop.daemon.wiring import Services, Wiring
 
 log = structlog.get_logger()
@@ -86,9 +88,25 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop (a second one: at once); SIGHUP: reload the live settings."""
-        signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop())
-        signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop())
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_signal(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: self._stop_signal(signum))
         signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
+
+    def _stop_signal(self, signum: int) -> None:
+        """Stop, and say so at once: the event (and, at a terminal, a sentence for the person who pressed
+        Ctrl-C) from a short thread of its own, since the main thread may be in the middle of a write."""
+        first = not self.stop.is_requested
+        self.request_stop()
+        status = self.services.status.text if self.services is not None else "starting"
+        timeout = self.settings.service.stop_timeout_seconds
+        name = signal.Signals(signum).name
+
+        def tell() -> None:
+            log.info("stop_signal_received", signal=name, first=first, doing=status, stop_timeout_seconds=timeout)
+            if signum == signal.SIGINT and sys.stderr.isatty():
+                print(stop_message(first=first, status_text=status, timeout_seconds=timeout), file=sys.stderr)
+
+        threading.Thread(target=tell, name="vidrop-stop-message", daemon=True).start()
 
     def reload(self) -> None:
         """Re-read the settings: apply the live ones (log level, defaults, limits, intake, stop timeout),

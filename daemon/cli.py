@@ -93,6 +93,25 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--failed", action="store_true", help="every failed job")
     retry.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     retry.set_defaults(handler=_retry)
+    check = commands.add_parser(
+        "validate", help="apply the intake's rules to a sidecar (and image): the request or the error"
+    )
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photo.json and/or photo.png")
+    check.add_argument(
+        "--to", dest="folder", help="inbox folder the files would be dropped in (default: where they are)"
+    )
+    check.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    check.set_defaults(handler=_validate)
+    send = commands.add_parser("submit", help="copy an image (and its prompt) into the inbox safely; --wait for it")
+    send.add_argument("image", type=Path)
+    prompt = send.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="the prompt (written as the sidecar)")
+    prompt.add_argument("--sidecar", type=Path, help="a sidecar JSON file to submit with the image")
+    send.add_argument("--to", dest="folder", help="inbox folder to drop into (default: the inbox itself)")
+    send.add_argument("--wait", action="store_true", help="wait for the video or the error file")
+    send.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    send.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    send.set_defaults(handler=_submit)
     demo = commands.add_parser("demo-model", help="write a tiny random-weight pipeline (its videos are noise)")
     demo.add_argument("directory", type=Path)
     demo.add_argument("--force", action="store_true", help="write into a folder that is not empty")
@@ -339,6 +358,29 @@ def _retry(args) -> int:
     finally:
         ledger.close()
     return 0
+
+
+def _validate(args) -> int:
+    from vidrop.daemon.submit import print_document, validate
+
+    status, document = validate(_load(args).settings, args.files, args.folder)
+    print_document(document)
+    return status
+
+
+def _submit(args) -> int:
+    from vidrop.daemon.submit import submit, wait_outcome
+
+    settings = _load(args).settings
+    placed, relative, job_id = submit(
+        settings, args.image, prompt=args.prompt, sidecar=args.sidecar, folder=args.folder
+    )
+    print(f"submitted {placed} (job {job_id})")
+    if not args.wait:
+        return 0
+    status, text = wait_outcome(settings, relative, job_id, args.timeout)
+    print(text, file=sys.stdout if status == 0 else sys.stderr)
+    return status
 
 
 def _demo_model(args) -> int:

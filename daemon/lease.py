@@ -35,6 +35,7 @@ class LeaseKeeper:
         self._token: int | None = None
         self._is_lost = False
         self._renewed_at = 0.0  # this instance's clock at the last renewal (or the claim) that went through
+        self.on_beat: Callable[[float], None] | None = None  # told each heartbeat's time (the gallery)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vidrop-heartbeat", daemon=True)
 
@@ -75,7 +76,10 @@ class LeaseKeeper:
     def beat(self) -> None:
         """One heartbeat: renew the lease if a job is held, and say what this instance is doing."""
         self._renew()
-        self.ledger.seen(self.instance_id, self.clock.time(), self.describe())
+        now = self.clock.time()
+        self.ledger.seen(self.instance_id, now, self.describe())
+        if self.on_beat is not None:
+            self.on_beat(now)
 
     def _renew(self) -> None:
         with self._lock:

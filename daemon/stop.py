@@ -36,3 +36,13 @@ class StopRequest:
     def wait(self, seconds: float) -> bool:
         """Pause unless stopping; True when stopping."""
         return self.event.wait(seconds)
+
+
+def stop_message(*, first: bool, status_text: str, timeout_seconds: float) -> str:
+    """What a person at the terminal is told at once on Ctrl-C: what happens now, and how to stop sooner."""
+    if not first:
+        return "vidrop: stopping now; the running job is abandoned between two steps and queued again"
+    if status_text.startswith("running ") and ": " in status_text:
+        job_input = status_text.split(": ", 1)[1]
+        return f"vidrop: finishing {job_input}, at most {timeout_seconds:g} s; Ctrl-C again to stop now"
+    return "vidrop: stopping (no job is running); Ctrl-C again to stop now"

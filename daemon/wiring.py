@@ -129,6 +129,9 @@ class Wiring:
         )
         disposal = InputDisposal(settings, ledger)
         hooks, gallery = self._hooks(), self._gallery(ledger)
+        if gallery is not None:
+            gallery.alive(clock.time(), recovery.lease_seconds)
+            keeper.on_beat = lambda now: gallery.alive(now, recovery.lease_seconds)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
         status = ServiceStatus(
             notifier=self.notifier,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +45,28 @@ def utc(iso: str) -> str:
     return f"{iso[:19].replace('T', ' ')} UTC"
 
 
+ALIVE_SCRIPT = "_alive.js"
+
+
+def local_time(epoch: float, fmt: str = "%H:%M") -> str:
+    """A time in the server's local time zone, with the zone's name: "14:05 CET"."""
+    return time.strftime(f"{fmt} %Z", time.localtime(epoch))
+
+
+def alive_script(now: float, lease_seconds: float) -> str:
+    """_alive.js: the last heartbeat, for each page's own check (a page from a dead instance cannot update)."""
+    facts = {"heartbeat": now, "lease": lease_seconds, "local": local_time(now)}
+    return f"vidropAlive({json.dumps(facts)});\n"
+
+
+def heartbeat_line(heartbeat: tuple[float, float]) -> str:
+    at, lease = heartbeat
+    return (
+        f"Last heartbeat: {local_time(at, '%Y-%m-%d %H:%M:%S')}. If that is more than {lease:g} s ago, "
+        f"vidrop is not running since then (`vidrop status` tells for sure)."
+    )
+
+
 def parameters(values: dict[str, Any]) -> str:
     """Key parameters in one line: "model svd · 64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
     parts = [f"model {values['model']}"] if "model" in values else []
@@ -75,9 +99,12 @@ def status_text(
     counts: dict[str, int],
     failures: list[Card],
     notice: str | None = None,
+    heartbeat: tuple[float, float] | None = None,
 ) -> str:
     """_STATUS.txt: for people without a browser; notice says why nothing moves (the ledger is unavailable)."""
     lines = [f"vidrop status, updated {utc(updated_at)}", ""]
+    if heartbeat is not None:
+        lines += [heartbeat_line(heartbeat), ""]
     if notice:
         lines += [f"Paused: {notice}", ""]
     drain = "" if not queue_length else f", all done in about {duration(drain_seconds)}"

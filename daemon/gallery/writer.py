@@ -17,7 +17,7 @@ import structlog
 
 from vidrop.daemon.clock import Clock
 from vidrop.daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
-from vidrop.daemon.gallery.pages import href, render_page, status_json, status_text, utc
+from vidrop.daemon.gallery.pages import ALIVE_SCRIPT, alive_script, href, render_page, status_json, status_text, utc
 from vidrop.daemon.ledger.base import Job, JobState
 from vidrop.daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
@@ -96,6 +96,7 @@ class GalleryWriter:
         self._every_page = False
         self._notice: str | None = None
         self._last_status: dict[str, Any] | None = None  # what _STATUS.txt last showed, for a notice alone
+        self._heartbeat: tuple[float, float] | None = None  # (time of the last heartbeat, lease seconds)
 
     # -- what the runner and the daemon call ---------------------------------------------------
 
@@ -133,6 +134,17 @@ class GalleryWriter:
             except OSError as exc:  # a full or vanished share must not stop the queue; the next change retries
                 log.warning("gallery_write_failed", folder=folder, error=str(exc))
         return due
+
+    def alive(self, now: float, lease_seconds: float) -> None:
+        """A heartbeat went through: _alive.js (which every page reads when it loads) and _STATUS.txt say when.
+        A page or a _STATUS.txt left by an instance that died still carries that time, so it tells on its own."""
+        self._heartbeat = (now, lease_seconds)
+        replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
+        if self._last_status is not None:
+            replace_text(
+                self.outbox.root / STATUS_TEXT,
+                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
+            )
 
     def show_notice(self, notice: str | None) -> None:
         """Say at the top of _STATUS.txt why nothing moves, at once and without the ledger (it is the one that
@@ -302,7 +314,10 @@ class GalleryWriter:
                 counts=snapshot.counts,
                 failures=snapshot.failures,
             )
-            replace_text(directory / STATUS_TEXT, status_text(**self._last_status, notice=self._notice))
+            replace_text(
+                directory / STATUS_TEXT,
+                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
+            )
         for block in sorted(self._blocks_to_write(folder, directory, changed, blocks, paged)):
             self._write_block(folder, directory, block, paged, snapshot, common)
         self._blocks[folder] = blocks
@@ -353,6 +368,7 @@ class GalleryWriter:
             "queue_length": len(snapshot.estimates.positions),
             "drain_seconds": snapshot.estimates.drain_seconds,
             "root_href": "../" * depth + INDEX if depth else None,
+            "alive_href": "../" * depth + ALIVE_SCRIPT,
         }
 
     def _folder_rows(self, snapshot: _Snapshot) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """A real `vidrop run` writes the gallery; a real headless chromium opens it from file:// like a designer would."""
 
 import json
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -101,7 +102,9 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     text = " ".join(page.text)
     assert "broken.png" in text and "failed" in text and "What to do:" in text
     assert f"{HOSTILE_NAME}.png" in page.text and HOSTILE_PROMPT in page.text
-    assert not page.scripts_or_handlers() and "x" not in page.sources()
+    # No script or handler but vidrop's own: the check whether vidrop still runs, and its heartbeat file.
+    assert page.scripts_or_handlers() == [("script", {}), ("script", {"src": "../_alive.js"})]
+    assert "x" not in page.sources()
     links = page.hrefs() + page.sources()
     assert all(resolves(index, link) for link in links), [link for link in links if not resolves(index, link)]
     names = {unquote(urlsplit(link).path).rsplit("/", 1)[-1] for link in links}
@@ -125,3 +128,35 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "gallery")
     assert result.returncode == 0, result.stderr
     assert len(Page(index.read_text()).cards()) == 4
+
+
+@pytest.mark.e2e
+def test_pages_left_by_a_stopped_daemon_say_it_is_not_running(folders, demo_models, start_vidrop):
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    for name in ("first", "second"):
+        drop(inbox / f"{name}.json", sidecar(steps=24))
+        drop(inbox / f"{name}.png", make_image(inbox.parent / f"{name}.png", color=(len(name) * 20, 9, 9)).read_bytes())
+    env = vidrop_env(folders, demo_models["ltx"], VIDROP_RECOVERY__LEASE_SECONDS="2")
+    vidrop = start_vidrop(env, faults=Faults(slow_inputs=["*"], slow_step_seconds=0.1))
+
+    def waiting():
+        status = read_json(outbox / "_status.json")
+        return status and {job["state"] for job in status["jobs"]} >= {"queued", "running"}
+
+    wait_for(waiting, 240, what="a running and a waiting job on the page")
+    script = wait_for(lambda: (outbox / "_alive.js").is_file() and (outbox / "_alive.js").read_text(), 30)
+    live = Page(chromium((outbox / "index.html").as_uri(), "--dump-dom"))
+    (banner,) = [attrs for tag, attrs in live.elements if attrs.get("id") == "not-running"]
+    assert "hidden" in banner
+    vidrop.process.kill()  # dies without a word: nothing rewrites the pages now
+    vidrop.process.wait()
+    heartbeat = json.loads(script[script.index("(") + 1 : script.rindex(")")])
+    last = json.loads((outbox / "_alive.js").read_text()[len("vidropAlive(") : -3])
+    wait_for(lambda: time.time() > last["heartbeat"] + last["lease"] + 1, 30, what="the lease to run out")
+    page = Page(chromium((outbox / "index.html").as_uri(), "--dump-dom"))
+    text = " ".join(page.text)
+    assert f"vidrop is not running since {last['local']}" in text and heartbeat["lease"] == 2
+    assert "waiting: vidrop is not running" in text and "in the queue" not in text  # no place, no start time
+    (banner,) = [attrs for tag, attrs in page.elements if attrs.get("id") == "not-running"]
+    assert "hidden" not in banner
+    assert "Last heartbeat:" in (outbox / "_STATUS.txt").read_text()
