@@ -169,7 +169,7 @@ def _config(args) -> int:
     from vidrop.config.settings import flat_settings
 
     loaded = _load(args)
-    print(f"# config file: {loaded.config_file or '(none)'}")
+    print(f"# config file: {loaded.config_file or '(none)'} ({loaded.config_origin or 'given'})")
     for name, value in flat_settings(loaded.settings).items():
         print(f"{name} = {json.dumps(value)}  # {loaded.sources[name]}")
     return 0

@@ -7,12 +7,12 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
 
 from vidrop.config.settings import LoadedSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "systemd"
 UNIT_NAMES = ("vidrop.service", "vidrop@.service")
 HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))
 PRIVATE_TMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
@@ -55,7 +55,7 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
             )
     under_home = any(path.is_relative_to(root) for path in writable + readable for root in HOME_ROOTS)
     values = {
-        "README": str(REPO / "README.md"),
+        "README": str(_readme()),
         "VIDROP": _quote(vidrop),
         "CONFIG": _quote(config),
         "STATE_DIR": _quote(settings.state_dir),
@@ -67,7 +67,12 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
         "SUPPLEMENTARY_GROUPS": _supplementary_groups(),
         "GPU_DEVICE_ALLOW": "\n".join(f"DeviceAllow={path} rw" for path in _gpu_devices()) or "# no /dev/nvidiaN here",
     }
-    return {name: _fill((TEMPLATES / name).read_text(encoding="utf-8"), values) for name in UNIT_NAMES}
+    return {name: _fill(unit_template(name), values) for name in UNIT_NAMES}
+
+
+def unit_template(name: str) -> str:
+    """A unit template as shipped: package data of the wheel (vidrop/systemd/), the checkout's systemd/ folder."""
+    return resources.files("vidrop").joinpath("systemd", name).read_text(encoding="utf-8")
 
 
 def write_units(units: dict[str, str], directory: Path) -> list[Path]:
@@ -93,6 +98,18 @@ def systemctl_lines(directory: Path) -> list[str]:
     if directory != Path("/etc/systemd/system"):
         lines.insert(0, f"# the units are in {directory}; systemd reads /etc/systemd/system")
     return lines
+
+
+def _readme() -> Path:
+    """The README of this checkout, or installed from a wheel, the package's METADATA (which holds it)."""
+    if (REPO / "README.md").is_file():
+        return REPO / "README.md"
+    try:
+        files = metadata.distribution("vidrop").files or []
+    except metadata.PackageNotFoundError:
+        return REPO / "README.md"
+    found = [file for file in files if file.name == "METADATA"]
+    return Path(found[0].locate()).resolve() if found else REPO / "README.md"
 
 
 def _fill(template: str, values: dict[str, str]) -> str:

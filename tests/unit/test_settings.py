@@ -2,13 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from vidrop.config.settings import ConfigError, flat_settings, load_settings
+from vidrop.config import settings as settings_module
+from vidrop.config.settings import ConfigError, flat_settings, load_settings, shipped_settings_text
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in list(__import__("os").environ):
-        if name.startswith("VIDROP_") or name == "HF_HUB_OFFLINE":
+        if name.startswith("VIDROP_") or name in ("HF_HUB_OFFLINE", "STATE_DIRECTORY", "XDG_CONFIG_HOME"):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -19,8 +20,8 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_config_is_valid(clean_env):
-    loaded = load_settings()
+def test_shipped_config_is_valid(clean_env, tmp_path):
+    loaded = load_settings(write_config(tmp_path, shipped_settings_text()))
     assert loaded.settings.pipeline.model == "Lightricks/LTX-Video"
     assert loaded.settings.pipeline.family == "auto"
 
@@ -102,3 +103,40 @@ def test_hf_hub_offline_turns_offline_on(clean_env):
 def test_flat_settings_names_every_value(clean_env):
     names = flat_settings(load_settings().settings)
     assert {"inbox", "pipeline.model", "generation.format", "limits.max_frames"} <= set(names)
+
+
+def test_settings_are_found_at_config_then_the_variable_then_etc_then_the_users_folder(clean_env, tmp_path):
+    system, user_home = tmp_path / "etc" / "vidrop.toml", tmp_path / "home"
+    clean_env.setattr(settings_module, "SYSTEM_CONFIG_FILE", system)
+    clean_env.setenv("XDG_CONFIG_HOME", str(user_home))
+    assert load_settings().config_file is None
+    user = user_home / "vidrop" / "vidrop.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('log_level = "debug"\n')
+    assert (load_settings().config_file, load_settings().config_origin) == (user, "the user's settings")
+    system.parent.mkdir()
+    system.write_text('log_level = "warning"\n')
+    assert (load_settings().config_file, load_settings().config_origin) == (system, "the system's settings")
+    variable = write_config(tmp_path, "")
+    clean_env.setenv("VIDROP_CONFIG", str(variable))
+    assert (load_settings().config_file, load_settings().config_origin) == (variable, "$VIDROP_CONFIG")
+    assert load_settings(user).config_origin == "--config"
+
+
+def test_relative_paths_in_a_settings_file_are_relative_to_that_file(clean_env, tmp_path, monkeypatch):
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    config = write_config(folder, 'inbox = "in"\noutbox = "../out"\n[intake]\ndone_dir = "done"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(config).settings
+    assert settings.inbox == folder / "in"
+    assert settings.outbox == tmp_path / "out"
+    assert settings.intake.done_dir == folder / "done"
+    assert settings.state_dir == tmp_path / "state"  # not in the file: the default, from the current folder
+
+
+def test_under_systemd_the_state_follows_state_directory_unless_set(clean_env, tmp_path):
+    clean_env.setenv("STATE_DIRECTORY", str(tmp_path / "lib"))
+    assert load_settings(write_config(tmp_path, "")).settings.state_dir == tmp_path / "lib"
+    config = write_config(tmp_path, f'state_dir = "{tmp_path / "mine"}"\n')
+    assert load_settings(config).settings.state_dir == tmp_path / "mine"
