@@ -457,7 +457,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
 
 
 def _anchored(settings: Settings, path: Path | None, sources: dict[str, str]) -> Settings:
-    """Relative paths from a settings file are relative to that file, never to the current folder; under
+    """With a settings file, relative paths (its own and the defaults) are relative to that file, never to the
+    current folder; under
     systemd a state_dir left at its default is $STATE_DIRECTORY (StateDirectory=vidrop: /var/lib/vidrop)."""
     state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     updates: dict[str, dict[str, Any]] = {"": {}, "intake": {}}
@@ -466,7 +467,7 @@ def _anchored(settings: Settings, path: Path | None, sources: dict[str, str]) ->
         value: Path = getattr(getattr(settings, section) if section else settings, field)
         if name == "state_dir" and sources[name] == "default" and state_directory:
             updates[section][field] = Path(state_directory)
-        elif sources[name] == "file" and path is not None and not value.expanduser().is_absolute():
+        elif sources[name] in ("file", "default") and path is not None and not value.expanduser().is_absolute():
             updates[section][field] = path.absolute().parent / value
     intake = settings.intake.model_copy(update=updates["intake"])
     return settings.model_copy(update={**updates[""], "intake": intake})

@@ -33,6 +33,7 @@ class UnitOptions:
     user: str | None = None
     watchdog_seconds: int = DEFAULT_WATCHDOG_SECONDS
     vidrop: Path | None = None
+    group: str | None = None  # the designers' group that owns the inbox and outbox (SupplementaryGroups=)
 
 
 def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]:
@@ -64,7 +65,7 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
         "TIMEOUT_STOP_SEC": str(math.ceil(settings.service.stop_timeout_seconds) + STOP_MARGIN_SECONDS),
         "READ_WRITE_PATHS": " ".join(_quote(path) for path in writable),
         "PROTECT_HOME": "read-only" if under_home else "yes",
-        "SUPPLEMENTARY_GROUPS": _supplementary_groups(),
+        "SUPPLEMENTARY_GROUPS": _supplementary_groups(options.group),
         "GPU_DEVICE_ALLOW": "\n".join(f"DeviceAllow={path} rw" for path in _gpu_devices()) or "# no /dev/nvidiaN here",
     }
     return {name: _fill(unit_template(name), values) for name in UNIT_NAMES}
@@ -126,8 +127,8 @@ def _quote(path: Path | str) -> str:
     return f'"{text}"' if any(char.isspace() for char in text) else text
 
 
-def _supplementary_groups() -> str:
-    present = [name for name in GPU_GROUPS if _group_exists(name)]
+def _supplementary_groups(share_group: str | None = None) -> str:
+    present = [name for name in (*GPU_GROUPS, *([share_group] if share_group else [])) if _group_exists(name)]
     if not present:
         return "# no video or render group on this machine"
     return "SupplementaryGroups=" + " ".join(present)

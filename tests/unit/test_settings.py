@@ -132,7 +132,7 @@ def test_relative_paths_in_a_settings_file_are_relative_to_that_file(clean_env, 
     assert settings.inbox == folder / "in"
     assert settings.outbox == tmp_path / "out"
     assert settings.intake.done_dir == folder / "done"
-    assert settings.state_dir == tmp_path / "state"  # not in the file: the default, from the current folder
+    assert settings.state_dir == folder / "state"  # not in the file: the default, beside the file too
 
 
 def test_under_systemd_the_state_follows_state_directory_unless_set(clean_env, tmp_path):
