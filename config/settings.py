@@ -28,6 +28,7 @@ from vidrop.config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRE
 CONFIG_ENV_VAR = "VIDROP_CONFIG"
 # Where a Debian operator looks: the system's file (install-systemd writes it), then the user's own.
 SYSTEM_CONFIG_FILE = Path("/etc/vidrop/vidrop.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/vidrop")  # the state of the system's settings, where they leave it unset
 SHIPPED_SETTINGS = "vidrop.toml"  # package data of vidrop.config: every setting, commented, with its default
 # Paths a settings file may give relative to itself; under systemd the state follows $STATE_DIRECTORY.
 FILE_RELATIVE_PATHS = ("inbox", "outbox", "state_dir", "intake.done_dir", "intake.failed_dir")
@@ -459,14 +460,15 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
 def _anchored(settings: Settings, path: Path | None, sources: dict[str, str]) -> Settings:
     """With a settings file, relative paths (its own and the defaults) are relative to that file, never to the
     current folder; under
-    systemd a state_dir left at its default is $STATE_DIRECTORY (StateDirectory=vidrop: /var/lib/vidrop)."""
+    systemd a state_dir left at its default is $STATE_DIRECTORY (StateDirectory=vidrop: /var/lib/vidrop), and so
+    it is for /etc/vidrop/vidrop.toml outside systemd too (install-systemd, `vidrop status`)."""
     state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     updates: dict[str, dict[str, Any]] = {"": {}, "intake": {}}
     for name in FILE_RELATIVE_PATHS:
         section, _, field = name.rpartition(".")
         value: Path = getattr(getattr(settings, section) if section else settings, field)
-        if name == "state_dir" and sources[name] == "default" and state_directory:
-            updates[section][field] = Path(state_directory)
+        if name == "state_dir" and sources[name] == "default" and (state_directory or path == SYSTEM_CONFIG_FILE):
+            updates[section][field] = Path(state_directory or SYSTEM_STATE_DIR)
         elif sources[name] in ("file", "default") and path is not None and not value.expanduser().is_absolute():
             updates[section][field] = path.absolute().parent / value
     intake = settings.intake.model_copy(update=updates["intake"])

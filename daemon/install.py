@@ -81,7 +81,13 @@ def prepare_folders(settings: Settings, account: Account | None, group: str | No
     gid = _group_id(group) if group else (account.gid if account else os.getegid())
     uid = account.uid if account else os.geteuid()
     done = []
-    for path, mode in ((settings.inbox, SHARE_MODE), (settings.outbox, SHARE_MODE), (settings.state_dir, STATE_MODE)):
+    own_gid = account.gid if account else os.getegid()
+    folders = (
+        (settings.inbox, SHARE_MODE, gid),
+        (settings.outbox, SHARE_MODE, gid),
+        (settings.state_dir, STATE_MODE, own_gid),
+    )
+    for path, mode, gid in folders:
         if not path.exists():
             if os.geteuid() != 0 and (account or group):
                 owner = f"{account.user if account else os.geteuid()}:{gid}"
