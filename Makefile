@@ -6,10 +6,13 @@ BIN := $(VENV)/bin
 # A CPU build of torch where there is no NVIDIA GPU (on these machines it comes from local disk);
 # pip must never resolve an unpinned torch by itself there: that pulls a multi-GB CUDA build.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-# Debian packages: systemd-python compiles against libsystemd; the tests use real rsync, a throw-away
-# PostgreSQL and Samba share, strace (to hold a process at a system call), and open the gallery pages in a
-# headless chromium.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient strace
+# Debian packages. `make run` and `make demo` need none (no database, browser or compiler: readiness needs no
+# systemd-python). The tests: systemd-python compiles against libsystemd (gcc, pkg-config); real rsync, a
+# throw-away PostgreSQL and Samba share, strace (to hold a process at a system call), and the gallery pages
+# opened in a headless chromium.
+RUN_PACKAGES :=
+TEST_PACKAGES := libsystemd-dev pkg-config gcc rsync chromium postgresql samba smbclient strace
+SYSTEM_PACKAGES = $(RUN_PACKAGES)
 PYTEST_ARGS ?=
 
 .PHONY: run test test-quick lint format demo check bench gallery-screenshot system-packages clean
@@ -17,10 +20,17 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# What runs the service: vidrop and torch (and NVML, optional, for the waiting message).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python system-packages
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test,systemd]"
+	$(BIN)/pip install --quiet -e ".[nvml]"
+	touch $@
+
+# What the tests use besides: the test tools, the systemd and postgres extras, and the test Debian packages.
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(TEST_PACKAGES)"
+	$(BIN)/pip install --quiet -e ".[test,systemd,postgres,nvml]"
 	touch $@
 
 system-packages:
@@ -44,15 +54,15 @@ test: lint
 
 # The edit-test loop: the unit and integration tests (fakes, tiny real models, real SQLite and PostgreSQL; no
 # long-running `vidrop` process), under two minutes on the 2-core test machine. `make test` runs everything.
-test-quick: $(VENV)/.installed
+test-quick: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -m "not slow and not long" tests/unit tests/integration $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # What lint asks for, done: imports sorted, unused ones removed, every file formatted.
-format: $(VENV)/.installed
+format: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
@@ -73,7 +83,7 @@ demo: $(VENV)/.installed
 GALLERY_DEMO := $(CURDIR)/build/gallery-demo
 GALLERY_ENV := VIDROP_INBOX=$(GALLERY_DEMO)/inbox VIDROP_OUTBOX=$(GALLERY_DEMO)/outbox VIDROP_STATE_DIR=$(GALLERY_DEMO)/state \
 	VIDROP_PIPELINE__MODEL=$(GALLERY_DEMO)/model VIDROP_INTAKE__SETTLE_SECONDS=0 HF_HUB_OFFLINE=1
-gallery-screenshot: $(VENV)/.installed
+gallery-screenshot: $(VENV)/.test-installed
 	rm -rf $(GALLERY_DEMO) && mkdir -p $(GALLERY_DEMO)/inbox/spring docs
 	$(BIN)/vidrop demo-model $(GALLERY_DEMO)/model
 	$(BIN)/python -c "from PIL import Image, ImageDraw; \

@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,13 @@ from vidrop.config.errors import ConfigError
 from vidrop.config.request import GenerationFields
 from vidrop.config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRESETS, MemoryMode
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "vidrop.toml"
 CONFIG_ENV_VAR = "VIDROP_CONFIG"
+# Where a Debian operator looks: the system's file (install-systemd writes it), then the user's own.
+SYSTEM_CONFIG_FILE = Path("/etc/vidrop/vidrop.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/vidrop")  # the state of the system's settings, where they leave it unset
+SHIPPED_SETTINGS = "vidrop.toml"  # package data of vidrop.config: every setting, commented, with its default
+# Paths a settings file may give relative to itself; under systemd the state follows $STATE_DIRECTORY.
+FILE_RELATIVE_PATHS = ("inbox", "outbox", "state_dir", "intake.done_dir", "intake.failed_dir")
 ENV_PREFIX = "VIDROP_"
 ENV_NESTED_DELIMITER = "__"
 
@@ -424,20 +430,41 @@ class LoadedSettings(BaseModel):
     sources: dict[str, str]
     # VIDROP_* variables that name no setting, each with the nearest known name (None: nothing close)
     unknown_variables: list[tuple[str, str | None]] = []
+    config_origin: str = ""  # which rule found config_file: --config, $VIDROP_CONFIG, the system's, the user's
+
+
+def shipped_settings_text() -> str:
+    """The commented default settings, as shipped in the package (the template of /etc/vidrop/vidrop.toml)."""
+    return resources.files("vidrop.config").joinpath(SHIPPED_SETTINGS).read_text(encoding="utf-8")
+
+
+def user_config_file() -> Path:
+    """$XDG_CONFIG_HOME/vidrop/vidrop.toml, ~/.config/vidrop/vidrop.toml where it is unset (the XDG rule)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or ""
+    root = Path(base) if Path(base).is_absolute() else Path.home() / ".config"
+    return root / "vidrop" / "vidrop.toml"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
+    """--config, else $VIDROP_CONFIG, else /etc/vidrop/vidrop.toml, else the user's; and which rule found it."""
+    if explicit:
+        return Path(explicit), "--config"
+    if os.environ.get(CONFIG_ENV_VAR):
+        return Path(os.environ[CONFIG_ENV_VAR]), f"${CONFIG_ENV_VAR}"
+    for path, origin in ((SYSTEM_CONFIG_FILE, "the system's settings"), (user_config_file(), "the user's settings")):
+        if path.is_file():
+            return path, origin
+    return None, "none found: built-in defaults"
 
 
 def resolve_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """--config, else $VIDROP_CONFIG, else the shipped config/vidrop.toml."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(CONFIG_ENV_VAR):
-        return Path(os.environ[CONFIG_ENV_VAR])
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+    """The settings file these settings come from (see find_config_file)."""
+    return find_config_file(explicit)[0]
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> LoadedSettings:
     """Build the one Settings object; raise ConfigError with one clear sentence when it is unusable."""
-    path = resolve_config_file(config_file)
+    path, origin = find_config_file(config_file)
     toml_data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -460,15 +487,19 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     except SettingsError as exc:  # a VIDROP_* value that must be JSON (a list, a table) and is not
         raise ConfigError(_describe_env_json_error(exc)) from None
 
-    settings = _with_derived_values(settings)
+    sources = _sources(settings, toml_data, overrides)
+    settings = _with_derived_values(_anchored(settings, path, sources))
     _check_paths(settings)
     try:
         settings.pipeline.offered_models()
     except ValueError as exc:
         raise ConfigError(f"invalid settings: pipeline.models: {exc}") from None
-    sources = _sources(settings, toml_data, overrides)
     return LoadedSettings(
-        settings=settings, config_file=path, sources=sources, unknown_variables=unknown_variables(os.environ)
+        settings=settings,
+        config_file=path,
+        sources=sources,
+        config_origin=origin,
+        unknown_variables=unknown_variables(os.environ),
     )
 
 
@@ -511,6 +542,24 @@ def _describe_env_json_error(exc: SettingsError) -> str:
                 if os.environ[name].lstrip()[:1] in "[{":
                     return f"invalid settings: {name} is not valid JSON ({error}); write a list or table as JSON"
     return f"invalid settings in VIDROP_* environment variables: {exc}"
+
+
+def _anchored(settings: Settings, path: Path | None, sources: dict[str, str]) -> Settings:
+    """With a settings file, relative paths (its own and the defaults) are relative to that file, never to the
+    current folder; under
+    systemd a state_dir left at its default is $STATE_DIRECTORY (StateDirectory=vidrop: /var/lib/vidrop), and so
+    it is for /etc/vidrop/vidrop.toml outside systemd too (install-systemd, `vidrop status`)."""
+    state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    updates: dict[str, dict[str, Any]] = {"": {}, "intake": {}}
+    for name in FILE_RELATIVE_PATHS:
+        section, _, field = name.rpartition(".")
+        value: Path = getattr(getattr(settings, section) if section else settings, field)
+        if name == "state_dir" and sources[name] == "default" and (state_directory or path == SYSTEM_CONFIG_FILE):
+            updates[section][field] = Path(state_directory or SYSTEM_STATE_DIR)
+        elif sources[name] in ("file", "default") and path is not None and not value.expanduser().is_absolute():
+            updates[section][field] = path.absolute().parent / value
+    intake = settings.intake.model_copy(update=updates["intake"])
+    return settings.model_copy(update={**updates[""], "intake": intake})
 
 
 def _with_derived_values(settings: Settings) -> Settings:
@@ -593,6 +642,9 @@ def apply_process_environment(settings: Settings) -> None:
     """Set what torch reads from the environment before CUDA starts (an operator's own value wins)."""
     if settings.memory.cuda_alloc_conf:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", settings.memory.cuda_alloc_conf)
+    cache_directory = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if cache_directory:  # under systemd (CacheDirectory=vidrop): the models' cache is /var/cache/vidrop
+        os.environ.setdefault("HF_HOME", str(Path(cache_directory) / "huggingface"))
 
 
 def flat_settings(settings: Settings) -> dict[str, Any]:

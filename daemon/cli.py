@@ -59,7 +59,10 @@ def _quiet_stdout() -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidrop", description="Turn dropped images and prompts into videos.")
-    parser.add_argument("--config", help="settings file (default: $VIDROP_CONFIG, else config/vidrop.toml)")
+    parser.add_argument(
+        "--config",
+        help="settings file (default: $VIDROP_CONFIG, /etc/vidrop/vidrop.toml, ~/.config/vidrop/vidrop.toml)",
+    )
     parser.add_argument("--version", action=_Version, help="print the vidrop, diffusers and torch versions")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, text in (
@@ -75,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
     units = commands.add_parser("install-systemd", help="write vidrop.service and vidrop@.service for this install")
     units.add_argument("--output", type=Path, default=Path("/etc/systemd/system"), help="where to write the units")
-    units.add_argument("--user", help="the account the service runs as (default: root)")
+    units.add_argument("--user", help="the account the service runs as (created, a system user, if absent)")
+    units.add_argument("--group", help="the group that owns the inbox and outbox (the designers'; default: --user's)")
     units.add_argument(
         "--watchdog-seconds",
         type=int,
@@ -227,7 +231,7 @@ def _config(args) -> int:
     from vidrop.config.settings import flat_settings
 
     loaded = _load(args)
-    print(f"# config file: {loaded.config_file or '(none)'}")
+    print(f"# config file: {loaded.config_file or '(none)'} ({loaded.config_origin or 'given'})")
     for name, value in flat_settings(loaded.settings).items():
         print(f"{name} = {json.dumps(value)}  # {loaded.sources[name]}")
     return 0
@@ -269,6 +273,7 @@ def _gallery(args) -> int:
 
 
 def _install_systemd(args) -> int:
+    from vidrop.daemon.install import InstallError, prepare_folders, prepare_service
     from vidrop.daemon.units import (
         DEFAULT_WATCHDOG_SECONDS,
         UnitError,
@@ -278,13 +283,20 @@ def _install_systemd(args) -> int:
         write_units,
     )
 
-    loaded = _load(args)
-    options = UnitOptions(user=args.user, watchdog_seconds=args.watchdog_seconds or DEFAULT_WATCHDOG_SECONDS)
+    options = UnitOptions(
+        user=args.user, group=args.group, watchdog_seconds=args.watchdog_seconds or DEFAULT_WATCHDOG_SECONDS
+    )
     try:
+        config, account, done = prepare_service(getattr(args, "config", None), args.user, args.group)
+        args.config = str(config)
+        loaded = _load(args)
         units = render_units(loaded, options)
-    except UnitError as exc:
+        done += prepare_folders(loaded.settings, account, args.group)
+    except (UnitError, InstallError) as exc:
         print(f"vidrop: {exc}", file=sys.stderr)
         return EX_CONFIG
+    for line in done:
+        print(line)
     for path in write_units(units, args.output):
         print(f"wrote {path}")
     print("now run:")

@@ -422,7 +422,8 @@ class Outbox:
         data = (json_text(line, sort_keys=True) + "\n").encode("utf-8")
         with self._writing():
             names.folder.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(names.jobs_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # 0o666: the umask decides (UMask=0002 in the unit: group-writable for the share's group)
+            descriptor = os.open(names.jobs_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 os.write(descriptor, data)
                 os.fsync(descriptor)

@@ -7,12 +7,12 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
 
 from vidrop.config.settings import LoadedSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "systemd"
 UNIT_NAMES = ("vidrop.service", "vidrop@.service")
 HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))
 PRIVATE_TMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
@@ -33,6 +33,7 @@ class UnitOptions:
     user: str | None = None
     watchdog_seconds: int = DEFAULT_WATCHDOG_SECONDS
     vidrop: Path | None = None
+    group: str | None = None  # the designers' group that owns the inbox and outbox (SupplementaryGroups=)
 
 
 def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]:
@@ -55,7 +56,7 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
             )
     under_home = any(path.is_relative_to(root) for path in writable + readable for root in HOME_ROOTS)
     values = {
-        "README": str(REPO / "README.md"),
+        "README": str(_readme()),
         "VIDROP": _quote(vidrop),
         "CONFIG": _quote(config),
         "STATE_DIR": _quote(settings.state_dir),
@@ -64,10 +65,15 @@ def render_units(loaded: LoadedSettings, options: UnitOptions) -> dict[str, str]
         "TIMEOUT_STOP_SEC": str(math.ceil(settings.service.stop_timeout_seconds) + STOP_MARGIN_SECONDS),
         "READ_WRITE_PATHS": " ".join(_quote(path) for path in writable),
         "PROTECT_HOME": "read-only" if under_home else "yes",
-        "SUPPLEMENTARY_GROUPS": _supplementary_groups(),
+        "SUPPLEMENTARY_GROUPS": _supplementary_groups(options.group),
         "GPU_DEVICE_ALLOW": "\n".join(f"DeviceAllow={path} rw" for path in _gpu_devices()) or "# no /dev/nvidiaN here",
     }
-    return {name: _fill((TEMPLATES / name).read_text(encoding="utf-8"), values) for name in UNIT_NAMES}
+    return {name: _fill(unit_template(name), values) for name in UNIT_NAMES}
+
+
+def unit_template(name: str) -> str:
+    """A unit template as shipped: package data of the wheel (vidrop/systemd/), the checkout's systemd/ folder."""
+    return resources.files("vidrop").joinpath("systemd", name).read_text(encoding="utf-8")
 
 
 def write_units(units: dict[str, str], directory: Path) -> list[Path]:
@@ -95,6 +101,18 @@ def systemctl_lines(directory: Path) -> list[str]:
     return lines
 
 
+def _readme() -> Path:
+    """The README of this checkout, or installed from a wheel, the package's METADATA (which holds it)."""
+    if (REPO / "README.md").is_file():
+        return REPO / "README.md"
+    try:
+        files = metadata.distribution("vidrop").files or []
+    except metadata.PackageNotFoundError:
+        return REPO / "README.md"
+    found = [file for file in files if file.name == "METADATA"]
+    return Path(found[0].locate()).resolve() if found else REPO / "README.md"
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         template = template.replace(f"@{name}@", value)
@@ -109,8 +127,8 @@ def _quote(path: Path | str) -> str:
     return f'"{text}"' if any(char.isspace() for char in text) else text
 
 
-def _supplementary_groups() -> str:
-    present = [name for name in GPU_GROUPS if _group_exists(name)]
+def _supplementary_groups(share_group: str | None = None) -> str:
+    present = [name for name in (*GPU_GROUPS, *([share_group] if share_group else [])) if _group_exists(name)]
     if not present:
         return "# no video or render group on this machine"
     return "SupplementaryGroups=" + " ".join(present)

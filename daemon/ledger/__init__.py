@@ -14,7 +14,14 @@ def open_ledger(ledger_url: str | None, state_dir: Path, *, busy_seconds: float 
     busy_seconds: how long an SQLite statement waits for another process's lock.
     """
     if ledger_url and ledger_url.startswith(("postgresql://", "postgres://")):
-        from vidrop.daemon.ledger.postgres import PostgresLedger
+        try:
+            from vidrop.daemon.ledger.postgres import PostgresLedger
+        except ModuleNotFoundError as exc:
+            from vidrop.config.errors import ConfigError
+
+            raise ConfigError(
+                f"ledger_url is PostgreSQL but {exc.name} is not installed; run: pip install 'vidrop[postgres]'"
+            ) from None
 
         return PostgresLedger(ledger_url)
     if ledger_url and ledger_url.startswith("sqlite:///"):

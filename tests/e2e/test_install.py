@@ -28,6 +28,12 @@ NOT_BORROWED = ("vidrop", "__editable__", "daemon", "python_daemon", "lockfile")
 SOURCE_PACKAGES = ("config", "daemon", "pipeline")
 PYTHON_DAEMON = "import daemon; print(daemon.DaemonContext.__name__, daemon.__file__)"
 VIDROP_MODULES = "import vidrop.daemon.cli, vidrop.daemon.units as units; print(units.__file__)"
+# What install-systemd reads, from the installed package (importlib.resources), never from a checkout.
+VIDROP_PACKAGE_DATA = (
+    "from vidrop.daemon import units; from vidrop.config import settings; "
+    "print(units.unit_template('vidrop.service').count('[Service]'), "
+    "units.unit_template('vidrop@.service').count('[Service]'), settings.shipped_settings_text().count('inbox'))"
+)
 VIDROP_EVERYTHING = "import vidrop.daemon.app"  # the daemon, the pipeline, torch and diffusers (slow: once)
 
 
@@ -145,6 +151,8 @@ def _assert_vidrop_works(venv: Path, site_packages: Path) -> None:
     units = Path(_run(venv, "python", "-c", VIDROP_MODULES).strip())
     assert units == site_packages / "vidrop" / "daemon" / "units.py"
     assert (site_packages / "vidrop" / "systemd" / "vidrop.service").is_file()  # what install-systemd fills in
+    service, instance, inbox_mentions = _run(venv, "python", "-c", VIDROP_PACKAGE_DATA).split()
+    assert (service, instance) == ("1", "1") and int(inbox_mentions) > 0
 
 
 def _run(venv: Path, program: str, *args: str, check: bool = True) -> str:

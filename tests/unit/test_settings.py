@@ -2,13 +2,20 @@ from pathlib import Path
 
 import pytest
 
-from vidrop.config.settings import ConfigError, flat_settings, load_settings, unknown_variables
+from vidrop.config import settings as settings_module
+from vidrop.config.settings import (
+    ConfigError,
+    flat_settings,
+    load_settings,
+    shipped_settings_text,
+    unknown_variables,
+)
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in list(__import__("os").environ):
-        if name.startswith("VIDROP_") or name == "HF_HUB_OFFLINE":
+        if name.startswith("VIDROP_") or name in ("HF_HUB_OFFLINE", "STATE_DIRECTORY", "XDG_CONFIG_HOME"):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -19,8 +26,8 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_config_is_valid(clean_env):
-    loaded = load_settings()
+def test_shipped_config_is_valid(clean_env, tmp_path):
+    loaded = load_settings(write_config(tmp_path, shipped_settings_text()))
     assert loaded.settings.pipeline.model == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     assert loaded.settings.pipeline.family == "auto"
 
@@ -114,3 +121,40 @@ def test_unknown_vidrop_variables_come_with_the_nearest_known_name():
         "HOME": "/root",
     }
     assert unknown_variables(environ) == [("VIDROP_DEBUG__STEPS", None), ("VIDROP_OUTBX", "VIDROP_OUTBOX")]
+
+
+def test_settings_are_found_at_config_then_the_variable_then_etc_then_the_users_folder(clean_env, tmp_path):
+    system, user_home = tmp_path / "etc" / "vidrop.toml", tmp_path / "home"
+    clean_env.setattr(settings_module, "SYSTEM_CONFIG_FILE", system)
+    clean_env.setenv("XDG_CONFIG_HOME", str(user_home))
+    assert load_settings().config_file is None
+    user = user_home / "vidrop" / "vidrop.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('log_level = "debug"\n')
+    assert (load_settings().config_file, load_settings().config_origin) == (user, "the user's settings")
+    system.parent.mkdir()
+    system.write_text('log_level = "warning"\n')
+    assert (load_settings().config_file, load_settings().config_origin) == (system, "the system's settings")
+    variable = write_config(tmp_path, "")
+    clean_env.setenv("VIDROP_CONFIG", str(variable))
+    assert (load_settings().config_file, load_settings().config_origin) == (variable, "$VIDROP_CONFIG")
+    assert load_settings(user).config_origin == "--config"
+
+
+def test_relative_paths_in_a_settings_file_are_relative_to_that_file(clean_env, tmp_path, monkeypatch):
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    config = write_config(folder, 'inbox = "in"\noutbox = "../out"\n[intake]\ndone_dir = "done"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(config).settings
+    assert settings.inbox == folder / "in"
+    assert settings.outbox == tmp_path / "out"
+    assert settings.intake.done_dir == folder / "done"
+    assert settings.state_dir == folder / "state"  # not in the file: the default, beside the file too
+
+
+def test_under_systemd_the_state_follows_state_directory_unless_set(clean_env, tmp_path):
+    clean_env.setenv("STATE_DIRECTORY", str(tmp_path / "lib"))
+    assert load_settings(write_config(tmp_path, "")).settings.state_dir == tmp_path / "lib"
+    config = write_config(tmp_path, f'state_dir = "{tmp_path / "mine"}"\n')
+    assert load_settings(config).settings.state_dir == tmp_path / "mine"
