@@ -19,6 +19,7 @@ from vidrop.daemon.lease import LeaseKeeper
 from vidrop.daemon.ledger import open_ledger
 from vidrop.daemon.ledger.base import Ledger
 from vidrop.daemon.ledger_pause import LedgerPause, wait_out
+from vidrop.daemon.metrics import start_metrics
 from vidrop.daemon.outbox import Outbox
 from vidrop.daemon.outbox_pause import OutboxPause
 from vidrop.daemon.recorder import JobListener, Recorder
@@ -129,6 +130,8 @@ class Wiring:
         disposal = InputDisposal(settings, ledger)
         hooks, gallery = self._hooks(), self._gallery(ledger)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
+        metrics = start_metrics(settings.metrics, ledger)
+        listeners += [metrics] if metrics is not None else []
         status = ServiceStatus(
             notifier=self.notifier,
             stop=stop,
