@@ -65,6 +65,8 @@ class Metrics:
         self.mode = prom.Counter("vidrop_memory_mode_jobs", "jobs by memory mode chosen", ["mode"], registry=reg)
         self.recoveries = prom.Counter("vidrop_oom_recoveries", "out-of-memory recovery steps", registry=reg)
         self.switches = prom.Counter("vidrop_model_switches", "jobs that switched the model", registry=reg)
+        self.outbox_paused = prom.Gauge("vidrop_outbox_paused", "1 while the outbox cannot be written", registry=reg)
+        self.gpu = prom.Gauge("vidrop_gpu_memory_bytes", "CUDA memory (where present)", ["kind"], registry=reg)
         self.info = prom.Info("vidrop_build", "versions", registry=reg)
         self.info.info({name: _version(name) for name in ("vidrop", "diffusers", "torch")})
         for state in STATES:
@@ -76,6 +78,20 @@ class Metrics:
                 self.phase.labels(family, phase)
         for mode in MEMORY_MODES:
             self.mode.labels(mode)
+
+    def watch(self, outbox_paused: Callable[[], bool]) -> None:
+        """Gauges read at each scrape: the outbox pause, and CUDA memory where CUDA is present."""
+        self.outbox_paused.set_function(lambda: float(outbox_paused()))
+        try:
+            import torch
+        except ImportError:
+            return
+        if not torch.cuda.is_available():
+            return
+        self.gpu.labels("own_allocated").set_function(lambda: torch.cuda.memory_allocated())
+        self.gpu.labels("own_reserved").set_function(lambda: torch.cuda.memory_reserved())
+        self.gpu.labels("device_free").set_function(lambda: torch.cuda.mem_get_info()[0])
+        self.gpu.labels("device_total").set_function(lambda: torch.cuda.mem_get_info()[1])
 
     def refresh(self) -> None:
         """The fleet's counts from the ledger (a failure leaves the last values)."""
@@ -158,7 +174,7 @@ class TextfileWriter(threading.Thread):
             self.wake.clear()
 
 
-def start_metrics(settings: Any, ledger: Any) -> Metrics | None:
+def start_metrics(settings: Any, ledger: Any, outbox_paused: Callable[[], bool]) -> Metrics | None:
     """The metrics the settings ask for, serving or writing; None when off. Unusable settings: ConfigError."""
     from vidrop.config.errors import ConfigError
     from vidrop.config.vocabulary import FAMILY_NAMES
@@ -169,6 +185,7 @@ def start_metrics(settings: Any, ledger: Any) -> Metrics | None:
         metrics = Metrics(families=FAMILY_NAMES, counts=ledger.counts)
     except MetricsUnavailable as exc:
         raise ConfigError(str(exc)) from exc
+    metrics.watch(outbox_paused)
     if settings.textfile is not None:
         writer = TextfileWriter(metrics, Path(settings.textfile))
         metrics.on_change = writer.wake.set

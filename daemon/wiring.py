@@ -130,7 +130,7 @@ class Wiring:
         disposal = InputDisposal(settings, ledger)
         hooks, gallery = self._hooks(), self._gallery(ledger)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
-        metrics = start_metrics(settings.metrics, ledger)
+        metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
         listeners += [metrics] if metrics is not None else []
         status = ServiceStatus(
             notifier=self.notifier,

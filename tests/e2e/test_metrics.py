@@ -63,7 +63,7 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase="wait") == 1
     assert value(after, "vidrop_memory_mode_jobs_total", mode="as_is") == 1
     assert value(after, "vidrop_last_finished_timestamp_seconds") > 0
-    assert value(after, "vidrop_jobs_running") == 0
+    assert value(after, "vidrop_jobs_running") == 0 and value(after, "vidrop_outbox_paused") == 0
 
     # The textfile follows, and is never seen half-written: no temporary left next to it.
     wait_for(
