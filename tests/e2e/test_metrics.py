@@ -69,5 +69,5 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     wait_for(
         lambda: value(parse(textfile.read_text()), "vidrop_jobs_finished_total", state="done") == 1, 30, what="file"
     )
-    assert [p.name for p in textfile.parent.iterdir()] == ["vidrop.prom"]
+    wait_for(lambda: [p.name for p in textfile.parent.iterdir()] == ["vidrop.prom"], 30, what="temporaries renamed")
     assert vidrop.stop() == 0
