@@ -320,6 +320,19 @@ class ServiceSettings(_Section):
     stop_timeout_seconds: float = Field(60.0, ge=0, description="how long a stop lets the running job finish")
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics (needs prometheus_client: the `metrics` extra)."""
+
+    port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port; unset: off")
+    port_offset: int = Field(0, ge=0, description="added to port (vidrop@N sets N) so instances do not collide")
+    bind: str = Field("127.0.0.1", description="address the metrics server listens on")
+    textfile: Path | None = Field(None, description="instead, write a node_exporter textfile here (atomically)")
+
+    @property
+    def is_configured(self) -> bool:
+        return self.port is not None or self.textfile is not None
+
+
 class Settings(BaseSettings):
     """Every setting of vidrop, in one object."""
 
@@ -346,6 +359,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     service: ServiceSettings = ServiceSettings()
     recovery: RecoverySettings = RecoverySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("ledger_url")
     @classmethod

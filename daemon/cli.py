@@ -187,7 +187,7 @@ def _serve(args, *, once: bool) -> int:
 
         structlog.get_logger().warning("unknown_variable", variable=name, nearest=nearest, ignored=True)
     apply_process_environment(settings)
-    from vidrop.config.errors import ModelUnavailable
+    from vidrop.config.errors import ConfigError, ModelUnavailable
     from vidrop.daemon.app import Daemon
     from vidrop.daemon.systemd import SystemdNotifier
     from vidrop.daemon.wiring import Wiring
@@ -207,6 +207,9 @@ def _serve(args, *, once: bool) -> int:
 
         structlog.get_logger().error("model_unavailable", error=exc.reason, detail=exc.detail, fix=exc.fix)
         print(f"vidrop: {exc.reason} {exc.fix}", file=sys.stderr)
+        return EX_CONFIG
+    except ConfigError as exc:  # a setting found unusable while starting (metrics.port taken, no prometheus_client)
+        print(f"vidrop: {exc.reason}", file=sys.stderr)
         return EX_CONFIG
     finally:
         sys.stderr.flush()

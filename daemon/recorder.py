@@ -176,7 +176,8 @@ class Recorder:
             **memory["after_job"],
         }
         self._finished(job, JobState.DONE, GENERATED, output=outputs["video"], duration=duration, **facts)
-        self.notify(job, JobState.DONE, {"outputs": outputs, "manifest": manifest, "duration_seconds": duration})
+        details = {"outputs": outputs, "manifest": manifest, "duration_seconds": duration}
+        self.notify(job, JobState.DONE, {**details, "encode_seconds": facts["encode_ms"] / 1000})
         return JobState.DONE
 
     def failed(self, job: Job, error: VidropError, *, duration: float = 0.0) -> JobState:

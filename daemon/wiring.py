@@ -19,6 +19,7 @@ from vidrop.daemon.lease import LeaseKeeper
 from vidrop.daemon.ledger import open_ledger
 from vidrop.daemon.ledger.base import Ledger
 from vidrop.daemon.ledger_pause import LedgerPause, wait_out
+from vidrop.daemon.metrics import start_metrics
 from vidrop.daemon.outbox import Outbox
 from vidrop.daemon.outbox_pause import OutboxPause
 from vidrop.daemon.recorder import JobListener, Recorder
@@ -133,6 +134,8 @@ class Wiring:
             gallery.alive(clock.time(), recovery.lease_seconds)
             keeper.on_beat = lambda now: gallery.alive(now, recovery.lease_seconds)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
+        metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
+        listeners += [metrics] if metrics is not None else []
         status = ServiceStatus(
             notifier=self.notifier,
             stop=stop,
