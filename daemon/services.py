@@ -116,7 +116,7 @@ class Services:
             self.settings.recovery.lease_seconds,
             prefer_models=self.generator.resident_models(),
             patience_seconds=self.settings.pipeline.switch_after_seconds,
-            prefer_loras=getattr(self.generator, "resident_loras", list)(),
+            prefer_loras=self.generator.resident_loras(),
         )
 
     def try_ledger_again(self) -> None:

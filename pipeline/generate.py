@@ -114,10 +114,12 @@ class JobRunning(Protocol):
 
 
 class Generator(RequestRules, JobRunning, Protocol):
-    """Both, as the generator factory builds them; the loop also asks which models are resident (to claim jobs
-    for them first) and what was loaded (to log it)."""
+    """Both, as the generator factory builds them; the loop also asks which models and LoRA sets are resident
+    (to claim jobs for them first) and what was loaded (to log it)."""
 
     def resident_models(self) -> list[str]: ...
+
+    def resident_loras(self) -> list[str]: ...
 
     def describe(self) -> dict[str, Any]: ...
 

@@ -157,6 +157,9 @@ class FakeGenerator:
     def resident_models(self) -> list[str]:
         return [self.rules.name] if self.is_loaded else []
 
+    def resident_loras(self) -> list[str]:
+        return [""]  # no LoRA: the fake applies none
+
     def describe(self) -> dict[str, Any]:
         return {
             "model_name": self.rules.name,
