@@ -100,7 +100,7 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
         ],
     ),
     (
-        7,
+        6,
         [
             # LoRAs per job: the queue prefers jobs that keep the loaded adapters (their names, sorted, joined).
             AddColumn("jobs", "loras", "TEXT NOT NULL DEFAULT ''"),
