@@ -27,8 +27,10 @@ def test_check_reports_every_part(folders, demo_models, tmp_path):
     assert failing.returncode == 1 and "FAIL model" in failing.stdout
 
 
-def test_config_prints_effective_values_and_their_sources(folders, demo_models):
-    result = run_vidrop(vidrop_env(folders, demo_models["ltx"]), "config")
+def test_config_prints_effective_values_and_their_sources(folders, demo_models, tmp_path):
+    settings_file = tmp_path / "vidrop.toml"  # no settings file is read unless one is named or in /etc, ~/.config
+    settings_file.write_text('[pipeline]\nfit = "crop"\n')
+    result = run_vidrop(vidrop_env(folders, demo_models["ltx"], VIDROP_CONFIG=str(settings_file)), "config")
     assert result.returncode == 0
     lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines() if " = " in line}
     assert lines["pipeline.model"].endswith("# env VIDROP_PIPELINE__MODEL")
