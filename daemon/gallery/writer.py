@@ -97,6 +97,7 @@ class GalleryWriter:
         self._notice: str | None = None
         self._last_status: dict[str, Any] | None = None  # what _STATUS.txt last showed, for a notice alone
         self._heartbeat: tuple[float, float] | None = None  # (time of the last heartbeat, lease seconds)
+        self._heartbeat_failing = False  # its last write failed (logged once until one goes through)
 
     # -- what the runner and the daemon call ---------------------------------------------------
 
@@ -139,12 +140,19 @@ class GalleryWriter:
         """A heartbeat went through: _alive.js (which every page reads when it loads) and _STATUS.txt say when.
         A page or a _STATUS.txt left by an instance that died still carries that time, so it tells on its own."""
         self._heartbeat = (now, lease_seconds)
-        replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
-        if self._last_status is not None:
-            replace_text(
-                self.outbox.root / STATUS_TEXT,
-                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
-            )
+        try:
+            replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
+            if self._last_status is not None:
+                replace_text(
+                    self.outbox.root / STATUS_TEXT,
+                    status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
+                )
+        except OSError as exc:  # a full or vanished share must stop neither the start nor the lease keeper
+            if not self._heartbeat_failing:
+                log.warning("gallery_write_failed", folder="", file=ALIVE_SCRIPT, error=str(exc))
+            self._heartbeat_failing = True
+        else:
+            self._heartbeat_failing = False
 
     def show_notice(self, notice: str | None) -> None:
         """Say at the top of _STATUS.txt why nothing moves, at once and without the ledger (it is the one that

@@ -3,6 +3,8 @@
 import json
 import time
 
+from structlog.testing import capture_logs
+
 from tests.browser import Page
 from tests.fakes import FakeClock
 from vidrop.daemon.gallery.writer import GalleryWriter
@@ -236,3 +238,17 @@ def test_a_start_rewrites_only_folders_whose_pages_are_behind_the_ledger(tmp_pat
     assert set(restarted.rebuild(every_page=True)) == {"north", "south", "west", "east", ""}  # `vidrop gallery`
     second_ledger.close()
     ledger.close()
+
+
+def test_a_heartbeat_that_cannot_be_written_is_logged_once_and_never_raised(tmp_path):
+    clock = FakeClock()
+    ledger, writer = writer_for(tmp_path, clock)
+    (tmp_path / "outbox").mkdir(exist_ok=True)
+    (tmp_path / "outbox" / "_alive.js").mkdir()  # the rename onto it fails, as on a full or broken share
+    with capture_logs() as logs:
+        writer.alive(clock.time(), 30)
+        writer.alive(clock.time() + 10, 30)
+    assert [entry["event"] for entry in logs] == ["gallery_write_failed"]
+    (tmp_path / "outbox" / "_alive.js").rmdir()
+    writer.alive(clock.time() + 20, 30)
+    assert "vidropAlive(" in (tmp_path / "outbox" / "_alive.js").read_text()
