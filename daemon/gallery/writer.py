@@ -140,6 +140,8 @@ class GalleryWriter:
         """A heartbeat went through: _alive.js (which every page reads when it loads) and _STATUS.txt say when.
         A page or a _STATUS.txt left by an instance that died still carries that time, so it tells on its own."""
         self._heartbeat = (now, lease_seconds)
+        if not self.outbox.root.is_dir():
+            return  # an unmounted share: never make the outbox again on the local disk (the outbox pause notices)
         try:
             replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
             if self._last_status is not None:

@@ -252,3 +252,7 @@ def test_a_heartbeat_that_cannot_be_written_is_logged_once_and_never_raised(tmp_
     (tmp_path / "outbox" / "_alive.js").rmdir()
     writer.alive(clock.time() + 20, 30)
     assert "vidropAlive(" in (tmp_path / "outbox" / "_alive.js").read_text()
+    (tmp_path / "outbox" / "_alive.js").unlink()
+    (tmp_path / "outbox").rmdir()  # a share that went away
+    writer.alive(clock.time() + 30, 30)
+    assert not (tmp_path / "outbox").exists(), "the heartbeat made the outbox again on the local disk"
