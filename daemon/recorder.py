@@ -299,16 +299,12 @@ class Recorder:
 
     def _fail(self, job: Job, error: VidropError, duration: float, *, how: str) -> Path:
         now, names = self.clock.time(), self.names(job)
-        kind = "input" if isinstance(error, InputError) else "generation"
         document = {
             "state": JobState.FAILED.value,
             "input": job.input,
             "sidecar": job.sidecar,
             "job_id": job.id,
-            "error": error.reason,
-            "what_to_do": error.fix,
-            "detail": error.detail,
-            "kind": kind,
+            **error_fields(error),
             "failed_at": iso_time(now),
         }
         is_running = job.state is JobState.RUNNING
@@ -341,7 +337,7 @@ class Recorder:
             duration=duration,
             error=error.reason,
             detail=error.detail,
-            kind=kind,
+            kind=document["kind"],
         )
         self.notify(job, JobState.FAILED, {"error_file": str(path), "error": document})
         return path
@@ -505,6 +501,12 @@ def _request(job: Job, params: JobParams) -> dict[str, Any]:
         "parameters": parameters,
         "seed_was_random": params.seed is None,
     }
+
+
+def error_fields(error: VidropError) -> dict[str, Any]:
+    """What an error file says about its error (also what `vidrop validate` prints for one)."""
+    kind = "input" if isinstance(error, InputError) else "generation"
+    return {"error": error.reason, "what_to_do": error.fix, "detail": error.detail, "kind": kind}
 
 
 def _manifest(job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, Any]:

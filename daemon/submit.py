@@ -19,12 +19,13 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vidrop.config.errors import InputError, VidropError
+from vidrop.config.errors import VidropError
 from vidrop.config.settings import Settings
 from vidrop.daemon.intake.admit import Admission, Admitter, job_key, sha256_of
 from vidrop.daemon.intake.pending import ReadyInput
 from vidrop.daemon.intake.readiness import DEFAULTS_NAME, SIDECAR_SUFFIX, FileSnapshot, JunkFilter
 from vidrop.daemon.outbox import ERROR_SUFFIX, TEMP_PREFIX
+from vidrop.daemon.recorder import error_fields
 from vidrop.pipeline.images import IMAGE_SUFFIXES
 
 EX_DATAERR = 65
@@ -33,25 +34,14 @@ POLL_SECONDS = 0.5
 
 def request_rules(settings: Settings):
     """Every model on offer, looked at (model_index.json) but not loaded: what intake asks of them."""
-    from vidrop.pipeline.generate import VideoGenerator
-    from vidrop.pipeline.loader import inspect_model
-    from vidrop.pipeline.memory import probe_for
-    from vidrop.pipeline.model_set import ModelSet
+    from vidrop.pipeline.model_set import open_models
 
-    pipeline = settings.pipeline
-    generators = {}
-    for name, source in pipeline.offered_models().items():
-        loaded = inspect_model(
-            source, family=pipeline.family_of(name), device="cpu", dtype=pipeline.dtype, offline=pipeline.offline
-        )
-        generators[name] = VideoGenerator(loaded, fit=pipeline.fit, limits=settings.limits, name=name)
-    return ModelSet(generators, default=pipeline.default_model_name, probe=probe_for("cpu"), reserve_bytes=0)
+    return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory, load_default=False)
 
 
 def error_document(error: VidropError) -> dict[str, Any]:
     """The fields of the error file the recorder writes for this error."""
-    kind = "input" if isinstance(error, InputError) else "generation"
-    return {"error": error.reason, "what_to_do": error.fix, "detail": error.detail, "kind": kind}
+    return error_fields(error)
 
 
 def place(settings: Settings, path: Path, folder: str | None) -> PurePosixPath:

@@ -235,9 +235,15 @@ class ModelSet:
 
 
 def open_models(
-    pipeline: PipelineSettings, *, limits: LimitSettings, memory: MemorySettings, probe: MemoryProbe | None = None
+    pipeline: PipelineSettings,
+    *,
+    limits: LimitSettings,
+    memory: MemorySettings,
+    probe: MemoryProbe | None = None,
+    load_default: bool = True,
 ) -> ModelSet:
-    """Every model on offer: the default one loaded now, the others looked at (found, family known) only.
+    """Every model on offer: the default one loaded now (unless not load_default: `vidrop validate` only asks
+    for the request rules), the others looked at (found, family known) only.
 
     A model that is missing fails here, at start, not at the first job that names it.
     """
@@ -248,7 +254,7 @@ def open_models(
         arguments = dict(
             family=pipeline.family_of(name), device=pipeline.device, dtype=pipeline.dtype, offline=pipeline.offline
         )
-        loaded = load_model(source, **arguments) if name == default else inspect_model(source, **arguments)
+        loaded = (load_model if load_default and name == default else inspect_model)(source, **arguments)
         generators[name] = VideoGenerator(
             loaded,
             fit=pipeline.fit,
