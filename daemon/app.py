@@ -149,8 +149,11 @@ class Daemon:
             self.stop.request(timeout_seconds=0)  # stopped while waiting for the ledger at start
             return
         try:
+            fault = services.keeper.take_fault()
             if services.ledger_pause.is_paused:
                 self._wait_for_ledger(timeout)
+            elif fault is not None:  # the heartbeat met it first
+                raise fault
             else:
                 if services.ledger_pause.outages != self._outages_handled:
                     self._outages_handled = services.ledger_pause.outages

@@ -146,3 +146,30 @@ def test_a_reload_hands_the_live_settings_to_each_service(folders):
         assert notifier.messages.count("RELOADING=1") == 1
     finally:
         daemon.shutdown()
+
+
+def test_a_ledger_deleted_while_the_heartbeat_reads_it_pauses_the_loop_and_is_rebuilt(folders):
+    """The heartbeat thread is often the first to touch a deleted ledger: the loop must still hear of it, say so,
+    and record what the outbox holds in the new file (else the new ledger silently forgets the done job)."""
+    settings = quick_settings(folders, recovery={"ledger_retry_seconds": 0.01})
+    daemon = fake_daemon(settings, FakeGenerator())
+    daemon.startup(watch=False)
+    try:
+        drop_job(folders["inbox"], "before", **SMALL)
+        daemon.services.intake.scan_now()
+        daemon.run_once(timeout=0.01)
+        assert ledger_states(folders) == {"before.png": JobState.DONE}
+        for path in folders["state"].glob("ledger.sqlite3*"):
+            path.unlink()
+        with capture_logs() as logs:
+            daemon.services.keeper.beat_once()  # what the heartbeat thread does every lease/3 seconds
+            for _ in range(50):
+                daemon.run_once(timeout=0.01)
+                if any(event["event"] == "ledger_available" for event in logs):
+                    break
+            daemon.run_once(timeout=0.01)
+        [unavailable] = [event for event in logs if event["event"] == "ledger_unavailable"]
+        assert "deleted" in unavailable["reason"]
+        assert ledger_states(folders) == {"before.png": JobState.DONE}
+    finally:
+        daemon.shutdown()
