@@ -48,9 +48,12 @@ run: $(VENV)/.installed
 	$(BIN)/vidrop run
 
 # Everything: lint and format checks first (ruff, configured in pyproject.toml; a violation fails the run before
-# any test), then the whole suite.
+# any test), then the whole suite, in TEST_WORKERS processes (pytest-xdist; one test file stays on one worker,
+# so a file's shared fixture, such as its systemd box or Samba share, is made once). Much of a test's time is a
+# `vidrop` process starting or a wait on it, so two workers keep both cores busy.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The edit-test loop: the unit and integration tests (fakes, tiny real models, real SQLite and PostgreSQL; no
 # long-running `vidrop` process), under two minutes on the 2-core test machine. `make test` runs everything.
