@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vidrop.daemon.gallery.pages import local_time
 from vidrop.daemon.ledger.base import Job, JobState, Ledger, LedgerStatus, QueueControl, QueueMode
 from vidrop.daemon.names import shown
-from vidrop.daemon.outbox import iso_time
-from vidrop.daemon.queue_control import describe, operator
+from vidrop.daemon.queue_control import describe, iso_time, local_time, operator
 from vidrop.daemon.report import relative_inputs
 
 EX_NOT_FOUND = 1  # as `vidrop retry` with no failed job for a path
@@ -93,9 +91,9 @@ def status_document(status: LedgerStatus, now: float, lease_seconds: float) -> d
         "queue": {
             "mode": control.mode.value,
             "changed_by": control.changed_by or None,
-            "changed_at": iso_time(control.changed_at) if control.changed_at else None,
+            "changed_at": iso_time(control.changed_at),
             "changed_at_local": local_time(control.changed_at, "%Y-%m-%d %H:%M:%S") if control.changed_at else None,
-            "drain_before": iso_time(control.drain_before) if control.drain_before else None,
+            "drain_before": iso_time(control.drain_before),
             "runnable": status.runnable,
             **status.counts,
         },
@@ -126,8 +124,8 @@ def _job(job: Job) -> dict[str, Any]:
         "priority": job.priority,
         "attempts": job.attempts,
         "instance": job.lease_owner,
-        "started_at": iso_time(job.started_at) if job.started_at else None,
-        "finished_at": iso_time(job.finished_at) if job.finished_at else None,
+        "started_at": iso_time(job.started_at),
+        "finished_at": iso_time(job.finished_at),
         "error": error.get("error"),
         "kind": error.get("kind"),
         "cancelled_by": (job.cancel or {}).get("by"),

@@ -6,14 +6,30 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import time
+from datetime import datetime, timezone
 from typing import Callable
 
 import structlog
 
-from vidrop.daemon.gallery.pages import local_time
 from vidrop.daemon.ledger.base import Ledger, QueueControl, QueueMode
 
 log = structlog.get_logger()
+
+
+# The command line imports this module: nothing here may import the pipeline (torch, diffusers take seconds).
+
+
+def local_time(epoch: float, fmt: str = "%H:%M") -> str:
+    """A time in the server's local time zone, with the zone's name: "14:05 CET" (as the gallery writes it)."""
+    return time.strftime(f"{fmt} %Z", time.localtime(epoch))
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """A UTC ISO-8601 timestamp (as the outbox writes them), None for none."""
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def operator() -> str:
@@ -30,9 +46,11 @@ def describe(control: QueueControl, *, runnable: int | None = None) -> str | Non
     since = f"by {control.changed_by or '?'} at {local_time(control.changed_at)}"
     if control.mode is QueueMode.PAUSED:
         return f"queue paused {since}: no new job starts; `vidrop resume` to go on"
+    if control.mode is QueueMode.DRAINING and runnable == 0:
+        return f"queue drained {since}: nothing new starts; `vidrop resume` to go on"
     if control.mode is QueueMode.DRAINING:
-        left = "" if runnable is None else (f", {runnable} left" if runnable else ", drained")
-        return f"queue draining {since}: jobs queued before it finish{left}, later ones wait; `vidrop resume`"
+        jobs = "the jobs" if runnable is None else f"{runnable} job{'s' if runnable != 1 else ''}"
+        return f"queue draining {since}: {jobs} queued before it still run, then nothing new; `vidrop resume` to go on"
     return None
 
 

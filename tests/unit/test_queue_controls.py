@@ -103,3 +103,15 @@ def test_the_command_line_side_names_unknown_targets_and_reports_the_queue_for_s
     assert {"runnable", "queued", "running", "done", "failed", "drain_before"} <= set(document["queue"])
     json.dumps(document)  # plain JSON
     ledger.close()
+
+
+def test_the_metrics_say_whether_the_fleets_queue_is_paused_or_draining():
+    from vidrop.daemon.ledger.base import QueueControl
+    from vidrop.daemon.metrics import Metrics
+
+    control = [QueueControl()]
+    metrics = Metrics(families=("ltx",), counts=lambda: {})
+    metrics.watch_queue(lambda: control[0])
+    assert b"vidrop_queue_paused 0.0" in metrics.render() and b"vidrop_queue_draining 0.0" in metrics.render()
+    control[0] = QueueControl(QueueMode.DRAINING, "ana@box", 5.0, 5.0)
+    assert b"vidrop_queue_paused 0.0" in metrics.render() and b"vidrop_queue_draining 1.0" in metrics.render()
