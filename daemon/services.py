@@ -22,8 +22,8 @@ from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
 from vidrop.daemon.ledger_pause import LedgerPause
 from vidrop.daemon.outbox import Outbox, OutboxUnavailable
 from vidrop.daemon.outbox_pause import OutboxPause
-from vidrop.daemon.queue_control import QueueWatch
-from vidrop.daemon.recorder import Recorder
+from vidrop.daemon.queue_control import QueueWatch, describe
+from vidrop.daemon.recorder import JobInterrupted, Recorder
 from vidrop.daemon.runner import Runner
 from vidrop.daemon.status import ServiceStatus
 from vidrop.daemon.steps import BetweenSteps
@@ -123,8 +123,8 @@ class Services:
 
     def queue_changed(self) -> None:
         """`vidrop pause`, `drain` or `resume` reached this instance: STATUS= and _STATUS.txt say so."""
-        if self.gallery is not None:
-            self.gallery.show_held(self.queue.text if self.queue is not None else None)
+        if self.gallery is not None and self.queue is not None:  # without counts: they change between writes
+            self.gallery.show_held(describe(self.queue.control))
         self.status.idle()
 
     def record_cancellations(self, limit: int = 20) -> int:
@@ -145,6 +145,9 @@ class Services:
             except OutboxUnavailable as exc:
                 self.recorder.requeued(job, event="job_postponed", reason=exc.reason)
                 self.outbox_unavailable(exc)
+                break
+            except JobInterrupted:  # stopping while the ledger was unavailable: the next start records it
+                self.recorder.requeued(job, event="job_abandoned", reason="stopping")
                 break
             finally:
                 self.keeper.drop()
