@@ -92,20 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     status.add_argument("--json", action="store_true", help="one JSON document for scripts (see the README)")
     status.set_defaults(handler=_status)
-    for name, text in (
-        ("pause", "no new job starts on any instance (running ones finish); intake goes on"),
-        ("resume", "jobs start again on every instance (ends a pause or a drain)"),
-        ("drain", "finish the jobs queued now, then start nothing new until `vidrop resume`"),
-        ("cancel", "cancel a queued job (its error file says so) or abandon a running one"),
-        ("priority", "set a queued job's priority (higher runs first; default 0)"),
-    ):
-        control = commands.add_parser(name, help=text)
-        if name in ("cancel", "priority"):
-            control.add_argument("target", metavar="PATH|JOB_ID", help="input image (in the inbox) or job id")
-        if name == "priority":
-            control.add_argument("priority", type=int, metavar="N")
-        control.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
-        control.set_defaults(handler=_control, control=name)
+    _queue_controls(commands)
     retry = commands.add_parser("retry", help="queue failed jobs again; read refused inputs again")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("paths", nargs="*", default=[], metavar="PATH", help="input image (in the inbox)")
@@ -144,6 +131,24 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser
+
+
+def _queue_controls(commands) -> None:
+    """`vidrop pause`, `resume`, `drain`, `cancel PATH|JOB_ID`, `priority PATH|JOB_ID N` (daemon/controls.py)."""
+    for name, text in (
+        ("pause", "no new job starts on any instance (running ones finish); intake goes on"),
+        ("resume", "jobs start again on every instance (ends a pause or a drain)"),
+        ("drain", "finish the jobs queued now, then start nothing new until `vidrop resume`"),
+        ("cancel", "cancel a queued job (its error file says so) or abandon a running one"),
+        ("priority", "set a queued job's priority (higher runs first; default 0)"),
+    ):
+        control = commands.add_parser(name, help=text)
+        if name in ("cancel", "priority"):
+            control.add_argument("target", metavar="PATH|JOB_ID", help="input image (in the inbox) or job id")
+        if name == "priority":
+            control.add_argument("priority", type=int, metavar="N")
+        control.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+        control.set_defaults(handler=_control, control=name)
 
 
 class _Version(argparse.Action):

@@ -8,7 +8,7 @@ import pwd
 import socket
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -57,11 +57,13 @@ def describe(control: QueueControl, *, runnable: int | None = None) -> str | Non
 class QueueWatch:
     """The last queue control this instance read, and the runnable jobs then; listeners hear of each change."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, metrics: Any = None) -> None:
         self.ledger = ledger
         self.control = QueueControl()
         self.runnable = 0
         self.listeners: list[Callable[[QueueControl], None]] = []
+        if metrics is not None:  # vidrop_queue_paused / _draining read what this instance read last
+            metrics.watch_queue(lambda: self.control)
 
     @property
     def text(self) -> str | None:

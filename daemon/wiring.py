@@ -137,9 +137,7 @@ class Wiring:
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
         metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
         listeners += [metrics] if metrics is not None else []
-        queue_watch = QueueWatch(ledger)
-        if metrics is not None:
-            metrics.watch_queue(lambda: queue_watch.control)
+        queue_watch = QueueWatch(ledger, metrics=metrics)
         status = ServiceStatus(
             notifier=self.notifier,
             stop=stop,
