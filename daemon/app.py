@@ -166,7 +166,9 @@ class Daemon:
     def _turn(self, timeout: float) -> None:
         """Take what the watcher saw, scan when due, admit what is complete, run at most one job."""
         services = self.services
-        has_work = services.ledger.queued_count() and not services.outbox_pause.is_paused
+        # The queued jobs the fleet's queue control lets start (none while paused) and cancelled ones to record.
+        runnable = services.queue.refresh() if services.queue is not None else services.ledger.queued_count()
+        has_work = runnable and not services.outbox_pause.is_paused
         services.intake.drain(timeout=0 if has_work else timeout)
         if self.should_reload:
             self.reload()
@@ -176,6 +178,8 @@ class Daemon:
             services.status.idle()
         if self.stop.is_requested:
             return
+        if runnable:
+            services.record_cancellations()
         job = services.next_job()
         if job is not None:
             self._run_job(job)
@@ -192,7 +196,7 @@ class Daemon:
         try:
             return (
                 services.intake.is_idle()
-                and services.ledger.queued_count() == 0
+                and services.ledger.runnable_count() == 0  # held by `vidrop pause`: `vidrop once` leaves them
                 and not services.outbox_pause.is_paused
             )
         except LedgerUnavailable as exc:

@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     units.set_defaults(handler=_install_systemd)
     status = commands.add_parser("status", help="the queue, each instance and its job, recent failures, throughput")
     status.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+    status.add_argument("--json", action="store_true", help="one JSON document for scripts (see the README)")
     status.set_defaults(handler=_status)
+    _queue_controls(commands)
     retry = commands.add_parser("retry", help="queue failed jobs again; read refused inputs again")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("paths", nargs="*", default=[], metavar="PATH", help="input image (in the inbox)")
@@ -129,6 +131,24 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
     demo.set_defaults(handler=_demo_model)
     return parser
+
+
+def _queue_controls(commands) -> None:
+    """`vidrop pause`, `resume`, `drain`, `cancel PATH|JOB_ID`, `priority PATH|JOB_ID N` (daemon/controls.py)."""
+    for name, text in (
+        ("pause", "no new job starts on any instance (running ones finish); intake goes on"),
+        ("resume", "jobs start again on every instance (ends a pause or a drain)"),
+        ("drain", "finish the jobs queued now, then start nothing new until `vidrop resume`"),
+        ("cancel", "cancel a queued job (its error file says so) or abandon a running one"),
+        ("priority", "set a queued job's priority (higher runs first; default 0)"),
+    ):
+        control = commands.add_parser(name, help=text)
+        if name in ("cancel", "priority"):
+            control.add_argument("target", metavar="PATH|JOB_ID", help="input image (in the inbox) or job id")
+        if name == "priority":
+            control.add_argument("priority", type=int, metavar="N")
+        control.add_argument("--config", default=argparse.SUPPRESS, help="settings file")
+        control.set_defaults(handler=_control, control=name)
 
 
 class _Version(argparse.Action):
@@ -320,7 +340,13 @@ def _status(args) -> int:
     ledger = open_ledger(settings.ledger_url, settings.state_dir)
     try:
         now = time.time()
-        print(render_status(ledger.status(now), now, settings.recovery.lease_seconds))
+        if args.json:
+            from vidrop.daemon.controls import status_document
+
+            document = status_document(ledger.status(now), now, settings.recovery.lease_seconds)
+            print(json.dumps(document, indent=2))
+        else:
+            print(render_status(ledger.status(now), now, settings.recovery.lease_seconds))
     finally:
         ledger.close()
     return 0
@@ -370,6 +396,28 @@ def _retry(args) -> int:
         if inputs is not None and not requeued:
             print(f"no failed job for {', '.join(inputs)}", file=sys.stderr)
             return 1
+    finally:
+        ledger.close()
+    return 0
+
+
+def _control(args) -> int:
+    import time
+
+    from vidrop.daemon import controls
+    from vidrop.daemon.ledger import open_ledger
+
+    loaded = _load(args)
+    settings = loaded.settings
+    if _no_ledger(loaded):
+        return EX_CONFIG
+    ledger = open_ledger(settings.ledger_url, settings.state_dir)
+    try:
+        if args.control == "cancel":
+            return controls.cancel(ledger, args.target, settings.inbox, time.time())
+        if args.control == "priority":
+            return controls.priority(ledger, args.target, args.priority, settings.inbox)
+        print(controls.set_mode(ledger, args.control, time.time()))
     finally:
         ledger.close()
     return 0

@@ -93,6 +93,15 @@ class Metrics:
         self.gpu.labels("device_free").set_function(lambda: torch.cuda.mem_get_info()[0])
         self.gpu.labels("device_total").set_function(lambda: torch.cuda.mem_get_info()[1])
 
+    def watch_queue(self, control: Callable[[], Any]) -> None:
+        """The fleet's queue control (`vidrop pause`, `drain`), as this instance read it last (no ledger call at a
+        scrape): vidrop_queue_paused and vidrop_queue_draining, 1 or 0."""
+        reg = self.registry
+        paused = self.prom.Gauge("vidrop_queue_paused", "1 while the fleet's queue is paused", registry=reg)
+        draining = self.prom.Gauge("vidrop_queue_draining", "1 while the fleet's queue drains", registry=reg)
+        paused.set_function(lambda: float(control().mode.value == "paused"))
+        draining.set_function(lambda: float(control().mode.value == "draining"))
+
     def refresh(self) -> None:
         """The fleet's counts from the ledger (a failure leaves the last values)."""
         try:

@@ -33,6 +33,7 @@ Waiter = Callable[[float], bool]
 T = TypeVar("T")
 # How each job_finished came about (its `how` field).
 GENERATED, DUPLICATE, RECONCILED, REFUSED, FAILED = "generated", "duplicate", "reconciled", "refused", "failed"
+CANCELLED = "cancelled"  # `vidrop cancel`: state failed, how cancelled
 _GENERATION_FACTS = (
     "generate_ms",
     "encode_ms",
@@ -56,6 +57,21 @@ class JobListener(Protocol):
 
 class JobInterrupted(Exception):
     """The daemon must stop now (between two steps, or while a job waits): the job goes back to the queue."""
+
+
+class JobCancelled(Exception):
+    """`vidrop cancel` asked for the running job (seen between two steps): it is abandoned and recorded so."""
+
+    def __init__(self, job_id: str, request: dict[str, Any], step: str = "") -> None:
+        super().__init__(job_id)
+        self.request = request
+        self.step = step  # where it was abandoned: "after step 3 of 10"
+
+
+class CancelledError(VidropError):
+    """What a cancelled job's error file says: who cancelled it, when, and how to have it made after all."""
+
+    kind = "cancelled"
 
 
 class LeaseGuard(Protocol):
@@ -190,6 +206,20 @@ class Recorder:
         LedgerUnavailable and OutboxUnavailable go to the caller, which looks at the input again later."""
         with structlog.contextvars.bound_contextvars(stage="intake"):
             return self._fail(job, error, 0.0, how=REFUSED)
+
+    def cancelled(self, job: Job, request: dict[str, Any], *, duration: float = 0.0, step: str = "") -> JobState:
+        """`vidrop cancel`: the job (claimed by this instance to record it, or abandoned between two steps) fails
+        with an error file that says who cancelled it and when; `vidrop retry` queues it again."""
+        by, at = request.get("by", "?"), iso_time(float(request.get("at", self.clock.time())))
+        where = f"while it ran ({step})" if step else "while it waited in the queue"
+        error = CancelledError(
+            f"This job was cancelled by {by} at {at}, so no video was made.",
+            detail=f"`vidrop cancel` by {by} at {at}, {where}",
+            fix=f"To have it made after all, run `vidrop retry {job.input}`; the same file dropped again unchanged "
+            "is known and passed over, a changed image or sidecar is a new job.",
+        )
+        self._fail(job, error, duration, how=CANCELLED)
+        return JobState.FAILED
 
     def removed(self, job: Job, error: InputError, *, duration: float) -> JobState:
         """The input vanished before its turn: failed, and forgotten, so the same file put back is taken again."""
@@ -505,7 +535,7 @@ def _request(job: Job, params: JobParams) -> dict[str, Any]:
 
 def error_fields(error: VidropError) -> dict[str, Any]:
     """What an error file says about its error (also what `vidrop validate` prints for one)."""
-    kind = "input" if isinstance(error, InputError) else "generation"
+    kind = "input" if isinstance(error, InputError) else getattr(error, "kind", "generation")
     return {"error": error.reason, "what_to_do": error.fix, "detail": error.detail, "kind": kind}
 
 

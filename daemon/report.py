@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vidrop.daemon.ledger.base import Job, LedgerStatus
 from vidrop.daemon.names import shown
+from vidrop.daemon.queue_control import describe
 
 
 def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str:
@@ -18,6 +19,9 @@ def render_status(status: LedgerStatus, now: float, lease_seconds: float) -> str
         "",
         "instances:",
     ]
+    held = describe(status.control, runnable=status.runnable)
+    if held:  # `vidrop pause` or `drain`: said right under the queue
+        lines.insert(1, f"control: {held}")
     running_by_owner = {running.job.lease_owner: running.job for running in status.running}
     for instance in status.instances:
         silent = now - instance.seen_at

@@ -18,7 +18,7 @@ from vidrop.daemon.intake.variants import VARIANT
 from vidrop.daemon.lease import LeaseLost
 from vidrop.daemon.ledger.base import Job, JobState, Ledger, LedgerUnavailable
 from vidrop.daemon.outbox import OutboxUnavailable
-from vidrop.daemon.recorder import JobInterrupted, Recorder, Waiter
+from vidrop.daemon.recorder import JobCancelled, JobInterrupted, Recorder, Waiter
 from vidrop.pipeline.admission import MemoryAdmission
 from vidrop.pipeline.generate import TEXT, JobParams, JobRunning
 from vidrop.pipeline.images import load_image
@@ -78,8 +78,11 @@ class Runner:
         LedgerUnavailable propagates (the lease runs out; the job is taken again).
         """
         structlog.contextvars.bind_contextvars(job_id=job.id, input=job.input, stage="load")
+        started = self.clock.monotonic()
         try:
-            return self._run(job, self.clock.monotonic())
+            return self._run(job, started)
+        except JobCancelled as exc:  # `vidrop cancel`, seen between two steps
+            return self._cancelled(job, exc, started)
         except JobInterrupted:
             self.recorder.requeued(
                 job, event="job_abandoned", reason="stopping", stop_timeout_seconds=self.stop_timeout_seconds
@@ -140,7 +143,7 @@ class Runner:
             )
             structlog.contextvars.bind_contextvars(stage="encode")
             return self.recorder.done(job, params, result, started=started)
-        except (JobInterrupted, LeaseLost, OutboxUnavailable, InboxUnavailable, LedgerUnavailable):
+        except (JobInterrupted, JobCancelled, LeaseLost, OutboxUnavailable, InboxUnavailable, LedgerUnavailable):
             raise
         except (InputError, GenerationError) as exc:
             return self.recorder.failed(job, exc, duration=self.clock.monotonic() - started)
@@ -152,6 +155,17 @@ class Runner:
                 fix=TRY_AGAIN_FIX,
             )
             return self.recorder.failed(job, error, duration=self.clock.monotonic() - started)
+
+    def _cancelled(self, job: Job, exc: JobCancelled, started: float) -> JobState | None:
+        """Record a cancelled running job (its error file); the outbox unavailable: it waits, cancelled, queued."""
+        try:
+            return self.recorder.cancelled(job, exc.request, duration=self.clock.monotonic() - started, step=exc.step)
+        except LeaseLost:
+            log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
+        except OutboxUnavailable as exc_outbox:
+            self.recorder.requeued(job, event="job_postponed", reason=exc_outbox.reason)
+            raise
+        return None
 
     def _say(self, text: str) -> None:
         if self.on_status is not None:

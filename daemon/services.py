@@ -17,12 +17,13 @@ from vidrop.daemon.instance import Instance
 from vidrop.daemon.intake.intake import Intake
 from vidrop.daemon.intake.store import InputStore
 from vidrop.daemon.intake.taken import TakenInputs
-from vidrop.daemon.lease import LeaseKeeper
+from vidrop.daemon.lease import LeaseKeeper, LeaseLost
 from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
 from vidrop.daemon.ledger_pause import LedgerPause
 from vidrop.daemon.outbox import Outbox, OutboxUnavailable
 from vidrop.daemon.outbox_pause import OutboxPause
-from vidrop.daemon.recorder import Recorder
+from vidrop.daemon.queue_control import QueueWatch, describe
+from vidrop.daemon.recorder import JobInterrupted, Recorder
 from vidrop.daemon.runner import Runner
 from vidrop.daemon.status import ServiceStatus
 from vidrop.daemon.steps import BetweenSteps
@@ -57,6 +58,7 @@ class Services:
     events: queue.Queue = field(default_factory=queue.Queue)
     intake: Intake | None = None
     taken: TakenInputs | None = None
+    queue: QueueWatch | None = None  # the fleet's queue control, read at every turn
 
     def start_intake(self, *, watch: bool, load_taken: bool = False) -> None:
         """Intake (watcher, scans, pending inputs) with the current settings, and the store fed by it; with
@@ -118,6 +120,41 @@ class Services:
             patience_seconds=self.settings.pipeline.switch_after_seconds,
             prefer_loras=self.generator.resident_loras(),
         )
+
+    def queue_changed(self) -> None:
+        """`vidrop pause`, `drain` or `resume` reached this instance: STATUS= and _STATUS.txt say so."""
+        if self.gallery is not None and self.queue is not None:  # without counts: they change between writes
+            self.gallery.show_held(describe(self.queue.control))
+        self.status.idle()
+
+    def record_cancellations(self, limit: int = 20) -> int:
+        """Cancelled jobs no instance runs (queued, or their holder gone): claim each under a lease and record it
+        (its error file), whichever instance is first; none while the inbox or the outbox is unavailable."""
+        if not self.intake.is_available or self.outbox_pause.is_paused:
+            return 0
+        recorded = 0
+        while recorded < limit:
+            job = self.ledger.claim_cancelled(self.instance.id, self.clock.time(), self.settings.recovery.lease_seconds)
+            if job is None:
+                break
+            self.keeper.hold(job.id, job.claims)
+            try:
+                self.recorder.cancelled(job, job.cancel or {})
+            except LeaseLost:
+                log.error("job_abandoned", job_id=job.id, input=job.input, reason="lease lost to another instance")
+            except OutboxUnavailable as exc:
+                self.recorder.requeued(job, event="job_postponed", reason=exc.reason)
+                self.outbox_unavailable(exc)
+                break
+            except JobInterrupted:  # stopping while the ledger was unavailable: the next start records it
+                self.recorder.requeued(job, event="job_abandoned", reason="stopping")
+                break
+            finally:
+                self.keeper.drop()
+            recorded += 1
+        if recorded:
+            self.status.idle()
+        return recorded
 
     def try_ledger_again(self) -> None:
         """While the ledger is unavailable, when its pause is due: probe it; still unavailable, say so."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from vidrop.daemon.intake.intake import Intake
     from vidrop.daemon.ledger_pause import LedgerPause
     from vidrop.daemon.outbox_pause import OutboxPause
+    from vidrop.daemon.queue_control import QueueWatch
 
 
 @dataclass
@@ -72,6 +73,7 @@ class ServiceStatus:
         ledger_pause: LedgerPause,
         outbox_pause: OutboxPause,
         gallery: GalleryWriter | None = None,
+        queue: QueueWatch | None = None,
     ) -> None:
         self.notifier = notifier
         self.stop = stop
@@ -85,6 +87,7 @@ class ServiceStatus:
         self.is_model_unloaded = False
         self.intake: Intake | None = None
         self._has_announced_stopping = False
+        self.queue = queue  # the fleet's queue control (`vidrop pause`, `drain`)
 
     def job_started(self, job: Job) -> None:
         self.line.job_started()
@@ -112,6 +115,9 @@ class ServiceStatus:
             polling = f", polling: {intake.polling_reason}" if intake is not None and intake.polling_reason else ""
             settling = len(intake.pending) if intake is not None else 0
             self.text = self.line.idle(queued, settling) + unloaded + polling
+            held = self.queue.text if self.queue is not None else None
+            if held:
+                self.text = f"{held}; {self.text}"
         self.notifier.status(self.text)
 
     def step(self, job: Job, step: int, total: int) -> None:
@@ -129,6 +135,8 @@ class ServiceStatus:
             text = f"stopping after this job or in {self.stop.seconds_left():.0f} s; {text}"
         if self.ledger_pause.is_paused:
             text = f"{text}; paused: {self.ledger_pause.describe()}"
+        if self.queue is not None and self.queue.text:
+            text = f"{text}; {self.queue.text}"
         self.notifier.status(text)
 
     def ledger_paused(self, exc: LedgerUnavailable) -> None:

@@ -11,9 +11,9 @@ from vidrop.config.settings import Settings
 from vidrop.daemon.clock import Clock
 from vidrop.daemon.gallery.writer import GalleryWriter
 from vidrop.daemon.intake.store import InputStore
-from vidrop.daemon.ledger.base import Job, LedgerUnavailable
+from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
 from vidrop.daemon.ledger_pause import LedgerPause
-from vidrop.daemon.recorder import JobInterrupted
+from vidrop.daemon.recorder import JobCancelled, JobInterrupted
 from vidrop.daemon.status import ServiceStatus
 from vidrop.daemon.stop import StopRequest
 from vidrop.daemon.systemd import Notifier
@@ -43,6 +43,7 @@ class BetweenSteps:
         clock: Clock,
         tick_seconds: float,
         gallery: GalleryWriter | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.stop = stop
         self.lease = lease
@@ -54,6 +55,8 @@ class BetweenSteps:
         self.tick_seconds = tick_seconds
         self.gallery = gallery
         self._next_intake_pass = 0.0
+        self.ledger = ledger  # asked, at most every tick, whether `vidrop cancel` named the running job
+        self._next_cancel_check = 0.0
 
     def apply(self, settings: Settings) -> None:
         self.tick_seconds = settings.intake.tick_seconds
@@ -63,6 +66,7 @@ class BetweenSteps:
         self.lease.check()
         if self.stop.must_stop_now():
             raise JobInterrupted(job.id)
+        self._check_cancel(job, step, total)
         self.status.step(job, step, total)
         if self.gallery is not None and not self.ledger_pause.is_paused:
             try:
@@ -72,6 +76,21 @@ class BetweenSteps:
         if not self.ledger_pause.is_paused:
             self.intake_pass()
         self.notifier.watchdog()
+
+    def _check_cancel(self, job: Job, step: int, total: int) -> None:
+        """JobCancelled if `vidrop cancel` named this job (the ledger is asked at most once a tick)."""
+        now = self.clock.monotonic()
+        if self.ledger is None or now < self._next_cancel_check or self.ledger_pause.is_paused:
+            return
+        self._next_cancel_check = now + self.tick_seconds
+        try:
+            request = self.ledger.cancel_request(job.id)
+        except LedgerUnavailable as exc:  # the job goes on; its outcome waits for the ledger anyway
+            self.ledger_pause.pause(exc)
+            return
+        if request is not None:
+            log.info("job_cancel_seen", job_id=job.id, step=step, total=total, cancelled_by=request.get("by"))
+            raise JobCancelled(job.id, request, step=f"abandoned after step {step} of {total}")
 
     def waiting(self, text: str) -> None:
         """A job waits (for memory, for the ledger): the loop is alive (it polls), so the watchdog is fed too."""

@@ -22,6 +22,7 @@ from vidrop.daemon.ledger_pause import LedgerPause, wait_out
 from vidrop.daemon.metrics import start_metrics
 from vidrop.daemon.outbox import Outbox
 from vidrop.daemon.outbox_pause import OutboxPause
+from vidrop.daemon.queue_control import QueueWatch
 from vidrop.daemon.recorder import JobListener, Recorder
 from vidrop.daemon.runner import Runner
 from vidrop.daemon.services import Services
@@ -136,6 +137,7 @@ class Wiring:
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
         metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
         listeners += [metrics] if metrics is not None else []
+        queue_watch = QueueWatch(ledger, metrics=metrics)
         status = ServiceStatus(
             notifier=self.notifier,
             stop=stop,
@@ -143,7 +145,9 @@ class Wiring:
             ledger_pause=ledger_pause,
             outbox_pause=outbox_pause,
             gallery=gallery,
+            queue=queue_watch,
         )
+        queue_watch.listeners.append(lambda control: services.queue_changed())
         recorder = Recorder(
             ledger=ledger,
             outbox=outbox,
@@ -176,6 +180,7 @@ class Wiring:
             clock=clock,
             tick_seconds=settings.intake.tick_seconds,
             gallery=gallery,
+            ledger=ledger,
         )
         runner = Runner(
             recorder=recorder,
@@ -210,6 +215,7 @@ class Wiring:
             gallery=gallery,
             hooks=hooks,
             events=self.events,
+            queue=queue_watch,
         )
         return services
 

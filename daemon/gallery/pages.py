@@ -100,6 +100,7 @@ def status_text(
     failures: list[Card],
     notice: str | None = None,
     heartbeat: tuple[float, float] | None = None,
+    held: str | None = None,
 ) -> str:
     """_STATUS.txt: for people without a browser; notice says why nothing moves (the ledger is unavailable)."""
     lines = [f"vidrop status, updated {utc(updated_at)}", ""]
@@ -107,6 +108,8 @@ def status_text(
         lines += [heartbeat_line(heartbeat), ""]
     if notice:
         lines += [f"Paused: {notice}", ""]
+    if held:  # the fleet's queue control (`vidrop pause`, `drain`)
+        lines += [f"Held: {held}", ""]
     drain = "" if not queue_length else f", all done in about {duration(drain_seconds)}"
     lines.append(f"Queue: {queue_length} waiting{drain}")
     if running is None:

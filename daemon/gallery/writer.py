@@ -98,6 +98,7 @@ class GalleryWriter:
         self._last_status: dict[str, Any] | None = None  # what _STATUS.txt last showed, for a notice alone
         self._heartbeat: tuple[float, float] | None = None  # (time of the last heartbeat, lease seconds)
         self._heartbeat_failing = False  # its last write failed (logged once until one goes through)
+        self._held: str | None = None  # the queue control's line (`vidrop pause`, `drain`) for _STATUS.txt
 
     # -- what the runner and the daemon call ---------------------------------------------------
 
@@ -147,7 +148,7 @@ class GalleryWriter:
             if self._last_status is not None:
                 replace_text(
                     self.outbox.root / STATUS_TEXT,
-                    status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
+                    status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat, held=self._held),
                 )
         except OSError as exc:  # a full or vanished share must stop neither the start nor the lease keeper
             if not self._heartbeat_failing:
@@ -169,10 +170,16 @@ class GalleryWriter:
         try:
             replace_text(
                 self.outbox.root / STATUS_TEXT,
-                status_text(**{**shown, "updated_at": iso_time(self.clock.time())}, notice=notice),
+                status_text(**{**shown, "updated_at": iso_time(self.clock.time())}, notice=notice, held=self._held),
             )
         except OSError as exc:
             log.warning("gallery_write_failed", folder="", error=str(exc))
+
+    def show_held(self, text: str | None) -> None:
+        """The queue control's line (None: the queue runs) in _STATUS.txt from its next write on."""
+        if text != self._held:
+            self._held = text
+            self._dirty.setdefault("", set())
 
     def rebuild(self, *, every_page: bool = True) -> list[str]:
         """Write every folder from the ledger: all its pages (`vidrop gallery`), or, at a start, the index and
@@ -326,7 +333,7 @@ class GalleryWriter:
             )
             replace_text(
                 directory / STATUS_TEXT,
-                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
+                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat, held=self._held),
             )
         for block in sorted(self._blocks_to_write(folder, directory, changed, blocks, paged)):
             self._write_block(folder, directory, block, paged, snapshot, common)

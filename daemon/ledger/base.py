@@ -53,6 +53,7 @@ class Job:
     lease_expires_at: float | None = None
     claims: int = 0  # the fencing token: this claim's number; every claim counts up, nothing resets it
     lost_attempts: int = 0  # attempts that ended with their process dying or losing its lease
+    cancel: dict[str, Any] | None = None  # `vidrop cancel`: {"by": "user@host", "at": epoch}; never claimed again
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,29 @@ class RunningJob:
     instance: Instance | None
 
 
+class QueueMode(str, Enum):
+    """The fleet's queue control (`vidrop pause`, `drain`, `resume`), one row in the ledger."""
+
+    RUNNING = "running"  # jobs are claimed as they come
+    PAUSED = "paused"  # intake queues files; no job starts (a running one finishes)
+    DRAINING = "draining"  # jobs queued before the drain run; later ones wait until `vidrop resume`
+
+
+@dataclass(frozen=True)
+class QueueControl:
+    """The queue's mode, who set it and when; draining: jobs queued up to drain_before still run."""
+
+    mode: QueueMode = QueueMode.RUNNING
+    changed_by: str = ""
+    changed_at: float = 0.0
+    drain_before: float | None = None
+
+    @property
+    def is_held(self) -> bool:
+        """Whether some queued jobs wait for `vidrop resume`."""
+        return self.mode is not QueueMode.RUNNING
+
+
 @dataclass
 class LedgerStatus:
     """What `vidrop status` shows: the queue, the instances, recent failures, throughput."""
@@ -96,6 +120,8 @@ class LedgerStatus:
     running: list[RunningJob]
     recent_failures: list[Job]
     done_last_hour: int
+    control: QueueControl = field(default_factory=QueueControl)
+    runnable: int = 0  # queued jobs the control lets start (all of them while running)
 
 
 class Ledger(Protocol):
@@ -157,6 +183,27 @@ class Ledger(Protocol):
         older jobs for other models, unless those have waited longer than `patience_seconds`; among the
         preferred models' jobs, those whose LoRA set (`lora_set`) is in `prefer_loras` first.
         """
+
+    def control(self) -> QueueControl:
+        """The fleet's queue control (paused, draining, running), as the last `vidrop` command set it."""
+
+    def set_control(self, mode: QueueMode, *, by: str, now: float) -> QueueControl:
+        """Pause, drain or resume the whole fleet's queue; draining keeps the jobs queued until now."""
+
+    def runnable_count(self) -> int:
+        """Queued jobs the control lets start, plus cancelled ones waiting to be recorded: the loop's work."""
+
+    def request_cancel(self, job_ids: Sequence[str], request: dict[str, Any]) -> list[Job]:
+        """Mark queued or running jobs cancelled (who, when); return those marked, as they were."""
+
+    def cancel_request(self, job_id: str) -> dict[str, Any] | None:
+        """The cancel request of a job, if it has one (the running job's holder asks between two steps)."""
+
+    def claim_cancelled(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        """Take a cancelled job no one runs (queued, or its lease expired) under a lease, to record it."""
+
+    def set_priority(self, job_ids: Sequence[str], priority: int) -> list[Job]:
+        """Give queued jobs a new priority (higher runs first); return those changed, as they are now."""
 
     def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:
         """Extend owner's lease on a running job; False if owner no longer holds it (under that claim token)."""

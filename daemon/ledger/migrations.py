@@ -106,6 +106,23 @@ MIGRATIONS: list[tuple[int, list[str | AddColumn]]] = [
             AddColumn("jobs", "loras", "TEXT NOT NULL DEFAULT ''"),
         ],
     ),
+    (
+        7,
+        [
+            # Queue controls (`vidrop pause/resume/drain`): one row the whole fleet reads before each claim.
+            """CREATE TABLE IF NOT EXISTS queue_control (
+            id INTEGER PRIMARY KEY,
+            mode TEXT NOT NULL,
+            changed_by TEXT NOT NULL,
+            changed_at DOUBLE PRECISION NOT NULL,
+            drain_before DOUBLE PRECISION
+        )""",
+            "INSERT INTO queue_control (id, mode, changed_by, changed_at) VALUES (1, 'running', '', 0) "
+            "ON CONFLICT (id) DO NOTHING",
+            # `vidrop cancel`: who asked and when (JSON); a job with one is never claimed to run again.
+            AddColumn("jobs", "cancel", "TEXT"),
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

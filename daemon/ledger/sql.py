@@ -8,7 +8,16 @@ from contextlib import AbstractContextManager
 from typing import Any, Iterator, Sequence
 
 from vidrop.config.request import lora_set
-from vidrop.daemon.ledger.base import Instance, Job, JobState, LedgerStatus, RunningJob, TakenInput
+from vidrop.daemon.ledger.base import (
+    Instance,
+    Job,
+    JobState,
+    LedgerStatus,
+    QueueControl,
+    QueueMode,
+    RunningJob,
+    TakenInput,
+)
 from vidrop.daemon.ledger.migrations import MIGRATIONS, AddColumn
 from vidrop.daemon.names import from_ledger_text, ledger_text
 
@@ -35,6 +44,7 @@ COLUMNS = (
     "lease_expires_at",
     "claims",
     "lost_attempts",
+    "cancel",
 )
 SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # Written, not read back: the model's name (also in params) as a column, for the claim's ORDER BY.
@@ -229,10 +239,13 @@ class SqlLedger:
         rank_params = (now - patience_seconds, *lora_params, *prefer_models) if prefer_models else ()
         with self._lock:
             with self._transaction():
+                # The fleet's queue control, read in the claim's own transaction: paused, nothing starts;
+                # draining, only what was queued before the drain. A cancelled job never starts again.
+                allowed, allowed_params = _allowed_by(self.control())
                 row = self._execute(
-                    f"{SELECT_JOBS} WHERE state = ? OR (state = ? AND lease_expires_at < ?) "
-                    f"ORDER BY priority DESC, {rank}created_at, id LIMIT 1{self.claim_lock}",
-                    (JobState.QUEUED.value, JobState.RUNNING.value, now, *rank_params),
+                    f"{SELECT_JOBS} WHERE (state = ? OR (state = ? AND lease_expires_at < ?)) AND cancel IS NULL "
+                    f"AND {allowed} ORDER BY priority DESC, {rank}created_at, id LIMIT 1{self.claim_lock}",
+                    (JobState.QUEUED.value, JobState.RUNNING.value, now, *allowed_params, *rank_params),
                 ).fetchone()
                 if row is None:
                     return None
@@ -244,6 +257,84 @@ class SqlLedger:
                     (JobState.RUNNING.value, now, lost, owner, now + lease_seconds, row[0]),
                 )
             return self.get(row[0])
+
+    # -- queue controls (`vidrop pause`, `drain`, `resume`, `cancel`, `priority`) ----------------
+
+    def control(self) -> QueueControl:
+        with self._lock:
+            row = self._execute(
+                "SELECT mode, changed_by, changed_at, drain_before FROM queue_control WHERE id = 1"
+            ).fetchone()
+        if row is None:
+            return QueueControl()
+        return QueueControl(QueueMode(row[0]), row[1], row[2], row[3])
+
+    def set_control(self, mode: QueueMode, *, by: str, now: float) -> QueueControl:
+        drain_before = now if mode is QueueMode.DRAINING else None
+        with self._lock:
+            self._execute(
+                "UPDATE queue_control SET mode = ?, changed_by = ?, changed_at = ?, drain_before = ? WHERE id = 1",
+                (mode.value, by, now, drain_before),
+            )
+        return self.control()
+
+    def runnable_count(self) -> int:
+        allowed, params = _allowed_by(self.control())
+        with self._lock:
+            return self._execute(
+                f"SELECT COUNT(*) FROM jobs WHERE state = ? AND (cancel IS NOT NULL OR {allowed})",
+                (JobState.QUEUED.value, *params),
+            ).fetchone()[0]
+
+    def request_cancel(self, job_ids: Sequence[str], request: dict[str, Any]) -> list[Job]:
+        if not job_ids:
+            return []
+        where = (
+            f"id IN ({', '.join('?' * len(job_ids))}) AND state IN (?, ?) AND cancel IS NULL",
+            (*job_ids, JobState.QUEUED.value, JobState.RUNNING.value),
+        )
+        with self._lock, self._transaction():
+            rows = self._execute(f"{SELECT_JOBS} WHERE {where[0]} ORDER BY created_at, id", where[1]).fetchall()
+            self._execute(f"UPDATE jobs SET cancel = ? WHERE {where[0]}", (json.dumps(request), *where[1]))
+        return [_from_row(row) for row in rows]
+
+    def cancel_request(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None or row[0] is None else json.loads(row[0])
+
+    def claim_cancelled(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        with self._lock:
+            with self._transaction():
+                row = self._execute(
+                    "SELECT id FROM jobs WHERE cancel IS NOT NULL "
+                    "AND (state = ? OR (state = ? AND lease_expires_at < ?)) "
+                    f"ORDER BY created_at, id LIMIT 1{self.claim_lock}",
+                    (JobState.QUEUED.value, JobState.RUNNING.value, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                self._execute(
+                    "UPDATE jobs SET state = ?, claims = claims + 1, lease_owner = ?, lease_expires_at = ? "
+                    "WHERE id = ?",
+                    (JobState.RUNNING.value, owner, now + lease_seconds, row[0]),
+                )
+            return self.get(row[0])
+
+    def set_priority(self, job_ids: Sequence[str], priority: int) -> list[Job]:
+        if not job_ids:
+            return []
+        marks = ", ".join("?" * len(job_ids))
+        with self._lock, self._transaction():
+            self._execute(
+                f"UPDATE jobs SET priority = ? WHERE id IN ({marks}) AND state = ?",
+                (int(priority), *job_ids, JobState.QUEUED.value),
+            )
+            rows = self._execute(
+                f"{SELECT_JOBS} WHERE id IN ({marks}) AND state = ? AND priority = ? ORDER BY created_at, id",
+                (*job_ids, JobState.QUEUED.value, int(priority)),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
 
     def renew(self, job_id: str, owner: str, now: float, lease_seconds: float, token: int | None = None) -> bool:
         where, params = _held_by(job_id, owner, token)
@@ -307,8 +398,8 @@ class SqlLedger:
             with self._transaction():
                 rows = self._execute(f"{SELECT_JOBS} WHERE {where} ORDER BY created_at, id", params).fetchall()
                 self._execute(
-                    f"UPDATE jobs SET state = ?, finished_at = NULL, error = NULL, attempts = 0, lost_attempts = 0 "
-                    f"WHERE {where}",
+                    "UPDATE jobs SET state = ?, finished_at = NULL, error = NULL, attempts = 0, lost_attempts = 0, "
+                    f"cancel = NULL WHERE {where}",
                     (JobState.QUEUED.value, *params),
                 )
         return [_from_row(row) for row in rows]
@@ -397,7 +488,18 @@ class SqlLedger:
             running=[RunningJob(job, by_id.get(job.lease_owner or "")) for job in running],
             recent_failures=failures,
             done_last_hour=done,
+            control=self.control(),
+            runnable=self.runnable_count(),
         )
+
+
+def _allowed_by(control: QueueControl) -> tuple[str, tuple[Any, ...]]:
+    """SQL for the queued jobs the queue control lets start: all, none (paused), those before the drain."""
+    if control.mode is QueueMode.PAUSED:
+        return "1 = 0", ()
+    if control.mode is QueueMode.DRAINING:
+        return "created_at <= ?", (control.drain_before or 0.0,)
+    return "1 = 1", ()
 
 
 def _held_by(job_id: str, owner: str, token: int | None) -> tuple[str, tuple[Any, ...]]:
@@ -433,6 +535,7 @@ def _to_row(job: Job) -> tuple[Any, ...]:
         job.lease_expires_at,
         job.claims,
         job.lost_attempts,
+        None if job.cancel is None else json.dumps(job.cancel),
         job.params.get("model", ""),
         lora_set(job.params.get("loras") or ()),
     )
@@ -463,4 +566,5 @@ def _from_row(row: Sequence[Any]) -> Job:
         lease_expires_at=values["lease_expires_at"],
         claims=values["claims"],
         lost_attempts=values["lost_attempts"],
+        cancel=None if values["cancel"] is None else json.loads(values["cancel"]),
     )

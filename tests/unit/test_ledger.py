@@ -307,3 +307,73 @@ def test_a_retried_refusal_is_found_for_intake_to_read_again(open_ledger):
     assert [j.key for j in ledger.requeue(inputs=["refused.png"])] == ["refused"]
     assert [j.key for j in ledger.requeued_refusals()] == ["refused"]
     assert [j.key for j in ledger.jobs_for_input("refused.png")] == ["refused"]
+
+
+# -- queue controls (`vidrop pause`, `drain`, `resume`, `cancel`, `priority`) ------------------------------------
+
+
+def test_a_pause_reaches_every_connection_and_outlasts_it_and_resume_lets_jobs_start(open_ledger):
+    from vidrop.daemon.ledger.base import QueueMode
+
+    operator, instance = open_ledger(), open_ledger()
+    instance.enqueue(job("k1", 1.0))
+    assert instance.control().mode is QueueMode.RUNNING and instance.runnable_count() == 1
+    paused = operator.set_control(QueueMode.PAUSED, by="ana@box", now=2.0)
+    assert (paused.mode, paused.changed_by, paused.changed_at) == (QueueMode.PAUSED, "ana@box", 2.0)
+    operator.close()
+    instance.enqueue(job("k2", 3.0))  # intake goes on
+    assert instance.claim_next("i1", now=4.0, lease_seconds=LEASE) is None
+    assert (instance.queued_count(), instance.runnable_count()) == (2, 0)
+    restarted = open_ledger()  # a restart (or another host) reads the same control
+    assert restarted.control() == paused
+    restarted.set_control(QueueMode.RUNNING, by="bo@box", now=5.0)
+    assert instance.claim_next("i1", now=6.0, lease_seconds=LEASE).key == "k1"
+
+
+def test_a_drain_runs_what_was_queued_before_it_and_holds_later_jobs_until_resumed(open_ledger):
+    from vidrop.daemon.ledger.base import QueueMode
+
+    ledger = open_ledger()
+    ledger.enqueue(job("before", 1.0))
+    ledger.set_control(QueueMode.DRAINING, by="ana@box", now=2.0)
+    ledger.enqueue(job("after", 3.0))
+    assert ledger.control().drain_before == 2.0 and ledger.runnable_count() == 1
+    assert ledger.claim_next("i1", now=4.0, lease_seconds=LEASE).key == "before"
+    assert ledger.claim_next("i1", now=4.0, lease_seconds=LEASE) is None and ledger.runnable_count() == 0
+    ledger.set_control(QueueMode.RUNNING, by="ana@box", now=5.0)
+    assert ledger.control().drain_before is None
+    assert ledger.claim_next("i1", now=6.0, lease_seconds=LEASE).key == "after"
+
+
+def test_a_cancelled_job_never_starts_and_is_claimed_once_to_be_recorded(open_ledger):
+    ledger, other = open_ledger(), open_ledger()
+    for key, created_at in [("running", 1.0), ("done", 2.0), ("queued", 3.0)]:
+        ledger.enqueue(job(key, created_at))
+    running = ledger.claim_next("i1", now=4.0, lease_seconds=LEASE)
+    done = ledger.claim_next("i1", now=4.0, lease_seconds=LEASE)
+    ledger.finish(done.id, 5.0, {}, owner="i1")
+    request = {"by": "ana@box", "at": 6.0}
+    marked = other.request_cancel(["running", "done", "queued"], request)
+    assert [j.key for j in marked] == ["running", "queued"]  # a finished job has nothing to cancel
+    assert ledger.cancel_request(running.id) == request and ledger.get(done.id).cancel is None
+    assert ledger.claim_next("i2", now=7.0, lease_seconds=LEASE) is None  # the queued one never starts
+    assert ledger.runnable_count() == 1  # but it is work: its cancellation waits to be recorded
+    taken = ledger.claim_cancelled("i2", now=7.0, lease_seconds=LEASE)
+    assert (taken.key, taken.state, taken.lease_owner, taken.cancel) == ("queued", JobState.RUNNING, "i2", request)
+    assert other.claim_cancelled("i3", now=7.0, lease_seconds=LEASE) is None  # i1 still holds its running one
+    assert other.claim_cancelled("i3", now=15.0, lease_seconds=LEASE).id == running.id  # i1's lease ran out
+    ledger.fail(taken.id, 8.0, {"error": "cancelled"}, owner="i2", token=taken.claims)
+    ledger.requeue(inputs=["queued.png"])  # `vidrop retry`: it may run again
+    assert ledger.get(taken.id).cancel is None and ledger.claim_next("i2", 9.0, LEASE).id == taken.id
+
+
+def test_priority_of_queued_jobs_changes_the_claim_order(open_ledger):
+    ledger = open_ledger()
+    for key, created_at in [("a", 1.0), ("b", 2.0), ("c", 3.0)]:
+        ledger.enqueue(job(key, created_at))
+    assert [j.priority for j in open_ledger().set_priority(["c"], 5)] == [5]
+    first = ledger.claim_next("i1", now=4.0, lease_seconds=LEASE)
+    assert first.key == "c"
+    assert ledger.set_priority([first.id], 9) == []  # running: no longer in the queue
+    ledger.set_priority(["a"], -1)
+    assert [ledger.claim_next("i1", now=4.0, lease_seconds=LEASE).key for _ in range(2)] == ["b", "a"]
