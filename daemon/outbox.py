@@ -395,10 +395,7 @@ class Outbox:
                 "fps": params.fps,
                 "format": params.format,
             },
-            # The sound track as read back (codec, rate, channels, samples, seconds); None: a silent video.
-            "audio": None
-            if written.audio is None
-            else {**written.audio.to_dict(), "generated_samples": result.sound.generated_samples},
+            "audio": _sound_facts(written, result),
         }
         _write_json(manifest_tmp, manifest)
         _fsync_path(video_tmp)
@@ -442,6 +439,14 @@ class Outbox:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
+
+
+def _sound_facts(written: VideoCheck, result: GenerationResult) -> dict[str, Any] | None:
+    """The manifest's `audio`: the sound track as read back (codec, rate, channels, samples, seconds) and what the
+    model made before it was fitted to the video; None: a silent video."""
+    if written.audio is None or result.sound is None:
+        return None
+    return {**written.audio.to_dict(), "generated_samples": result.sound.generated_samples}
 
 
 def check_sound(written: VideoCheck, result: GenerationResult, fps: int, path: Path) -> None:

@@ -207,6 +207,7 @@ class FamilyRules:
         self.family.check_limits(fitted.width, fitted.height, fitted.num_frames, steps, self.limits)
         loras = [dict(entry) for entry in values["loras"] or ()]
         check_loras(loras, self.loras, family=self.family.name, model=self.name)
+        audio = self._audio(values["audio"], values["format"] or defaults.format, adjustments)
         return JobParams(
             prompt=values["prompt"],
             negative_prompt=values["negative_prompt"]
@@ -225,7 +226,7 @@ class FamilyRules:
             preset=values["preset"],
             model=self.name,
             loras=tuple({"name": e["name"], "weight": float(e.get("weight", 1.0))} for e in loras),
-            audio=self._audio(values["audio"], values["format"] or defaults.format, adjustments),
+            audio=audio,
         )
 
     def _audio(self, asked: bool | None, fmt: str, adjustments: list[dict[str, Any]]) -> bool:
@@ -412,7 +413,6 @@ class VideoGenerator:
         # 4. Frames as uint8, the sound fitted to them; what it cost; free what the job left behind.
         frames = _to_uint8(floats)
         del floats
-        sound = self._sound(params, int(frames.shape[0]))
         peak = self.probe.peak_bytes()
         memory_facts = self._memory_facts(
             params,
@@ -426,7 +426,7 @@ class VideoGenerator:
         )
         return GenerationResult(
             frames=frames,
-            sound=sound,
+            sound=self._sound(params, int(frames.shape[0])),
             facts={
                 **self.describe(),
                 "timings": {name: round(value, 3) for name, value in timings.items()},
