@@ -217,14 +217,12 @@ class SoundVideoWriting:
     def finish(self) -> None:
         """Wait for the file; raise GenerationError if it could not be written."""
         self._thread.join()
-        if self._error is not None:
-            if isinstance(self._error, OSError) and not hasattr(self._error, "log"):
-                raise self._error  # the disk's own error (full, gone): the outbox tells those apart
+        if self._error is not None:  # as for ffmpeg's exit status: the outbox tells a full or vanished disk apart
             raise GenerationError(
                 "The video could not be encoded.",
                 detail=f"PyAV: {type(self._error).__name__}: {self._error}",
                 fix=TRY_AGAIN_FIX,
-            )
+            ) from self._error
 
     def abandon(self) -> None:
         """Wait for the thread (it cannot be stopped midway; a tiny clip takes moments); the caller removes it."""

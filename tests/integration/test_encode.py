@@ -159,3 +159,11 @@ def test_the_outbox_check_refuses_a_sound_track_that_is_not_the_one_given(tmp_pa
     for given in (sound(samples=24000, channels=1), sound(), None):
         with pytest.raises(GenerationError, match="sound track came out wrong"):
             check_sound(written, GenerationResult(frames(), sound=given), 8, path)
+
+
+def test_a_sound_video_that_cannot_be_written_is_a_generation_error(tmp_path):
+    writing = start_video(frames(), tmp_path / "gone" / "out.tmp", fps=8, fmt="mp4", sound=sound())
+    with pytest.raises(GenerationError, match="could not be encoded"):
+        writing.finish()
+    with pytest.raises(ValueError, match="cannot hold a sound track"):
+        start_video(frames(), tmp_path / "out.gif", fps=8, fmt="gif", sound=sound())
