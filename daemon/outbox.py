@@ -472,6 +472,7 @@ def check_sound(written: VideoCheck, result: GenerationResult, fps: int, path: P
 def _is_same_request(manifest: dict[str, Any], request: dict[str, Any]) -> bool:
     expected = json.loads(json.dumps(request))  # as it would read back from a manifest (tuples become lists)
     made, wanted = dict(manifest.get("parameters") or {}), dict(expected["parameters"])
+    made.setdefault("audio", False)  # written before the field existed: a video without sound
     if expected["seed_was_random"] and manifest.get("seed_was_random"):
         made.pop("seed", None)
         wanted.pop("seed", None)
