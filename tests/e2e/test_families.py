@@ -48,6 +48,7 @@ def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_model
     (folders["inbox"] / "loops" / "spin.json").write_text(sidecar(num_frames=8))
     make_image(folders["inbox"] / "loops" / "photo.png")  # an image for a text-only model is refused
     (folders["inbox"] / "loops" / "photo.json").write_text(sidecar())
+    (folders["inbox"] / "loops" / "loud.json").write_text(sidecar(num_frames=8, audio=True))  # no sound here
     result = run_vidrop(vidrop_env(folders, demo_models["animatediff"]), "once")
     assert result.returncode == 1, result.stderr[-3000:]
     out = folders["outbox"] / "loops"
@@ -58,6 +59,8 @@ def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_model
     assert manifest["input"]["path"] == "loops/spin.json" and manifest["video"]["format"] == "gif"
     error = json.loads((out / "photo.error.json").read_text())
     assert "prompt alone" in error["error"] and "animatediff" in error["detail"]
+    loud = json.loads((out / "loud.error.json").read_text())
+    assert loud["error"] == "This model makes videos without sound." and '"audio"' in loud["what_to_do"]
 
 
 def test_cogvideox_text_to_video(folders, demo_models):
