@@ -56,6 +56,11 @@ class GenerationFields(BaseModel):
     loras: list[LoraRequest] | None = Field(
         None, max_length=MAX_LORAS, description="LoRAs to apply, by name (`vidrop check` lists them), with weights"
     )
+    audio: bool | None = Field(
+        None,
+        description="keep the sound track a model with sound makes (LTX-2; on by default there); false: a silent "
+        "video; true is refused for a model without sound",
+    )
 
 
 def _aliases(name: str) -> AliasChoices | None:

@@ -18,6 +18,7 @@ from vidrop.config.request import VIDEO_FORMATS
 from vidrop.daemon.names import NAME_MAX, fit_stem, json_text, name_bytes, restored
 from vidrop.pipeline.encode import (
     DEFAULT_X264_PRESET,
+    VideoCheck,
     check_thumbnail,
     check_video,
     start_video,
@@ -254,6 +255,8 @@ class Outbox:
             return None
         if written.frames != video.get("frames"):
             return None
+        if (written.audio and written.audio.samples) != ((manifest.get("audio") or {}).get("samples")):
+            return None
         return {name: str(names.folder / file_name) for name, file_name in outputs.items()}
 
     def has_job_line(self, names: OutputNames, job_id: str, state: str) -> bool:
@@ -352,7 +355,12 @@ class Outbox:
         names.folder.mkdir(parents=True, exist_ok=True)
         # The thumbnail and the preview are made from the frames in memory while ffmpeg encodes the video.
         encoding = start_video(
-            result.frames, video_tmp, fps=params.fps, fmt=params.format, x264_preset=self.x264_preset
+            result.frames,
+            video_tmp,
+            fps=params.fps,
+            fmt=params.format,
+            x264_preset=self.x264_preset,
+            sound=result.sound,
         )
         try:
             write_thumbnail(result.frames, thumb_tmp)
@@ -370,6 +378,7 @@ class Outbox:
                 detail=f"{video_tmp}: wrote {result.frames.shape[0]}, read back {written.frames}",
                 fix=TRY_AGAIN_FIX,
             )
+        check_sound(written, result, params.fps, video_tmp)
         outputs = {
             "video": video.name,
             "thumbnail": names.thumbnail.name,
@@ -386,6 +395,7 @@ class Outbox:
                 "fps": params.fps,
                 "format": params.format,
             },
+            "audio": _sound_facts(written, result),
         }
         _write_json(manifest_tmp, manifest)
         _fsync_path(video_tmp)
@@ -431,9 +441,38 @@ class Outbox:
                 os.close(descriptor)
 
 
+def _sound_facts(written: VideoCheck, result: GenerationResult) -> dict[str, Any] | None:
+    """The manifest's `audio`: the sound track as read back (codec, rate, channels, samples, seconds) and what the
+    model made before it was fitted to the video; None: a silent video."""
+    if written.audio is None or result.sound is None:
+        return None
+    return {**written.audio.to_dict(), "generated_samples": result.sound.generated_samples}
+
+
+def check_sound(written: VideoCheck, result: GenerationResult, fps: int, path: Path) -> None:
+    """The written MP4 holds the sound track it was given, every sample of it, as long as its video (within a
+    frame); and none where it was given none."""
+    sound, audio = result.sound, written.audio
+    problem = None
+    if sound is None:
+        problem = None if audio is None else f"a sound track of {audio.samples} samples nobody asked for"
+    elif audio is None:
+        problem = f"no sound track; {sound.sample_count} samples at {sound.sample_rate} Hz were written"
+    elif (audio.samples, audio.sample_rate, audio.channels) != (sound.sample_count, sound.sample_rate, sound.channels):
+        problem = (
+            f"the sound track holds {audio.samples} samples at {audio.sample_rate} Hz in {audio.channels} channels; "
+            f"{sound.sample_count} at {sound.sample_rate} Hz in {sound.channels} were written"
+        )
+    elif abs(audio.duration_seconds - (written.duration_seconds or 0.0)) > 1 / fps:
+        problem = f"the sound lasts {audio.duration_seconds:.3f} s and the video {written.duration_seconds:.3f} s"
+    if problem is not None:
+        raise GenerationError("The video's sound track came out wrong.", detail=f"{path}: {problem}", fix=TRY_AGAIN_FIX)
+
+
 def _is_same_request(manifest: dict[str, Any], request: dict[str, Any]) -> bool:
     expected = json.loads(json.dumps(request))  # as it would read back from a manifest (tuples become lists)
     made, wanted = dict(manifest.get("parameters") or {}), dict(expected["parameters"])
+    made.setdefault("audio", False)  # written before the field existed: a video without sound
     if expected["seed_was_random"] and manifest.get("seed_was_random"):
         made.pop("seed", None)
         wanted.pop("seed", None)

@@ -17,6 +17,7 @@ DEMO_NOTE = "vidrop demo model: tiny random weights, its videos are noise; it sh
 TOKEN_LENGTH = 32
 T5_TOKEN_LENGTH = 128  # LTX asks for max_sequence_length=128
 COGVIDEOX_TOKEN_LENGTH = 226  # what CogVideoX pipelines pad prompts to
+GEMMA_TOKEN_LENGTH = 1024  # LTX-2 pads prompts to max_sequence_length=1024
 
 
 def _t5_tokenizer():
@@ -500,6 +501,143 @@ def build_animatediff():
     )
 
 
+def _gemma_tokenizer():
+    """A byte-fallback BPE vocabulary like Gemma's: its special tokens, letters, digits, punctuation, bytes."""
+    from transformers import GemmaTokenizer
+
+    vocab = {token: index for index, token in enumerate(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"))}
+    pieces = ["▁", *("▁" + char for char in string.ascii_lowercase)]
+    pieces += list(string.ascii_letters + string.digits + string.punctuation)
+    pieces += [f"<0x{byte:02X}>" for byte in range(256)]
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=GEMMA_TOKEN_LENGTH)
+
+
+def _tiny_gemma3(tokenizer):
+    """LTX-2's text encoder class (Gemma 3 with its vision tower), one layer each, 32 wide."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = {"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+    text.update(num_key_value_heads=1, head_dim=8, max_position_embeddings=GEMMA_TOKEN_LENGTH, sliding_window=16)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision.update(image_size=16, patch_size=8)
+    config = Gemma3Config(
+        text_config={**text, "vocab_size": len(tokenizer)}, vision_config=vision, mm_tokens_per_image=4
+    )
+    return Gemma3ForConditionalGeneration(config)
+
+
+def _tiny_ltx2_video_vae():
+    """Three space-and-time halvings after a 4× patch: 32× in space, 8× in time, as LTX-2's VAE."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    return AutoencoderKLLTX2Video(
+        latent_channels=4,
+        block_out_channels=(8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8),
+        layers_per_block=(1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True),
+        decoder_spatio_temporal_scaling=(True, True, True),
+        decoder_inject_noise=(False,) * 4,
+        downsample_type=("spatiotemporal",) * 3,
+        upsample_type=("spatiotemporal",) * 3,
+        upsample_residual=(False,) * 3,
+        upsample_factor=(1,) * 3,
+        timestep_conditioning=False,
+        patch_size=4,
+        patch_size_t=1,
+        decoder_causal=False,
+    )
+
+
+def _tiny_ltx2_sound():
+    """The audio VAE (mel spectrograms at 16 kHz, hop 160: 100 frames a second) and a vocoder whose upsampling
+    (5·4·4·3 = 240) makes those 100 frames 24,000 samples, LTX-2's output rate."""
+    from diffusers import AutoencoderKLLTX2Audio
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4,
+        output_channels=2,
+        ch_mult=(1,),
+        num_res_blocks=1,
+        attn_resolutions=None,
+        in_channels=2,
+        resolution=32,
+        latent_channels=2,
+        norm_type="pixel",
+        causality_axis="height",
+        mid_block_add_attention=False,
+        sample_rate=16000,
+        mel_hop_length=160,
+        is_causal=True,
+        mel_bins=8,
+    )
+    vocoder = LTX2Vocoder(
+        in_channels=2 * 8,  # output channels × mel bins
+        hidden_channels=32,
+        out_channels=2,  # stereo
+        upsample_kernel_sizes=[10, 8, 8, 6],
+        upsample_factors=[5, 4, 4, 3],
+        resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]],
+        output_sampling_rate=24000,
+    )
+    return audio_vae, vocoder
+
+
+def build_ltx2():
+    """A tiny LTX2ImageToVideoPipeline: video and a stereo 24 kHz sound track (multiples of 32, 8k+1 frames)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2ImageToVideoPipeline, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    tokenizer = _gemma_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _tiny_gemma3(tokenizer)
+    width = text_encoder.config.text_config.hidden_size  # the connectors' width: heads × head_dim
+    connector = {"num_attention_heads": 4, "attention_head_dim": 8, "num_layers": 1, "num_learnable_registers": None}
+    connectors = LTX2TextConnectors(
+        caption_channels=width,
+        text_proj_in_factor=text_encoder.config.text_config.num_hidden_layers + 1,  # every layer and the embeddings
+        **{f"{stream}_connector_{key}": value for stream in ("video", "audio") for key, value in connector.items()},
+        connector_rope_base_seq_len=32,
+        rope_double_precision=False,
+        rope_type="split",
+    )
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        audio_in_channels=4,  # audio latent channels × latent mel bins (8 / 4)
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=1,
+        qk_norm="rms_norm_across_heads",
+        caption_channels=width,
+        rope_double_precision=False,
+        rope_type="split",
+    )
+    audio_vae, vocoder = _tiny_ltx2_sound()
+    return LTX2ImageToVideoPipeline(
+        transformer=transformer,
+        vae=_tiny_ltx2_video_vae(),
+        audio_vae=audio_vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        connectors=connectors,
+        vocoder=vocoder,
+    )
+
+
 BUILDERS = {
     "ltx": build_ltx,
     "i2vgen-xl": build_i2vgen_xl,
@@ -510,6 +648,7 @@ BUILDERS = {
     "wan2.2": build_wan22_i2v,
     "wan2.2-ti2v": build_wan22_ti2v,
     "animatediff": build_animatediff,
+    "ltx2": build_ltx2,
 }
 
 

@@ -23,7 +23,7 @@ from vidrop.pipeline.admission import (
     choose_mode,
     weights_on_device,
 )
-from vidrop.pipeline.families.base import Family, FamilyLimits
+from vidrop.pipeline.families.base import Family, FamilyLimits, SoundTrack
 from vidrop.pipeline.images import fit_image
 from vidrop.pipeline.loader import DTYPES, LoadedModel, load_model
 from vidrop.pipeline.loras import LoraAdapters, check_loras
@@ -57,6 +57,7 @@ class JobParams:
     preset: Preset | None = None
     model: str = ""  # which of the models on offer makes it (its name in the settings); "": the default
     loras: tuple[dict[str, Any], ...] = ()  # {"name", "weight"} for each LoRA asked for
+    audio: bool = False  # whether the video gets the sound track its model makes (LTX-2)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the ledger and the manifest."""
@@ -80,6 +81,7 @@ class GenerationResult:
 
     frames: np.ndarray
     facts: dict[str, Any] = field(default_factory=dict)
+    sound: SoundTrack | None = None  # the sound track, exactly as long as the frames at params.fps
 
 
 class RequestRules(Protocol):
@@ -205,6 +207,7 @@ class FamilyRules:
         self.family.check_limits(fitted.width, fitted.height, fitted.num_frames, steps, self.limits)
         loras = [dict(entry) for entry in values["loras"] or ()]
         check_loras(loras, self.loras, family=self.family.name, model=self.name)
+        audio = self._audio(values["audio"], values["format"] or defaults.format, adjustments)
         return JobParams(
             prompt=values["prompt"],
             negative_prompt=values["negative_prompt"]
@@ -223,7 +226,28 @@ class FamilyRules:
             preset=values["preset"],
             model=self.name,
             loras=tuple({"name": e["name"], "weight": float(e.get("weight", 1.0))} for e in loras),
+            audio=audio,
         )
+
+    def _audio(self, asked: bool | None, fmt: str, adjustments: list[dict[str, Any]]) -> bool:
+        """Sound where the family makes it and the container holds it; `"audio": true` where it cannot is refused."""
+        if asked and not self.family.has_sound:
+            raise InputError(
+                "This model makes videos without sound.",
+                detail=f'"audio": true asked of {self.family.name} (model {self.model}), which makes no sound track',
+                fix='Drop "audio" from the sidecar, or ask for a model that makes sound (an ltx2 model).',
+            )
+        if self.family.has_sound and fmt != "mp4":
+            if asked:
+                raise InputError(
+                    f"A {fmt} file cannot hold sound.",
+                    detail=f'"audio": true with "format": "{fmt}"; only mp4 has a sound track',
+                    fix='Set "format" to "mp4", or "audio" to false.',
+                )
+            rule = f"{self.family.name} sound goes into mp4 only; a {fmt} has none"
+            adjustments.append({"field": "audio", "requested": None, "used": False, "rule": rule})
+            return False
+        return self.family.has_sound and asked is not False
 
     def _check_name(self, model: str | None) -> None:
         if model and model != self.name:
@@ -286,6 +310,7 @@ class VideoGenerator:
             threshold_bytes=int(self.memory.drift_restart_gb * GB), warmup_jobs=self.memory.warmup_jobs
         )
         self.restart_due: dict[str, int] | None = None
+        self._audio_out: Any = None  # the pipeline output's `audio` from the last call (LTX-2)
 
     def set_limits(self, limits: LimitSettings) -> None:
         """Bound what a request may ask for; unset limits are the family's own."""
@@ -385,7 +410,7 @@ class VideoGenerator:
         if recovery:
             check_frames(floats)
 
-        # 4. Frames as uint8; what it cost; free what the job left behind.
+        # 4. Frames as uint8, the sound fitted to them; what it cost; free what the job left behind.
         frames = _to_uint8(floats)
         del floats
         peak = self.probe.peak_bytes()
@@ -401,6 +426,7 @@ class VideoGenerator:
         )
         return GenerationResult(
             frames=frames,
+            sound=self._sound(params, int(frames.shape[0])),
             facts={
                 **self.describe(),
                 "timings": {name: round(value, 3) for name, value in timings.items()},
@@ -412,6 +438,12 @@ class VideoGenerator:
                 "height": int(frames.shape[1]),
             },
         )
+
+    def _sound(self, params: JobParams, frames: int) -> SoundTrack | None:
+        """The sound track the last call made, if the job keeps it, as long as the video."""
+        audio, self._audio_out = self._audio_out, None
+        sound = self.family.sound(self.loaded.pipes[params.mode], audio) if params.audio else None
+        return None if sound is None else sound.fitted(frames, params.fps)
 
     def _memory_facts(
         self,
@@ -572,10 +604,11 @@ class VideoGenerator:
         hook = None if self.family.has_step_callback else self._denoiser().register_forward_hook(callback.as_hook)
         try:
             with torch.inference_mode():
-                output = self.loaded.pipes[params.mode](**arguments).frames
+                result = self.loaded.pipes[params.mode](**arguments)
         finally:
             if hook is not None:
                 hook.remove()
+        output, self._audio_out = result.frames, getattr(result, "audio", None)  # LTX-2's sound
         return (output if output_type == "latent" else output[0]), generator.get_state()
 
     def _decode(self, latents: Any, rng_state: torch.Tensor, params: JobParams, mode: MemoryMode) -> np.ndarray:

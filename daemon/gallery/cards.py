@@ -71,6 +71,7 @@ class Card:
     error: str | None = None
     what_to_do: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # names in the card's folder that exist now
+    sound: bool = False  # the video has a sound track: the card plays it, muted until clicked
 
     def to_json(self) -> dict[str, Any]:
         # A shallow copy: its values are plain data already, and asdict's deep copy made it 10× slower.
@@ -115,6 +116,7 @@ def make_card(
         if job.started_at is not None and job.finished_at is not None:
             card.duration_seconds = round(job.finished_at - job.started_at, 1)
         card.files = _existing(names.folder, {kind: Path(path).name for kind, path in job.outputs.items()})
+        card.sound = bool(params.get("audio")) and "video" in card.files
     elif job.state is JobState.FAILED:
         error = job.error or {}
         card.error, card.what_to_do = error.get("error"), error.get("what_to_do")

@@ -8,6 +8,7 @@ from vidrop.pipeline.families.base import Family
 from vidrop.pipeline.families.cogvideox import CogVideoXFamily
 from vidrop.pipeline.families.i2vgen_xl import I2VGenXLFamily
 from vidrop.pipeline.families.ltx import LTXFamily
+from vidrop.pipeline.families.ltx2 import LTX2Family
 from vidrop.pipeline.families.svd import SVDFamily
 from vidrop.pipeline.families.wan import WanFamily
 from vidrop.pipeline.families.wan22 import Wan22Family, Wan22TI2VFamily
@@ -23,6 +24,7 @@ FAMILIES: dict[str, type[Family]] = {
         AnimateDiffFamily,
         Wan22Family,
         Wan22TI2VFamily,
+        LTX2Family,
     )
 }
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 from PIL import Image
 
 from vidrop.config.errors import InputError
@@ -48,6 +49,32 @@ class FittedSize:
     adjustments: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SoundTrack:
+    """The sound a model made with a video: float samples in [-1, 1], channels × samples, at sample_rate."""
+
+    samples: np.ndarray
+    sample_rate: int
+    generated_samples: int = 0  # what the model made, before `fitted` padded or cut it; 0: not fitted
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def sample_count(self) -> int:
+        return int(self.samples.shape[1])
+
+    def fitted(self, frames: int, fps: int) -> SoundTrack:
+        """Exactly the video's duration: silence added at the end, or the end cut (the vocoder's output runs a
+        few milliseconds short or long of frames/fps)."""
+        target = round(frames * self.sample_rate / fps)
+        samples = self.samples[:, :target]
+        if samples.shape[1] < target:
+            samples = np.pad(samples, ((0, 0), (0, target - samples.shape[1])))
+        return SoundTrack(np.ascontiguousarray(samples), self.sample_rate, generated_samples=self.sample_count)
+
+
 IMAGE = "image"
 TEXT = "text"
 
@@ -76,6 +103,8 @@ class Family:
     frame_step: ClassVar[int] = 1
     # Why the family is deprecated (logged as model_family_deprecated when loaded); None: current.
     deprecated: ClassVar[str | None] = None
+    # Whether the model makes a sound track with the video (LTX-2); a request may then ask for none.
+    has_sound: ClassVar[bool] = False
 
     @classmethod
     def matches(cls, index: dict[str, Any]) -> bool:
@@ -191,6 +220,10 @@ class Family:
         if image is not None:
             arguments["image"] = image
         return arguments
+
+    def sound(self, pipe: Any, audio: Any) -> SoundTrack | None:
+        """The sound track in the pipeline's output (its `audio`); None for families without sound."""
+        return None
 
     def memory_arguments(self, mode: Any) -> dict[str, Any]:
         """Extra __call__ arguments for a memory mode (a smaller decode chunk, say); none by default."""

@@ -2,10 +2,11 @@
 
 import json
 
+import av
 import pytest
 from PIL import Image
 
-from tests.conftest import make_image, run_vidrop, sidecar, vidrop_env
+from tests.conftest import TINY, make_image, run_vidrop, sidecar, vidrop_env
 from tests.e2e.test_run import decode
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +48,7 @@ def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_model
     (folders["inbox"] / "loops" / "spin.json").write_text(sidecar(num_frames=8))
     make_image(folders["inbox"] / "loops" / "photo.png")  # an image for a text-only model is refused
     (folders["inbox"] / "loops" / "photo.json").write_text(sidecar())
+    (folders["inbox"] / "loops" / "loud.json").write_text(sidecar(num_frames=8, audio=True))  # no sound here
     result = run_vidrop(vidrop_env(folders, demo_models["animatediff"]), "once")
     assert result.returncode == 1, result.stderr[-3000:]
     out = folders["outbox"] / "loops"
@@ -57,6 +59,8 @@ def test_animatediff_turns_a_prompt_alone_into_a_looping_gif(folders, demo_model
     assert manifest["input"]["path"] == "loops/spin.json" and manifest["video"]["format"] == "gif"
     error = json.loads((out / "photo.error.json").read_text())
     assert "prompt alone" in error["error"] and "animatediff" in error["detail"]
+    loud = json.loads((out / "loud.error.json").read_text())
+    assert loud["error"] == "This model makes videos without sound." and '"audio"' in loud["what_to_do"]
 
 
 def test_cogvideox_text_to_video(folders, demo_models):
@@ -89,3 +93,29 @@ def test_wan22_ti2v_text_to_video(folders, demo_models):
     manifest = json.loads((folders["outbox"] / "idea.json").read_text())
     assert manifest["family"] == "wan2.2-ti2v" and manifest["parameters"]["mode"] == "text"
     assert manifest["adjustments"][0]["rule"] == "wan2.2-ti2v needs width in multiples of 32"
+
+
+def test_ltx2_image_to_video_with_sound(folders, demo_models):
+    # LTX-2 makes a sound track with the video; a sidecar may ask for none. 72 wide → 64 (multiples of 32).
+    make_image(folders["inbox"] / "shot.png", size=(80, 64))
+    (folders["inbox"] / "shot.json").write_text(sidecar(width=72))
+    make_image(folders["inbox"] / "quiet.png", size=(80, 64), color=(20, 90, 200))
+    (folders["inbox"] / "quiet.json").write_text(sidecar(audio=False))
+    result = run_vidrop(vidrop_env(folders, demo_models["ltx2"]), "once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with av.open(str(folders["outbox"] / "shot.mp4")) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.frames, video.codec_context.width, audio.codec_context.name) == (9, 64, "aac")
+        seconds = {stream.type: float(stream.duration * stream.time_base) for stream in (video, audio)}
+        assert abs(seconds["audio"] - seconds["video"]) <= 1 / TINY["fps"]
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    manifest = json.loads((folders["outbox"] / "shot.json").read_text())
+    assert manifest["family"] == "ltx2" and manifest["parameters"]["audio"] is True
+    sound = manifest["audio"]
+    assert (sound["codec"], sound["sample_rate"], sound["channels"]) == ("aac", 24000, 2)
+    assert sound["samples"] == 9 * 24000 // TINY["fps"] and sound["duration_seconds"] == 9 / TINY["fps"]
+    assert decoded >= sound["samples"]  # whole AAC frames of 1024: the last one runs past the end the file sets
+    with av.open(str(folders["outbox"] / "quiet.mp4")) as container:
+        assert len(container.streams.audio) == 0 and container.streams.video[0].frames == 9
+    quiet = json.loads((folders["outbox"] / "quiet.json").read_text())
+    assert quiet["audio"] is None and quiet["parameters"]["audio"] is False

@@ -1,12 +1,18 @@
 """Writers and checks against real ffmpeg and Pillow decoding."""
 
+from fractions import Fraction
+
+import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
 from PIL import Image
 
 from vidrop.config.errors import GenerationError
-from vidrop.pipeline.encode import check_video, write_thumbnail, write_video
+from vidrop.daemon.outbox import check_sound
+from vidrop.pipeline.encode import check_video, start_video, write_thumbnail, write_video
+from vidrop.pipeline.families.base import SoundTrack
+from vidrop.pipeline.generate import GenerationResult
 
 
 def frames(count=9, height=64, width=64):
@@ -115,3 +121,49 @@ def test_thumbnail_is_the_middle_frame_at_most_320_px(tmp_path):
     write_thumbnail(frames(count=3, height=360, width=640), path)
     with Image.open(path) as image:
         assert image.format == "JPEG" and image.size == (320, 180)
+
+
+def sound(samples=27000, channels=2, rate=24000):
+    wave = np.sin(np.linspace(0, 440 * 2 * np.pi * samples / rate, samples, dtype=np.float32)) * 0.5
+    return SoundTrack(np.tile(wave, (channels, 1)), rate)
+
+
+def test_a_sound_track_is_muxed_as_aac_and_read_back_with_every_sample(tmp_path):
+    path = tmp_path / "out.tmp"
+    start_video(frames(), path, fps=8, fmt="mp4", sound=sound()).finish()  # 9 frames at 8 fps: 1.125 s
+    check = check_video(path, fmt="mp4")
+    assert check.frames == 9 and check.duration_seconds == 1.125
+    assert check.audio.to_dict() == {
+        "codec": "aac",
+        "sample_rate": 24000,
+        "channels": 2,
+        "samples": 27000,
+        "duration_seconds": 1.125,
+    }
+    with av.open(str(path)) as container:  # an independent reader agrees
+        stream = container.streams.audio[0]
+        assert stream.duration * stream.time_base == Fraction(27000, 24000) and stream.codec_context.channels == 2
+    data = path.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart, as without sound
+    path.write_bytes(data[: int(len(data) * 0.9)])
+    with pytest.raises(GenerationError, match="cannot be played"):
+        check_video(path, fmt="mp4")
+
+
+def test_the_outbox_check_refuses_a_sound_track_that_is_not_the_one_given(tmp_path):
+    path = tmp_path / "out.tmp"
+    start_video(frames(), path, fps=8, fmt="mp4", sound=sound(channels=1)).finish()
+    written = check_video(path, fmt="mp4")
+    assert written.audio.channels == 1
+    check_sound(written, GenerationResult(frames(), sound=sound(channels=1)), 8, path)
+    for given in (sound(samples=24000, channels=1), sound(), None):
+        with pytest.raises(GenerationError, match="sound track came out wrong"):
+            check_sound(written, GenerationResult(frames(), sound=given), 8, path)
+
+
+def test_a_sound_video_that_cannot_be_written_is_a_generation_error(tmp_path):
+    writing = start_video(frames(), tmp_path / "gone" / "out.tmp", fps=8, fmt="mp4", sound=sound())
+    with pytest.raises(GenerationError, match="could not be encoded"):
+        writing.finish()
+    with pytest.raises(ValueError, match="cannot hold a sound track"):
+        start_video(frames(), tmp_path / "out.gif", fps=8, fmt="gif", sound=sound())

@@ -1,13 +1,15 @@
 from dataclasses import fields
 
+import numpy as np
 import pytest
 
 from vidrop.config.errors import InputError, ModelUnavailable
 from vidrop.config.request import PRESETS, REQUEST_FIELDS, GenerationFields
+from vidrop.config.settings import LimitSettings
 from vidrop.config.vocabulary import FAMILY_NAMES
 from vidrop.pipeline.families import FAMILIES, family_by_name, family_for_model_index, family_for_pipeline_class
-from vidrop.pipeline.families.base import FamilyDefaults
-from vidrop.pipeline.generate import JobParams
+from vidrop.pipeline.families.base import FamilyDefaults, SoundTrack
+from vidrop.pipeline.generate import FamilyRules, JobParams
 
 
 def test_ltx_rounds_frames_up_to_8k_plus_1_and_sizes_to_32():
@@ -68,3 +70,45 @@ def test_every_family_defines_every_preset_in_generation_fields(name):
 def test_family_defaults_and_job_parameters_speak_the_request_fields():
     assert {field.name for field in fields(FamilyDefaults)} <= set(REQUEST_FIELDS)
     assert set(REQUEST_FIELDS) <= {field.name for field in fields(JobParams)}
+
+
+def test_ltx2_is_told_by_its_pipeline_classes_and_runs_both_modes():
+    for class_name in ("LTX2Pipeline", "LTX2ImageToVideoPipeline"):
+        family = family_for_model_index({"_class_name": class_name, "vocoder": ["ltx2", "LTX2Vocoder"]})
+        assert family.name == "ltx2" and family.pipeline_classes(class_name).keys() == {"image", "text"}
+    fitted = family_by_name("ltx2").fit(700, 500, 100)
+    assert (fitted.width, fitted.height, fitted.num_frames) == (704, 512, 105)
+    assert family_by_name("ltx2").has_sound and not family_by_name("ltx").has_sound
+
+
+def rules(family: str) -> FamilyRules:
+    return FamilyRules(
+        name="default", family=family_by_name(family), model="m", modes=("image",), limits=LimitSettings()
+    )
+
+
+def test_sound_is_kept_unless_a_request_asks_for_none():
+    assert rules("ltx2").resolve({"prompt": "rain"}).audio is True
+    assert rules("ltx2").resolve({"prompt": "rain", "audio": False}).audio is False
+    assert rules("ltx").resolve({"prompt": "rain"}).audio is False
+    assert rules("ltx").resolve({"prompt": "rain", "audio": False}).audio is False
+    # A GIF holds no sound: unasked, the sound is dropped and the manifest says so; asked for, it is refused.
+    gif = rules("ltx2").resolve({"prompt": "rain", "format": "gif"})
+    assert gif.audio is False and gif.adjustments[-1]["field"] == "audio"
+    with pytest.raises(InputError, match="cannot hold sound"):
+        rules("ltx2").resolve({"prompt": "rain", "format": "gif", "audio": True})
+
+
+@pytest.mark.parametrize("family", ["ltx", "wan", "svd"])
+def test_asking_for_sound_of_a_family_without_it_is_refused(family):
+    with pytest.raises(InputError, match="without sound") as caught:
+        rules(family).resolve({"prompt": "rain", "audio": True})
+    assert family in caught.value.detail and '"audio"' in caught.value.fix
+
+
+def test_a_sound_track_is_fitted_to_the_video_it_goes_with():
+    short = SoundTrack(np.ones((2, 7969), np.float32), 24000).fitted(9, 24)  # 9 frames at 24 fps: 9000 samples
+    assert (short.sample_count, short.generated_samples, short.channels) == (9000, 7969, 2)
+    assert short.samples[:, 7969:].max() == 0.0  # silence after the end
+    long = SoundTrack(np.ones((1, 30000), np.float32), 24000).fitted(9, 8)
+    assert long.sample_count == 27000 and long.generated_samples == 30000

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
@@ -13,6 +14,7 @@ from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>.png'
 HOSTILE_PROMPT = "<script>document.title='pwned'</script><img src=x onerror=alert(2)>"
+OUTPUTS = {"video": ".mp4", "thumbnail": ".jpg", "preview": ".preview.webp", "manifest": ".json"}
 
 
 def make_job(
@@ -256,3 +258,24 @@ def test_a_heartbeat_that_cannot_be_written_is_logged_once_and_never_raised(tmp_
     (tmp_path / "outbox").rmdir()  # a share that went away
     writer.alive(clock.time() + 30, 30)
     assert not (tmp_path / "outbox").exists(), "the heartbeat made the outbox again on the local disk"
+
+
+def test_a_video_with_sound_plays_on_its_card_muted_until_clicked(tmp_path):
+    clock = FakeClock(1_700_000_000.0)
+    ledger, writer = writer_for(tmp_path, clock)
+    folder = tmp_path / "outbox" / "acme"
+    folder.mkdir(parents=True)
+    for number, audio in ((1, True), (2, False)):
+        job = make_job(number, state=JobState.DONE)
+        job.params["audio"] = audio
+        job.outputs = {kind: str(folder / f"img{number:05d}{suffix}") for kind, suffix in OUTPUTS.items()}
+        for path in job.outputs.values():
+            Path(path).write_bytes(b"made")
+        ledger.enqueue(job)
+    writer.rebuild()
+    page = Page((folder / "index.html").read_text())
+    videos = [attrs for tag, attrs in page.elements if tag == "video"]
+    assert len(videos) == 1 and videos[0]["src"] == "./img00001.mp4" and videos[0]["class"] == "sound"
+    assert "muted" in videos[0] and "controls" not in videos[0] and videos[0]["poster"] == "./img00001.preview.webp"
+    assert page.sources() == ["./img00002.preview.webp"]  # the silent one keeps its looping preview
+    ledger.close()
