@@ -1,0 +1,22 @@
+from vidrop.pipeline.speed import Device, SpeedLevers, check_plan
+
+CPU = Device("cpu")
+
+
+def test_plain_plan_passes():
+    assert check_plan("m", "svd", SpeedLevers(), CPU) == []
+
+
+def test_attention_backend_on_unet_family_refused():
+    (line,) = check_plan("m", "svd", SpeedLevers(attention="flash"), CPU)
+    assert line.startswith("attention=flash model=m:")
+
+
+def test_unsupported_cache_refused():
+    (line,) = check_plan("m", "i2vgen-xl", SpeedLevers(cache="first_block"), CPU)
+    assert "cache=first_block" in line
+
+
+def test_fp8_on_cpu_refused():
+    (line,) = check_plan("m", "wan", SpeedLevers(quantize="fp8"), CPU)
+    assert "compute capability" in line
