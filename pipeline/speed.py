@@ -20,6 +20,8 @@ CACHES_BY_FAMILY: dict[str, frozenset[str]] = {
 # Attention backends → the module they need.
 BACKEND_MODULES = {"flash": "flash_attn", "sage": "sageattention", "_flash_3_hub": "kernels", "flex": "torch"}
 TRANSFORMER_FAMILIES = frozenset({"ltx", "wan", "cogvideox"})
+# Families whose denoiser declares `_repeated_blocks` (regional compile); others may only compile whole.
+REPEATED_BLOCK_FAMILIES = frozenset({"ltx", "wan"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Device:
 def check_plan(model: str, family: str, levers: SpeedLevers, device: Device) -> list[str]:
     """Every requested lever that does not apply, as `lever=value model=… why`."""
     problems = []
+    if levers.compile == "regional" and family not in REPEATED_BLOCK_FAMILIES:
+        problems.append(_line("compile", "regional", model, f"the {family} denoiser declares no repeated blocks"))
     if levers.attention not in ("auto", "native"):
         if family not in DISPATCHER_FAMILIES:
             problems.append(_line("attention", levers.attention, model, f"family {family} ignores attention backends"))

@@ -20,3 +20,9 @@ def test_unsupported_cache_refused():
 def test_fp8_on_cpu_refused():
     (line,) = check_plan("m", "wan", SpeedLevers(quantize="fp8"), CPU)
     assert "compute capability" in line
+
+
+def test_regional_compile_needs_repeated_blocks():
+    (line,) = check_plan("m", "cogvideox", SpeedLevers(compile="regional"), CPU)
+    assert "compile=regional" in line
+    assert check_plan("m", "wan", SpeedLevers(compile="regional"), CPU) == []
