@@ -68,6 +68,25 @@ class LoraSettings(_Section):
         return path
 
 
+class SpeedLeverSettings(_Section):
+    """The speed levers for a model (see pipeline/speed.py and the README's Speed section)."""
+
+    compile: Literal["off", "regional", "full"] = "off"
+    attention: str = Field("auto", description="auto | native | a diffusers attention backend name")
+    cache: Literal["off", "faster", "pab", "first_block", "taylorseer", "mag"] = "off"
+    quantize: Literal["off", "fp8"] = "off"
+
+
+class SpeedSettings(SpeedLeverSettings):
+    """`[pipeline.speed]`: levers for every model, with per-model overrides in `[pipeline.speed.models.NAME]`."""
+
+    models: dict[str, SpeedLeverSettings] = Field(default_factory=dict)
+
+    def for_model(self, name: str) -> SpeedLeverSettings:
+        """The levers a model runs with: its override, else the section's own values."""
+        return self.models.get(name, SpeedLeverSettings(**self.model_dump(exclude={"models"})))
+
+
 class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
@@ -103,6 +122,8 @@ class PipelineSettings(_Section):
         if isinstance(loras, dict):
             return {name: {"path": value} if isinstance(value, str) else value for name, value in loras.items()}
         return loras
+
+    speed: SpeedSettings = SpeedSettings()
 
     @field_validator("device")
     @classmethod

@@ -26,3 +26,12 @@ def test_regional_compile_needs_repeated_blocks():
     (line,) = check_plan("m", "cogvideox", SpeedLevers(compile="regional"), CPU)
     assert "compile=regional" in line
     assert check_plan("m", "wan", SpeedLevers(compile="regional"), CPU) == []
+
+
+def test_speed_settings_per_model_override():
+    from vidrop.config.settings import load_settings
+
+    speed = load_settings(None, pipeline={"speed": {"cache": "pab", "models": {"a": {"compile": "full"}}}})
+    speed = speed.settings.pipeline.speed
+    assert speed.for_model("a").compile == "full" and speed.for_model("a").cache == "off"
+    assert speed.for_model("b").cache == "pab"
