@@ -1,4 +1,8 @@
-from vidrop.pipeline.speed import Device, SpeedLevers, check_plan
+import importlib.util
+
+import pytest
+
+from vidrop.pipeline.speed import Device, SpeedLevers, check_plan, resolve_auto
 
 CPU = Device("cpu")
 
@@ -33,5 +37,61 @@ def test_speed_settings_per_model_override():
 
     speed = load_settings(None, pipeline={"speed": {"cache": "pab", "models": {"a": {"compile": "full"}}}})
     speed = speed.settings.pipeline.speed
-    assert speed.for_model("a").compile == "full" and speed.for_model("a").cache == "off"
+    assert speed.for_model("a").compile == "full" and speed.for_model("a").cache == "pab"
     assert speed.for_model("b").cache == "pab"
+
+
+@pytest.mark.parametrize(
+    ("family", "levers", "why"),
+    [
+        ("cogvideox", SpeedLevers(attention="sage"), "does not route attention through diffusers' dispatcher"),
+        ("animatediff", SpeedLevers(attention="flash"), "does not route attention"),
+        ("wan", SpeedLevers(attention="no-such"), "no attention backend of that name"),
+        ("wan2.2", SpeedLevers(attention="_flash_3"), "needs a CUDA GPU"),
+        ("svd", SpeedLevers(cache="pab"), "is a UNet"),
+        ("wan", SpeedLevers(cache="faster"), "both guidance passes in one batch"),
+        ("ltx", SpeedLevers(cache="mag"), "mag_ratios"),
+        ("wan", SpeedLevers(cache="taylorseer"), "match no layer"),
+        ("i2vgen-xl", SpeedLevers(compile="regional"), "no repeated blocks"),
+        ("svd", SpeedLevers(quantize="fp8"), "no transformer denoiser"),
+    ],
+)
+def test_each_lever_that_does_not_fit_the_family_or_device_is_refused_with_why(family, levers, why):
+    (line,) = check_plan("m", family, levers, CPU)
+    assert " model=m: " in line and why in line, line
+
+
+def test_on_cuda_without_fp8_compute_capability_fp8_is_refused_and_flash_asks_for_its_package():
+    ampere = Device("cuda", (8, 0))
+    (line,) = check_plan("m", "wan", SpeedLevers(quantize="fp8"), ampere)
+    assert "8.9" in line
+    if importlib.util.find_spec("flash_attn") is None:
+        (line,) = check_plan("m", "wan", SpeedLevers(attention="flash"), ampere)
+        assert "flash_attn" in line
+
+
+def test_auto_is_plain_on_the_cpu_and_the_exact_levers_on_cuda_where_they_apply():
+    assert resolve_auto("wan", SpeedLevers(), CPU) == SpeedLevers(compile="off", attention="native")
+    cuda = resolve_auto("wan", SpeedLevers(), Device("cuda", (9, 0)))
+    assert cuda.compile == "regional" and cuda.attention in ("flash", "native")
+    assert resolve_auto("cogvideox", SpeedLevers(), Device("cuda", (9, 0))).compile == "off"
+
+
+def test_check_speed_refuses_a_model_on_offer_before_any_weights_load(demo_models):
+    from vidrop.config.errors import ConfigError
+    from vidrop.config.settings import load_settings
+    from vidrop.pipeline.model_set import check_speed
+
+    pipeline = load_settings(
+        None,
+        pipeline={
+            "model": "a",
+            "models": {"a": str(demo_models["ltx"]), "b": str(demo_models["ltx"])},
+            "device": "cpu",
+            "speed": {"models": {"b": {"compile": "regional", "cache": "faster"}}},
+        },
+    ).settings.pipeline
+    with pytest.raises(ConfigError) as refused:
+        check_speed(pipeline)
+    assert refused.value.reason.startswith("pipeline.speed: cache=faster model=b: ")
+    assert "\n" not in refused.value.reason
