@@ -267,6 +267,7 @@ def open_models(
             reload=partial(load_model, source, **arguments),
             name=name,
             loras=pipeline.loras,
+            speed=SpeedLevers(**pipeline.speed.for_model(name).model_dump()),
         )
     device = generators[default].loaded.device
     return ModelSet(
