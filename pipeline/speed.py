@@ -178,6 +178,7 @@ class JobSpeed:
     levers: dict[str, str]
     dropped: list[dict[str, str]] = field(default_factory=list)
     compile_warmup_seconds: float | None = None
+    compiled_graphs: int = 0  # graphs dynamo compiled during this job: 0 for a shape already warm
     denoiser_calls: int = 0
     attention_calls: int = 0
     attention_modules: int = 0
@@ -196,6 +197,7 @@ class JobSpeed:
             "levers": dict(self.levers),
             "dropped": list(self.dropped),
             "compile_warmup_seconds": self.compile_warmup_seconds,
+            "compiled_graphs": self.compiled_graphs,
             "denoiser_calls": self.denoiser_calls,
             "attention_calls": self.attention_calls,
             "attention_skipped": max(0, expected - self.attention_calls),
@@ -209,11 +211,9 @@ class SpeedPlan:
         self.family = family
         self.device = device
         self.levers = resolve_auto(family, levers, Device.of(device))
-        self.warm_shapes: set[tuple[int, int, int]] = set()
 
     def on_load(self, pipe: Any) -> None:
         """The load-time levers on every denoiser of a freshly loaded pipeline (a new load compiles again)."""
-        self.warm_shapes.clear()
         for denoiser in denoisers(pipe):
             if self.levers.attention != "native":
                 denoiser.set_attention_backend(self.levers.attention)
@@ -247,19 +247,19 @@ class SpeedPlan:
         speed = JobSpeed(levers=self.levers.to_dict())
         if speed.levers["cache"] != "off" and steps < CACHE_MIN_STEPS:
             speed.drop("cache", f"{steps} steps is below the cache's useful range (at least {CACHE_MIN_STEPS})")
-        return JobRun(self, pipe, speed, warm=shape in self.warm_shapes, shape=shape)
+        return JobRun(self, pipe, speed, shape=shape)
 
 
 class JobRun:
     """The levers around one job's calls: `enter(mode)` before each try, `drop_memory_levers` after an OOM."""
 
-    def __init__(self, plan: SpeedPlan, pipe: Any, speed: JobSpeed, *, warm: bool, shape: tuple[int, int, int]):
-        self.plan, self.pipe, self.speed, self.warm, self.shape = plan, pipe, speed, warm, shape
+    def __init__(self, plan: SpeedPlan, pipe: Any, speed: JobSpeed, *, shape: tuple[int, int, int]):
+        self.plan, self.pipe, self.speed, self.shape = plan, pipe, speed, shape
         self.modules = denoisers(pipe)
         self.handles: list[Any] = []
         self.cached = False
         self.uncompiled: list[tuple[torch.nn.Module, Any]] = []
-        self.first_call_started: float | None = None
+        self.call_started: tuple[float, int] | None = None
         attention = [
             m for d in self.modules for m in d.modules() if isinstance(getattr(m, "to_q", None), torch.nn.Module)
         ]
@@ -293,8 +293,10 @@ class JobRun:
         self._cache_off()
         for module, compiled in self.uncompiled:
             module._compiled_call_impl = compiled
-        if self.plan.levers.compile != "off" and "compile" not in {d["lever"] for d in self.speed.dropped}:
-            self.plan.warm_shapes.add(self.shape)
+        if self.speed.compile_warmup_seconds is not None:
+            width, height, frames = self.shape
+            seconds, graphs = self.speed.compile_warmup_seconds, self.speed.compiled_graphs
+            log.info("compile_warmup", seconds=seconds, graphs=graphs, width=width, height=height, frames=frames)
         return self.speed
 
     def _cache_off(self) -> None:
@@ -313,18 +315,30 @@ class JobRun:
 
     def _before_call(self, module: Any, args: Any) -> None:
         self.speed.denoiser_calls += 1
-        if self.speed.denoiser_calls == 1 and not self.warm and self.speed.levers["compile"] != "off":
-            self.first_call_started = time.monotonic()
+        if self.speed.levers["compile"] != "off":
+            self.call_started = (time.monotonic(), _compiled_graphs())
 
     def _after_call(self, module: Any, args: Any, output: Any) -> None:
-        if self.first_call_started is not None:
-            seconds = round(time.monotonic() - self.first_call_started, 3)
-            self.first_call_started = None
-            self.speed.compile_warmup_seconds = seconds
-            log.info("compile_warmup", seconds=seconds, width=self.shape[0], height=self.shape[1], frames=self.shape[2])
+        """A call during which dynamo compiled: its time is warm-up (the first job of a shape, or a recompile)."""
+        if self.call_started is None:
+            return
+        started, graphs = self.call_started
+        self.call_started = None
+        new = _compiled_graphs() - graphs
+        if new:
+            self.speed.compiled_graphs += new
+            self.speed.compile_warmup_seconds = round(
+                (self.speed.compile_warmup_seconds or 0.0) + time.monotonic() - started, 3
+            )
 
     def _attention(self, module: Any, args: Any) -> None:
         self.speed.attention_calls += 1
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def quantize_fp8(denoiser: torch.nn.Module) -> None:
