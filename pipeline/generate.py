@@ -29,7 +29,7 @@ from vidrop.pipeline.loader import DTYPES, LoadedModel, load_model
 from vidrop.pipeline.loras import LoraAdapters, check_loras
 from vidrop.pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
 from vidrop.pipeline.modes import apply_mode, reset_mode
-from vidrop.pipeline.speed import JobRun, SpeedLevers, SpeedPlan
+from vidrop.pipeline.speed import COMPILE_ERRORS, JobRun, SpeedLevers, SpeedPlan
 
 log = structlog.get_logger()
 
@@ -385,7 +385,7 @@ class VideoGenerator:
         recovery: list[dict[str, Any]] = []
         started = time.monotonic()
         shape = (params.width, params.height, params.num_frames)
-        speed = self.speed.start_job(self.loaded.pipes[params.mode], steps=params.steps, shape=shape)
+        speed = self._speed_run = self.speed.start_job(self.loaded.pipes[params.mode], steps=params.steps, shape=shape)
         try:
             floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery, speed)
         finally:
@@ -589,6 +589,10 @@ class VideoGenerator:
         try:
             with torch.inference_mode():
                 output = self.loaded.pipes[params.mode](**arguments).frames
+        except COMPILE_ERRORS as exc:  # compiled code that cannot run: the job again, uncompiled (the manifest says)
+            if not self._speed_run.compile_failed(exc):
+                raise
+            return self._call(image, params, seed, on_step, mode, output_type=output_type)
         finally:
             if hook is not None:
                 hook.remove()

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 import torch
+import torch._dynamo
 
 from vidrop.config.errors import ConfigError
 from vidrop.config.vocabulary import MemoryMode
@@ -47,6 +48,8 @@ BACKEND_MODULES = {"flash": "flash_attn", "sage": "sageattention", "xformers": "
 HUB_BACKEND_MODULE = "kernels"
 CPU_BACKENDS = frozenset({"native", "_native_math", "flex"})
 OFFLOAD_MODES = frozenset({MemoryMode.MODEL_OFFLOAD, MemoryMode.GROUP_OFFLOAD})
+# What compiled code raises when it cannot run (a graph break under fullgraph, the recompile limit, a backend).
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ class JobSpeed:
     compile_warmup_seconds: float | None = None
     compiled_graphs: int = 0  # graphs dynamo compiled during this job: 0 for a shape already warm
     denoiser_calls: int = 0
-    attention_calls: int = 0
+    attention_calls: int | None = 0  # None: not counted (a compiled job: the counter would be traced)
     attention_modules: int = 0
 
     def drop(self, lever: str, why: str) -> None:
@@ -193,6 +196,7 @@ class JobSpeed:
 
     def to_dict(self) -> dict[str, Any]:
         expected = self.denoiser_calls * self.attention_modules
+        skipped = None if self.attention_calls is None else max(0, expected - self.attention_calls)
         return {
             "levers": dict(self.levers),
             "dropped": list(self.dropped),
@@ -200,7 +204,7 @@ class JobSpeed:
             "compiled_graphs": self.compiled_graphs,
             "denoiser_calls": self.denoiser_calls,
             "attention_calls": self.attention_calls,
-            "attention_skipped": max(0, expected - self.attention_calls),
+            "attention_skipped": skipped,
         }
 
 
@@ -211,9 +215,11 @@ class SpeedPlan:
         self.family = family
         self.device = device
         self.levers = resolve_auto(family, levers, Device.of(device))
+        self.disabled: dict[str, str] = {}  # lever → why it failed on this load (compiled code that cannot run)
 
     def on_load(self, pipe: Any) -> None:
         """The load-time levers on every denoiser of a freshly loaded pipeline (a new load compiles again)."""
+        self.disabled.clear()
         for denoiser in denoisers(pipe):
             if self.levers.attention != "native":
                 denoiser.set_attention_backend(self.levers.attention)
@@ -221,8 +227,8 @@ class SpeedPlan:
                 quantize_fp8(denoiser)
             if self.levers.compile == "regional":
                 denoiser.compile_repeated_blocks(fullgraph=True)
-            elif self.levers.compile == "full":
-                denoiser.compile()
+            elif self.levers.compile == "full":  # forward only: the counting hooks stay outside compiled code
+                denoiser.forward = torch.compile(denoiser.forward)
         self._try_cache(pipe)
         if self.levers != SpeedLevers(compile="off", attention="native"):
             log.info("speed_levers_applied", family=self.family, **self.levers.to_dict())
@@ -245,6 +251,8 @@ class SpeedPlan:
     def start_job(self, pipe: Any, *, steps: int, shape: tuple[int, int, int]) -> JobRun:
         """The job's run of the plan: counters on, the cache on if the steps are in its useful range."""
         speed = JobSpeed(levers=self.levers.to_dict())
+        for lever, why in self.disabled.items():
+            speed.drop(lever, why)
         if speed.levers["cache"] != "off" and steps < CACHE_MIN_STEPS:
             speed.drop("cache", f"{steps} steps is below the cache's useful range (at least {CACHE_MIN_STEPS})")
         return JobRun(self, pipe, speed, shape=shape)
@@ -264,6 +272,8 @@ class JobRun:
             m for d in self.modules for m in d.modules() if isinstance(getattr(m, "to_q", None), torch.nn.Module)
         ]
         speed.attention_modules = len({id(m) for m in attention})
+        if speed.levers["compile"] != "off":  # a hook inside compiled blocks would be traced, and recompile each call
+            attention, speed.attention_calls, speed.attention_modules = [], None, 0
         for denoiser in self.modules:
             self.handles.append(denoiser.register_forward_pre_hook(self._before_call))
             self.handles.append(denoiser.register_forward_hook(self._after_call))
@@ -286,13 +296,28 @@ class JobRun:
             self.speed.drop("cache", f"out of memory under it ({error})")
             self._cache_off()
 
+    def compile_failed(self, error: BaseException) -> bool:
+        """Compiled code failed: the job runs again uncompiled (True), unless compile was not on (False)."""
+        if self.speed.levers["compile"] == "off":
+            return False
+        text = str(error).splitlines()[0] if str(error) else ""
+        why = f"compiled code failed ({type(error).__name__}: {text[:200]})"
+        self.speed.drop("compile", why)
+        self._uncompile()
+        self.uncompiled.clear()  # for good: later jobs of this load run uncompiled, and their manifests say why
+        self.plan.disabled["compile"] = why
+        return True
+
     def finish(self) -> JobSpeed:
         """Counters off, cache off, compiled code back; the facts."""
         for handle in self.handles:
             handle.remove()
         self._cache_off()
         for module, compiled in self.uncompiled:
-            module._compiled_call_impl = compiled
+            if isinstance(compiled, tuple):
+                module.forward = compiled[1]
+            else:
+                module._compiled_call_impl = compiled
         if self.speed.compile_warmup_seconds is not None:
             width, height, frames = self.shape
             seconds, graphs = self.speed.compile_warmup_seconds, self.speed.compiled_graphs
@@ -307,6 +332,10 @@ class JobRun:
 
     def _uncompile(self) -> None:
         for denoiser in self.modules:
+            forward = denoiser.__dict__.get("forward")
+            if forward is not None and hasattr(forward, "_torchdynamo_orig_callable"):
+                self.uncompiled.append((denoiser, ("forward", forward)))
+                del denoiser.forward
             for module in denoiser.modules():
                 compiled = getattr(module, "_compiled_call_impl", None)
                 if compiled is not None:
@@ -332,7 +361,7 @@ class JobRun:
             )
 
     def _attention(self, module: Any, args: Any) -> None:
-        self.speed.attention_calls += 1
+        self.speed.attention_calls = (self.speed.attention_calls or 0) + 1
 
 
 def _compiled_graphs() -> int:

@@ -4,7 +4,9 @@ is off below its useful step count; compile steps aside under an offload mode; a
 Regional compile's warm-up and recompiles are measured by bench/speed.py (a tiny Wan's first compile takes
 about two minutes on this CPU, too long for the suite)."""
 
+import numpy as np
 import pytest
+import torch._dynamo
 from PIL import Image
 from torch._dynamo.utils import counters
 
@@ -73,8 +75,8 @@ def test_an_oom_under_a_cache_steps_down_and_drops_the_cache(cached):
 def test_compile_is_not_combined_with_an_offload_mode_the_job_runs_uncompiled(demo_models):
     generator = make_generator(demo_models, mode="model_offload", compile="full")
     transformer = generator.loaded.pipe.transformer
-    compiled = transformer._compiled_call_impl
-    assert compiled is not None  # compiled lazily: nothing is compiled until a call
+    compiled = transformer.__dict__["forward"]
+    assert hasattr(compiled, "_torchdynamo_orig_callable")  # compiled lazily: nothing is compiled until a call
     graphs = counters["stats"]["unique_graphs"]
     speed = generator.generate(IMAGE, generator.resolve({**JOB, "steps": 2}), seed=4).facts["speed"]
     assert speed["levers"]["compile"] == "off" and speed["compile_warmup_seconds"] is None
@@ -86,4 +88,21 @@ def test_compile_is_not_combined_with_an_offload_mode_the_job_runs_uncompiled(de
         }
     ]
     assert counters["stats"]["unique_graphs"] == graphs  # nothing was compiled
-    assert transformer._compiled_call_impl is compiled  # compiled again for the next job in a mode without offload
+    assert transformer.__dict__["forward"] is compiled  # compiled again for the next job in a mode without offload
+
+
+def test_compiled_code_that_fails_runs_the_job_again_uncompiled_and_later_jobs_say_why(demo_models):
+    generator = make_generator(demo_models, compile="full")
+    transformer = generator.loaded.pipe.transformer
+
+    def broken(*args, **kwargs):  # what compiled code raises when it cannot run (here without compiling)
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("Hard failure due to fullgraph=True")
+
+    broken._torchdynamo_orig_callable = transformer.__dict__["forward"]
+    transformer.forward = broken
+    first = generator.generate(IMAGE, generator.resolve({**JOB, "steps": 2}), seed=4)
+    (dropped,) = first.facts["speed"]["dropped"]
+    assert dropped["lever"] == "compile" and dropped["why"].startswith("compiled code failed (FailOnRecompileLimitHit")
+    assert first.facts["speed"]["levers"]["compile"] == "off" and "forward" not in transformer.__dict__
+    again = generator.generate(IMAGE, generator.resolve({**JOB, "steps": 2}), seed=4)
+    assert again.facts["speed"]["dropped"] == [dropped] and np.array_equal(again.frames, first.frames)
