@@ -130,8 +130,10 @@ def _line(row: dict[str, Any]) -> str:
     psnr_text = "identical" if row["identical_to_plain"] else f"{row['psnr_db_vs_plain']} dB"
     warmup = row["compile_warmup_seconds"]
     return (
-        f"{row['family']:10} {row['lever']:26} attention {row['attention_calls']:4}/{row['plain_attention_calls']:<4} "
-        f"(skipped {row['attention_skipped']:3}) denoiser calls {row['denoiser_calls']}/{row['plain_denoiser_calls']}"
+        f"{row['family']:10} {row['lever']:26} "
+        f"attention {row['attention_calls']!s:>4}/{row['plain_attention_calls']:<4} "
+        f"(skipped {row['attention_skipped']!s:>4}) "
+        f"denoiser calls {row['denoiser_calls']}/{row['plain_denoiser_calls']}"
         f"  recompiles {row['recompiles_after_first']}  time x{row['time_ratio_vs_plain']}  PSNR {psnr_text}"
         + (f"  warm-up {warmup:.1f} s" if warmup else "")
     )

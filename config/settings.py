@@ -82,6 +82,10 @@ class SpeedLeverSettings(_Section):
     attention: str = Field("auto", description="auto | native | a diffusers attention backend name")
     cache: CACHE_LEVERS = "off"
     quantize: QUANTIZE_LEVERS = "off"
+    preset_cache: dict[str, CACHE_LEVERS] = Field(
+        default_factory=lambda: {"fast": "pab"},
+        description="the cache a preset's jobs run with where the family has it and `cache` is off",
+    )
 
 
 class SpeedOverrideSettings(_Section):
@@ -91,6 +95,7 @@ class SpeedOverrideSettings(_Section):
     attention: str | None = None
     cache: CACHE_LEVERS | None = None
     quantize: QUANTIZE_LEVERS | None = None
+    preset_cache: dict[str, CACHE_LEVERS] | None = None
 
 
 class SpeedSettings(SpeedLeverSettings):

@@ -385,7 +385,9 @@ class VideoGenerator:
         recovery: list[dict[str, Any]] = []
         started = time.monotonic()
         shape = (params.width, params.height, params.num_frames)
-        speed = self._speed_run = self.speed.start_job(self.loaded.pipes[params.mode], steps=params.steps, shape=shape)
+        speed = self._speed_run = self.speed.start_job(
+            self.loaded.pipes[params.mode], steps=params.steps, shape=shape, preset=params.preset
+        )
         try:
             floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery, speed)
         finally:

@@ -60,6 +60,7 @@ class SpeedLevers:
     attention: str = "auto"  # auto | native | a backend name
     cache: str = "off"  # off | faster | pab | first_block | taylorseer | mag
     quantize: str = "off"  # off | fp8
+    preset_cache: dict[str, str] = field(default_factory=dict)  # preset → the cache its jobs run with
 
     def to_dict(self) -> dict[str, str]:
         return {"compile": self.compile, "attention": self.attention, "cache": self.cache, "quantize": self.quantize}
@@ -248,9 +249,16 @@ class SpeedPlan:
                 ) from None
             denoiser.disable_cache()
 
-    def start_job(self, pipe: Any, *, steps: int, shape: tuple[int, int, int]) -> JobRun:
-        """The job's run of the plan: counters on, the cache on if the steps are in its useful range."""
+    def start_job(self, pipe: Any, *, steps: int, shape: tuple[int, int, int], preset: str | None = None) -> JobRun:
+        """The job's run of the plan: counters on, the cache (its own, or its preset's) on if the steps are in
+        its useful range."""
         speed = JobSpeed(levers=self.levers.to_dict())
+        preset_cache = self.levers.preset_cache.get(preset or "")
+        if preset_cache and speed.levers["cache"] == "off":
+            speed.levers["cache"] = preset_cache
+            why = _cache_problem(self.family, preset_cache)
+            if why:
+                speed.drop("cache", f"preset {preset}: {why}")
         for lever, why in self.disabled.items():
             speed.drop(lever, why)
         if speed.levers["cache"] != "off" and steps < CACHE_MIN_STEPS:

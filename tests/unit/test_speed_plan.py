@@ -95,3 +95,36 @@ def test_check_speed_refuses_a_model_on_offer_before_any_weights_load(demo_model
         check_speed(pipeline)
     assert refused.value.reason.startswith("pipeline.speed: cache=faster model=b: ")
     assert "\n" not in refused.value.reason
+
+
+def test_a_preset_runs_with_its_cache_where_the_family_has_one_and_says_why_where_not():
+    from types import SimpleNamespace
+
+    import torch
+
+    from vidrop.pipeline.speed import SpeedPlan
+
+    pipe = SimpleNamespace(transformer=torch.nn.Linear(2, 2))
+    levers = SpeedLevers(preset_cache={"fast": "pab"})
+    fast = SpeedPlan("wan", levers, "cpu").start_job(pipe, steps=20, shape=(64, 64, 9), preset="fast").finish()
+    assert fast.levers["cache"] == "pab" and fast.dropped == []
+    plain = SpeedPlan("wan", levers, "cpu").start_job(pipe, steps=20, shape=(64, 64, 9), preset="high").finish()
+    assert plain.levers["cache"] == "off" and plain.dropped == []
+    unet = SpeedPlan("svd", levers, "cpu").start_job(pipe, steps=20, shape=(64, 64, 9), preset="fast").finish()
+    assert unet.levers["cache"] == "off"
+    assert unet.dropped == [
+        {
+            "lever": "cache",
+            "value": "pab",
+            "why": "preset fast: the svd denoiser is a UNet without diffusers' step caches",
+        }
+    ]
+    short = SpeedPlan("wan", levers, "cpu").start_job(pipe, steps=4, shape=(64, 64, 9), preset="fast").finish()
+    assert short.levers["cache"] == "off" and "4 steps is below" in short.dropped[0]["why"]
+
+
+def test_the_shipped_fast_preset_asks_for_the_pab_cache():
+    from vidrop.config.settings import load_settings
+
+    speed = load_settings(None).settings.pipeline.speed
+    assert speed.for_model("any").preset_cache == {"fast": "pab"}
