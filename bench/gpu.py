@@ -88,6 +88,7 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
     from vidrop.config.settings import LimitSettings, MemorySettings
     from vidrop.pipeline.generate import VideoGenerator
     from vidrop.pipeline.loader import load_model
+    from vidrop.pipeline.speed import SpeedLevers
 
     loaded = load_model(args.model, family=args.family, device=args.device, dtype=dtype, offline=args.offline)
     pipe = loaded.pipe
@@ -97,7 +98,9 @@ def time_configuration(args: argparse.Namespace, dtype: str, compiled: bool) -> 
         setattr(pipe, denoiser_name, torch.compile(getattr(pipe, denoiser_name)))
     # As loaded, nothing offloaded, never unloaded or restarted: the model's own speed and footprint.
     memory = MemorySettings(mode="as_is", idle_unload_seconds=0, drift_restart_gb=0)
-    generator = VideoGenerator(loaded, fit="crop", limits=LimitSettings(), memory=memory)
+    # The plain plan: this run-book compiles (or not) itself; `--matrix` times vidrop's levers.
+    plain = SpeedLevers(compile="off", attention="native")
+    generator = VideoGenerator(loaded, fit="crop", limits=LimitSettings(), memory=memory, speed=plain)
     params = generator.resolve(
         {
             "prompt": "a slow camera push-in on a lighthouse at dusk",
