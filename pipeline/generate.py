@@ -291,6 +291,7 @@ class VideoGenerator:
         )
         self.restart_due: dict[str, int] | None = None
         self.speed = SpeedPlan(loaded.family.name, speed or SpeedLevers(), loaded.device)
+        self._speed_run: JobRun | None = None  # the job now running (its compile fallback, from _call)
         if loaded.pipe is not None:
             self.speed.on_load(loaded.pipe)
 
@@ -592,7 +593,7 @@ class VideoGenerator:
             with torch.inference_mode():
                 output = self.loaded.pipes[params.mode](**arguments).frames
         except COMPILE_ERRORS as exc:  # compiled code that cannot run: the job again, uncompiled (the manifest says)
-            if not self._speed_run.compile_failed(exc):
+            if self._speed_run is None or not self._speed_run.compile_failed(exc):
                 raise
             return self._call(image, params, seed, on_step, mode, output_type=output_type)
         finally:
