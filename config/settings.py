@@ -68,6 +68,50 @@ class LoraSettings(_Section):
         return path
 
 
+COMPILE_LEVERS = Literal["auto", "off", "regional", "full"]
+CACHE_LEVERS = Literal["off", "faster", "pab", "first_block", "taylorseer", "mag"]
+QUANTIZE_LEVERS = Literal["off", "fp8"]
+
+
+class SpeedLeverSettings(_Section):
+    """The speed levers for a model (see pipeline/speed.py and the README's Speed section)."""
+
+    compile: COMPILE_LEVERS = Field(
+        "auto", description="auto: regional on a CUDA GPU where the denoiser has repeated blocks, else off"
+    )
+    attention: str = Field("auto", description="auto | native | a diffusers attention backend name")
+    cache: CACHE_LEVERS = "off"
+    quantize: QUANTIZE_LEVERS = "off"
+    preset_cache: dict[str, CACHE_LEVERS] = Field(
+        default_factory=lambda: {"fast": "pab"},
+        description="the cache a preset's jobs run with where the family has it and `cache` is off",
+    )
+
+
+class SpeedOverrideSettings(_Section):
+    """`[pipeline.speed.models.NAME]`: the levers one model sets differently; unset keys are the section's."""
+
+    compile: COMPILE_LEVERS | None = None
+    attention: str | None = None
+    cache: CACHE_LEVERS | None = None
+    quantize: QUANTIZE_LEVERS | None = None
+    preset_cache: dict[str, CACHE_LEVERS] | None = None
+
+
+class SpeedSettings(SpeedLeverSettings):
+    """`[pipeline.speed]`: levers for every model, with per-model overrides in `[pipeline.speed.models.NAME]`."""
+
+    models: dict[str, SpeedOverrideSettings] = Field(default_factory=dict)
+
+    def for_model(self, name: str) -> SpeedLeverSettings:
+        """The levers a model runs with: what its override sets, else the section's own values."""
+        levers = self.model_dump(exclude={"models"})
+        override = self.models.get(name)
+        if override is not None:
+            levers.update({key: value for key, value in override.model_dump().items() if value is not None})
+        return SpeedLeverSettings(**levers)
+
+
 class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
@@ -103,6 +147,8 @@ class PipelineSettings(_Section):
         if isinstance(loras, dict):
             return {name: {"path": value} if isinstance(value, str) else value for name, value in loras.items()}
         return loras
+
+    speed: SpeedSettings = SpeedSettings()
 
     @field_validator("device")
     @classmethod

@@ -67,11 +67,26 @@ def _check_models(settings) -> list[tuple[bool, str]]:
             lines.append((False, f"{label}: {exc.reason} {exc.detail}. {exc.fix}"))
             continue
         lines.append((True, f"{label}: {model} (family {family.name})"))
+        lines.extend((False, f"speed: {problem}") for problem in _speed_problems(name, family.name, pipeline))
     for name, lora in pipeline.loras.items():
         fits = ", ".join([*lora.families, *lora.models]) or "any model"
         low, high = lora.weight_range
         lines.append((True, f"lora {name}: {lora.path} (for {fits}; weights {low}..{high})"))
     return lines
+
+
+def _speed_problems(name: str, family: str, pipeline) -> list[str]:
+    """The requested speed levers that do not apply to this model on the configured device kind."""
+    from vidrop.pipeline.speed import Device, SpeedLevers, check_plan
+
+    levers = SpeedLevers(**pipeline.speed.for_model(name).model_dump())
+    device = Device("cpu")
+    if pipeline.device.startswith("cuda") or pipeline.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            device = Device("cuda", torch.cuda.get_device_capability())
+    return check_plan(name, family, levers, device)
 
 
 def _check_device(requested: str) -> tuple[bool, str]:

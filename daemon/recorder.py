@@ -563,6 +563,8 @@ def _manifest(job: Job, params: JobParams, facts: dict[str, Any]) -> dict[str, A
         },
         "peak_memory_bytes": facts["peak_memory_bytes"],
         "memory": facts["memory"],
+        # The speed levers the job ran with, those dropped (and why), compile warm-up, denoiser calls made/skipped.
+        "speed": facts.get("speed"),
         "attempts": job.attempts,
         "versions": versions(),  # vidrop, diffusers, torch
     }

@@ -29,6 +29,7 @@ from vidrop.pipeline.loader import DTYPES, LoadedModel, load_model
 from vidrop.pipeline.loras import LoraAdapters, check_loras
 from vidrop.pipeline.memory import GB, DriftWatch, MemoryProbe, probe_for
 from vidrop.pipeline.modes import apply_mode, reset_mode
+from vidrop.pipeline.speed import COMPILE_ERRORS, JobRun, SpeedLevers, SpeedPlan
 
 log = structlog.get_logger()
 
@@ -280,8 +281,11 @@ class VideoGenerator:
         reload: Callable[[], LoadedModel] | None = None,
         name: str = DEFAULT_MODEL_NAME,
         loras: dict[str, LoraSettings] | None = None,
+        speed: SpeedLevers | None = None,
     ) -> None:
-        """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
+        """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`.
+
+        `speed`: the levers check_plan passed for this model (pipeline/speed.py); applied at each load."""
         self.name = name
         self.adapters = LoraAdapters(loras or {})
         self.loaded = loaded
@@ -311,6 +315,10 @@ class VideoGenerator:
         )
         self.restart_due: dict[str, int] | None = None
         self._audio_out: Any = None  # the pipeline output's `audio` from the last call (LTX-2)
+        self.speed = SpeedPlan(loaded.family.name, speed or SpeedLevers(), loaded.device)
+        self._speed_run: JobRun | None = None  # the job now running (its compile fallback, from _call)
+        if loaded.pipe is not None:
+            self.speed.on_load(loaded.pipe)
 
     def set_limits(self, limits: LimitSettings) -> None:
         """Bound what a request may ask for; unset limits are the family's own."""
@@ -402,9 +410,14 @@ class VideoGenerator:
         self.probe.reset_peak()
         recovery: list[dict[str, Any]] = []
         started = time.monotonic()
+        shape = (params.width, params.height, params.num_frames)
+        speed = self._speed_run = self.speed.start_job(
+            self.loaded.pipes[params.mode], steps=params.steps, shape=shape, preset=params.preset
+        )
         try:
-            floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery)
+            floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery, speed)
         finally:
+            speed_facts = speed.finish().to_dict()
             reset_mode(self.loaded.pipes[params.mode], self.loaded.device)
         timings["generate_seconds"] = time.monotonic() - started
         if recovery:
@@ -433,6 +446,7 @@ class VideoGenerator:
                 "peak_memory_bytes": peak,
                 "memory": memory_facts,
                 "loras": lora_facts,
+                "speed": speed_facts,
                 "frames": int(frames.shape[0]),
                 "width": int(frames.shape[2]),
                 "height": int(frames.shape[1]),
@@ -509,6 +523,7 @@ class VideoGenerator:
         self.loaded = self.reload()
         seconds = time.monotonic() - started
         self.estimator.footprint = ModelFootprint.of_pipeline(self.loaded.pipe)
+        self.speed.on_load(self.loaded.pipe)
         log.info("model_reloaded", model=self.name, reload_ms=round(seconds * 1000), device=self.loaded.device)
         return seconds
 
@@ -524,8 +539,10 @@ class VideoGenerator:
         on_step: ProgressCallback | None,
         mode: MemoryMode,
         recovery: list[dict[str, Any]],
+        speed: JobRun,
     ) -> tuple[np.ndarray, MemoryMode]:
-        """Run in `mode`; on out-of-memory release everything, go one rung down and retry the same seed.
+        """Run in `mode`; on out-of-memory release everything, drop the memory-hungry speed levers, go one rung
+        down and retry the same seed.
 
         Where the family can decode latents separately, the latents are kept, so a decode that runs out
         of memory re-runs only the decode. No mode is tried twice.
@@ -535,6 +552,7 @@ class VideoGenerator:
         decode_rng: torch.Tensor | None = None
         while True:
             apply_mode(pipe, mode, device)
+            speed.enter(mode)
             phase = "denoise" if latents is None else "decode"
             try:
                 if not self.family.can_decode_latents:
@@ -562,6 +580,7 @@ class VideoGenerator:
             }
             recovery.append(step)
             log.warning("memory_recovery", **step)
+            speed.drop_memory_levers(error)
             reset_mode(pipe, device)
             self.probe.release()
             if lower is None:
@@ -605,6 +624,10 @@ class VideoGenerator:
         try:
             with torch.inference_mode():
                 result = self.loaded.pipes[params.mode](**arguments)
+        except COMPILE_ERRORS as exc:  # compiled code that cannot run: the job again, uncompiled (the manifest says)
+            if self._speed_run is None or not self._speed_run.compile_failed(exc):
+                raise
+            return self._call(image, params, seed, on_step, mode, output_type=output_type)
         finally:
             if hook is not None:
                 hook.remove()

@@ -17,12 +17,14 @@ from typing import Any, Callable
 import structlog
 from PIL import Image
 
+from vidrop.config.errors import ConfigError
 from vidrop.config.settings import LimitSettings, MemorySettings, PipelineSettings
 from vidrop.pipeline.admission import MemoryAdmission
 from vidrop.pipeline.generate import GenerationResult, JobParams, ProgressCallback, VideoGenerator, unknown_model
 from vidrop.pipeline.loader import inspect_model, load_model
 from vidrop.pipeline.memory import GB, MemoryProbe, probe_for
 from vidrop.pipeline.modes import LADDER
+from vidrop.pipeline.speed import Device, SpeedLevers, check_plan
 
 log = structlog.get_logger()
 
@@ -249,6 +251,8 @@ def open_models(
     """
     offered = pipeline.offered_models()
     default = pipeline.default_model_name
+    if load_default:  # a start: the levers must apply (`vidrop validate` only asks for the request rules)
+        check_speed(pipeline)
     generators: dict[str, VideoGenerator] = {}
     for name, source in offered.items():
         arguments = dict(
@@ -264,6 +268,7 @@ def open_models(
             reload=partial(load_model, source, **arguments),
             name=name,
             loras=pipeline.loras,
+            speed=SpeedLevers(**pipeline.speed.for_model(name).model_dump()),
         )
     device = generators[default].loaded.device
     return ModelSet(
@@ -273,3 +278,23 @@ def open_models(
         reserve_bytes=int(memory.reserve_gb * GB),
         max_resident=memory.max_resident_models,
     )
+
+
+def check_speed(pipeline: PipelineSettings) -> None:
+    """Every model's speed levers against its family and the device, before any weights load: the first that
+    does not apply stops the start (ConfigError: one line naming the lever, the model and why; exit 78)."""
+    for name, source in pipeline.offered_models().items():
+        model = inspect_model(
+            source,
+            family=pipeline.family_of(name),
+            device=pipeline.device,
+            dtype=pipeline.dtype,
+            offline=pipeline.offline,
+        )
+        levers = SpeedLevers(**pipeline.speed.for_model(name).model_dump())
+        problems = check_plan(name, model.family.name, levers, Device.of(model.device))
+        if problems:
+            raise ConfigError(
+                f"pipeline.speed: {'; '.join(problems)}",
+                fix='Set the lever to off (or auto) in [pipeline.speed] or the model\'s override; README "Speed".',
+            )

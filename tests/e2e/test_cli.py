@@ -25,6 +25,9 @@ def test_check_reports_every_part(folders, demo_models, tmp_path):
     assert "ok   versions: vidrop " in result.stdout and ", torch " in result.stdout
     failing = run_vidrop(vidrop_env(folders, tmp_path / "no-model"), "check")
     assert failing.returncode == 1 and "FAIL model" in failing.stdout
+    env = {**vidrop_env(folders, demo_models["ltx"]), "VIDROP_PIPELINE__SPEED__QUANTIZE": "fp8"}
+    refused = run_vidrop(env, "check")
+    assert refused.returncode == 1 and "FAIL speed: quantize=fp8 model=default:" in refused.stdout
 
 
 def test_config_prints_effective_values_and_their_sources(folders, demo_models, tmp_path):

@@ -41,6 +41,7 @@ def test_drop_an_image_and_a_prompt_get_a_video(folders, demo_models, start_vidr
     assert manifest["video"] == {"frames": 17, "width": 64, "height": 64, "fps": 8, "format": "mp4"}
     assert manifest["memory"]["mode"] == "as_is" and manifest["memory"]["recovery"] == []
     assert manifest["memory"]["estimated_bytes"] > 0 and manifest["memory"]["after_job"]["rss_bytes"] > 0
+    assert manifest["speed"]["levers"]["cache"] == "off" and manifest["speed"]["denoiser_calls"] > 0
     with Image.open(out / "photo.jpg") as thumbnail:
         assert thumbnail.format == "JPEG" and thumbnail.size == (64, 64)
     line = json.loads((out / "jobs.jsonl").read_text().splitlines()[-1])

@@ -82,6 +82,9 @@ def test_a_job_waits_for_memory_then_runs_when_it_frees(folders, demo_models):
     assert manifest["state"] == "done" and manifest["memory"]["mode"] == "as_is"
     assert manifest["memory"]["estimated_bytes"] > 0 and manifest["memory"]["measured_bytes"] >= 0
     assert set(manifest["memory"]["after_job"]) == {"allocated_bytes", "reserved_bytes", "rss_bytes"}
+    speed = manifest["speed"]  # on the CPU, auto is plain: every lever off, and the calls counted
+    assert speed["levers"] == {"compile": "off", "attention": "native", "cache": "off", "quantize": "off"}
+    assert speed["dropped"] == [] and speed["denoiser_calls"] > 0 and speed["attention_skipped"] == 0
 
 
 def test_waiting_past_the_limit_fails_with_what_it_needed_and_what_to_change(folders, demo_models):
