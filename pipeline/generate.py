@@ -14,7 +14,7 @@ from PIL import Image
 
 from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, InputError
 from vidrop.config.request import REQUEST_FIELDS, Preset, VideoFormat
-from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, LoraSettings, MemorySettings
+from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, LoraSettings, MemorySettings, PresetSettings
 from vidrop.config.vocabulary import MemoryMode
 from vidrop.pipeline.admission import (
     MemoryAdmission,
@@ -136,9 +136,11 @@ class FamilyRules:
         modes: tuple[str, ...],
         limits: LimitSettings,
         loras: dict[str, LoraSettings] | None = None,
+        presets: dict[str, list[PresetSettings]] | None = None,
     ) -> None:
         self.name = name
         self.loras = loras or {}
+        self.operator_presets = presets or {}
         self.family = family
         self.model = model
         self.model_modes = modes
@@ -160,7 +162,8 @@ class FamilyRules:
         return self.model_modes
 
     def preset(self, name: str, model: str | None = None) -> dict[str, Any]:
-        """The generation fields the family's preset sets (fast, standard, high)."""
+        """The generation fields the family's preset sets (fast, standard, high), under the operator's own
+        values for it ([pipeline.presets]: the first entry for this family or model)."""
         self._check_name(model)
         presets = self.family.presets
         if name not in presets:
@@ -169,7 +172,8 @@ class FamilyRules:
                 detail=f"preset={name!r}; {self.family.name} has {', '.join(presets) or 'no presets'}",
                 fix=f"Use one of: {', '.join(presets)}.",
             )
-        return dict(presets[name])
+        own = next((e.fields() for e in self.operator_presets.get(name, ()) if e.fits(self.family.name, self.name)), {})
+        return {**presets[name], **own}
 
     def resolve(self, requested: dict[str, Any]) -> JobParams:
         """Merge the request over the family's defaults, fit it to the family, check the limits."""
@@ -256,6 +260,7 @@ class VideoGenerator:
         reload: Callable[[], LoadedModel] | None = None,
         name: str = DEFAULT_MODEL_NAME,
         loras: dict[str, LoraSettings] | None = None,
+        presets: dict[str, list[PresetSettings]] | None = None,
     ) -> None:
         """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`."""
         self.name = name
@@ -264,7 +269,13 @@ class VideoGenerator:
         self.family = loaded.family
         self.fit = fit
         self.rules = FamilyRules(
-            name=name, family=loaded.family, model=loaded.model, modes=loaded.modes, limits=limits, loras=loras
+            name=name,
+            family=loaded.family,
+            model=loaded.model,
+            modes=loaded.modes,
+            limits=limits,
+            loras=loras,
+            presets=presets,
         )
         self.memory = memory or MemorySettings()
         self.probe = probe or probe_for(loaded.device)

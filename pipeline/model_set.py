@@ -264,6 +264,7 @@ def open_models(
             reload=partial(load_model, source, **arguments),
             name=name,
             loras=pipeline.loras,
+            presets=pipeline.presets,
         )
     device = generators[default].loaded.device
     return ModelSet(
