@@ -192,3 +192,35 @@ def test_a_preset_naming_a_lora_not_on_offer_stops_the_start(tmp_path, lora_file
             outbox=tmp_path / "out",
             pipeline={"loras": {"ink": str(lora_files["ink"])}, "presets": {"fast": {"steps": 4, "loras": [lora]}}},
         )
+
+
+def test_wan22_second_expert_gets_its_part_of_the_lora(demo_models, tmp_path):
+    """A14B's low-noise expert (transformer_2) carries the adapter too, at the job's weight."""
+    from vidrop.pipeline.loras import LoraAdapters
+
+    path = write_tiny_lora(demo_models["wan2.2"], tmp_path / "wan-lora", seed=3)
+    pipe = load_model(str(demo_models["wan2.2"]), family="auto", device="cpu", dtype="auto", offline=True).pipe
+    adapters = LoraAdapters({"style": LoraSettings(path=path)})
+    expert = pipe.transformer_2
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 36, 1, 4, 4, generator=generator),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
+        "return_dict": False,
+    }
+
+    def low_noise_output():
+        with torch.no_grad():
+            return expert(**inputs)[0]
+
+    plain = low_noise_output()
+    adapters.apply(pipe, ({"name": "style", "weight": 1.0},), model="wan22")
+    assert "style" in pipe.get_list_adapters()["transformer_2"]
+    full = low_noise_output()
+    adapters.apply(pipe, ({"name": "style", "weight": 0.5},), model="wan22")
+    half = low_noise_output()
+    assert not torch.allclose(plain, full) and not torch.allclose(full, half)
+    adapters.apply(pipe, (), model="wan22")  # no LoRA asked for: the expert is itself again
+    assert torch.allclose(low_noise_output(), plain)
+    assert adapters.loads == 1
