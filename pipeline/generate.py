@@ -357,6 +357,7 @@ class VideoGenerator:
             resident_now=resident,
             reserve_bytes=int(self.memory.reserve_gb * GB),
             forced=self.forced_mode,
+            adapter_bytes=self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize),
         )
 
     def generate(
@@ -437,7 +438,9 @@ class VideoGenerator:
         reload_seconds: float | None,
     ) -> dict[str, Any]:
         """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
-        estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
+        adapter_bytes = self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize)
+        peak_estimate = self.estimator.peak(mode, params.width, params.height, params.num_frames, adapter_bytes)
+        estimated_raw = max(0, peak_estimate - resident)
         measured = max(0, peak - floor)
         estimated = int(estimated_raw * self.estimator.calibration)
         self.estimator.record(estimated_raw, measured)
@@ -449,6 +452,7 @@ class VideoGenerator:
             "admitted_mode": admission.mode.value if admission.mode else None,
             "forced": self.forced_mode is not None,
             "estimated_bytes": estimated,
+            "adapter_bytes": adapter_bytes,
             "measured_bytes": measured,
             "peak_bytes": peak,
             "free_bytes_at_start": admission.snapshot.free_bytes,

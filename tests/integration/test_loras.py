@@ -174,6 +174,7 @@ def test_a_preset_naming_a_lora_runs_it_at_its_own_steps_and_guidance(folders, d
     assert quick["parameters"]["preset"] == "fast"
     assert (quick["parameters"]["steps"], quick["parameters"]["guidance_scale"]) == (3, 1.0)
     assert [(lora["name"], lora["weight"]) for lora in quick["loras"]] == [("ink", 1.0)]
+    assert quick["memory"]["adapter_bytes"] > 0  # the adapter's weights are part of the estimate
     styled = json.loads((folders["outbox"] / "styled.json").read_text())  # the request's LoRA joins the preset's
     assert [(lora["name"], lora["weight"]) for lora in styled["loras"]] == [("ink", 1.0), ("watercolor", 0.5)]
 
