@@ -379,7 +379,8 @@ class VideoGenerator:
 
         # 2. Prepare the image (none for text-to-video): fit to the family's size, keeping the aspect ratio.
         started = time.monotonic()
-        prepared = None if image is None else fit_image(image, params.width, params.height, self.fit)
+        size = self.family.image_size(params.width, params.height)
+        prepared = None if image is None else fit_image(image, *size, self.fit)
         timings["prepare_seconds"] = time.monotonic() - started
 
         # 3. Denoise and decode, stepping down the ladder on out-of-memory; every step is recorded.
@@ -569,7 +570,10 @@ class VideoGenerator:
         # Some pipelines also draw from the global RNG (I2VGen-XL samples its image latents there).
         generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
-        callback = _StepReporter(params.steps, on_step)
+        callback = _StepReporter(
+            params.steps, on_step, per_step=self.family.denoiser_calls_per_step(params.guidance_scale)
+        )
+        self.family.configure(self.loaded.pipes[params.mode], guidance_scale=params.guidance_scale)
         arguments = self.family.call_arguments(
             image=image,
             prompt=params.prompt,
@@ -615,9 +619,10 @@ class VideoGenerator:
 class _StepReporter:
     """Turns diffusers' callback_on_step_end (or a forward hook on the denoiser) into on_step(step, total)."""
 
-    def __init__(self, total: int, on_step: ProgressCallback | None) -> None:
+    def __init__(self, total: int, on_step: ProgressCallback | None, per_step: int = 1) -> None:
         self.total = total
         self.on_step = on_step
+        self.per_step = per_step  # denoiser calls per step (a guider's conditions), for the hook
         self.calls = 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -626,7 +631,8 @@ class _StepReporter:
 
     def as_hook(self, module: Any, inputs: Any, output: Any) -> None:
         self.calls += 1
-        self._report(min(self.calls, self.total))
+        if self.calls % self.per_step == 0:
+            self._report(min(self.calls // self.per_step, self.total))
 
     def _report(self, step: int) -> None:
         if self.on_step is not None:

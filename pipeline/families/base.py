@@ -192,6 +192,17 @@ class Family:
             arguments["image"] = image
         return arguments
 
+    def image_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the image is fitted to for a job of this size (the size itself by default)."""
+        return width, height
+
+    def configure(self, pipe: Any, *, guidance_scale: float) -> None:
+        """Set on the pipeline what its __call__ does not take (HunyuanVideo 1.5's guider); nothing by default."""
+
+    def denoiser_calls_per_step(self, guidance_scale: float) -> int:
+        """Forward calls of the denoiser per step, for progress from a hook (has_step_callback False)."""
+        return 1
+
     def memory_arguments(self, mode: Any) -> dict[str, Any]:
         """Extra __call__ arguments for a memory mode (a smaller decode chunk, say); none by default."""
         return {}

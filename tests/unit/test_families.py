@@ -68,3 +68,38 @@ def test_every_family_defines_every_preset_in_generation_fields(name):
 def test_family_defaults_and_job_parameters_speak_the_request_fields():
     assert {field.name for field in fields(FamilyDefaults)} <= set(REQUEST_FIELDS)
     assert set(REQUEST_FIELDS) <= {field.name for field in fields(JobParams)}
+
+
+def test_hunyuan15_buckets_its_size_and_drives_guidance_through_the_guider():
+    from types import SimpleNamespace
+
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    index = {"_class_name": "HunyuanVideo15ImageToVideoPipeline", "guider": ["diffusers", "ClassifierFreeGuidance"]}
+    family = family_for_model_index(index)
+    assert family.name == "hunyuan1.5" and family.pipeline_classes(index["_class_name"]).keys() == {"image"}
+    # The 480p checkpoint: the size at its 480² area nearest the asked aspect ratio (multiples of 16).
+    fitted = family.fit(1280, 720, 100)
+    assert (fitted.width, fitted.height, fitted.num_frames) == (624, 352, 101)
+    assert [a["field"] for a in fitted.adjustments] == ["width", "height", "num_frames"]
+    assert "480p area" in fitted.adjustments[0]["rule"]
+    pipe = SimpleNamespace(
+        transformer=SimpleNamespace(config=SimpleNamespace(target_size=720)),
+        vae_scale_factor_spatial=16,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    family.bind(pipe)  # the 720p checkpoint: its own bucket and its guider's guidance as the defaults
+    assert (family.defaults.width, family.defaults.height, family.defaults.guidance_scale) == (944, 544, 6.0)
+    assert not family.fit(944, 544, 121).adjustments
+    # The pipeline re-picks its size from the image: an image of exactly 944×544 would pick 928×544; the
+    # image vidrop hands it picks 944×544.
+    width, height = family.image_size(944, 544)
+    assert family._picked(544, 944) == (544, 928) and family._picked(height, width) == (544, 944)
+    arguments = family.call_arguments(
+        image=None, prompt="p", negative_prompt="", width=944, height=544, num_frames=121, steps=2,
+        guidance_scale=1.0, fps=24, generator=None, callback=None,
+    )  # fmt: skip
+    assert not {"width", "height", "guidance_scale", "callback_on_step_end"} & arguments.keys()
+    family.configure(pipe, guidance_scale=1.0)  # vidrop's guidance is the guider's: 1 turns CFG off
+    assert pipe.guider.guidance_scale == 1.0 and pipe.guider.num_conditions == 1
+    assert family.denoiser_calls_per_step(1.0) == 1 and family.denoiser_calls_per_step(4.5) == 2
