@@ -93,6 +93,10 @@ class Family:
     def bind(self, pipe: Any) -> None:
         """Learn what the loaded checkpoint itself fixes (a built-in resolution, for example)."""
 
+    def bind_configs(self, configs: dict[str, dict[str, Any]]) -> None:
+        """The same from the components' config.json files (component → config), before the model is loaded:
+        a model on offer that is not loaded yet still resolves requests by its own rules."""
+
     def rule_for_mode(self, mode: str) -> str:
         """Why a mode is refused, in words."""
         if mode == TEXT:

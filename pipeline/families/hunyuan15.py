@@ -51,13 +51,23 @@ class HunyuanVideo15Family(Family):
         self.target_size = TARGET_SIZE
         self.spatial = VAE_SPATIAL
 
+    # Read from these components' config.json before the model is loaded (pipeline/loader.py).
+    config_components = ("transformer", "vae", "guider")
+
     def bind(self, pipe: Any) -> None:
-        self.target_size = int(pipe.transformer.config.target_size)
-        self.spatial = int(pipe.vae_scale_factor_spatial)
-        height, width = self.bucket(9, 16)
-        self.defaults = replace(
-            self.defaults, width=width, height=height, guidance_scale=float(pipe.guider.guidance_scale)
+        self._learn(pipe.transformer.config.target_size, pipe.vae_scale_factor_spatial, pipe.guider.guidance_scale)
+
+    def bind_configs(self, configs: dict[str, dict[str, Any]]) -> None:
+        self._learn(
+            configs.get("transformer", {}).get("target_size", TARGET_SIZE),
+            configs.get("vae", {}).get("spatial_compression_ratio", VAE_SPATIAL),
+            configs.get("guider", {}).get("guidance_scale", self.defaults.guidance_scale),
         )
+
+    def _learn(self, target_size: int, spatial: int, guidance_scale: float) -> None:
+        self.target_size, self.spatial = int(target_size), int(spatial)
+        height, width = self.bucket(9, 16)
+        self.defaults = replace(self.defaults, width=width, height=height, guidance_scale=float(guidance_scale))
 
     def bucket(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) this checkpoint makes for a request: itself if it is one of its sizes, else the

@@ -103,3 +103,22 @@ def test_hunyuan15_buckets_its_size_and_drives_guidance_through_the_guider():
     family.configure(pipe, guidance_scale=1.0)  # vidrop's guidance is the guider's: 1 turns CFG off
     assert pipe.guider.guidance_scale == 1.0 and pipe.guider.num_conditions == 1
     assert family.denoiser_calls_per_step(1.0) == 1 and family.denoiser_calls_per_step(4.5) == 2
+
+
+def test_hunyuan15_not_loaded_yet_resolves_by_its_own_config_files(tmp_path):
+    import json
+
+    from vidrop.pipeline.loader import inspect_model
+
+    files = {
+        "model_index.json": {"_class_name": "HunyuanVideo15ImageToVideoPipeline"},
+        "transformer/config.json": {"target_size": 720},
+        "vae/config.json": {"spatial_compression_ratio": 16},
+        "guider/config.json": {"guidance_scale": 5.0},
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(content))
+    family = inspect_model(str(tmp_path), family="auto", device="cpu", dtype="auto", offline=True).family
+    assert (family.defaults.width, family.defaults.height, family.defaults.guidance_scale) == (944, 544, 5.0)
+    assert (family.fit(1280, 720, 121).width, family.fit(1280, 720, 121).height) == (944, 544)
