@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from vidrop.config.errors import ConfigError
-from vidrop.config.request import GenerationFields
+from vidrop.config.request import GenerationFields, Preset
 from vidrop.config.vocabulary import DEFAULT_X264_PRESET, FAMILY_NAMES, X264_PRESETS, MemoryMode
 
 CONFIG_ENV_VAR = "VIDROP_CONFIG"
@@ -112,6 +112,28 @@ class SpeedSettings(SpeedLeverSettings):
         return SpeedLeverSettings(**levers)
 
 
+class PresetSettings(GenerationFields):
+    """An operator's own values for a preset (fast, standard, high), for the families or models it names:
+    steps, guidance, size, frames and LoRAs (a step-distilled LoRA at 4 steps and guidance 1, say)."""
+
+    families: list[Literal[FAMILY_NAMES]] = Field(default_factory=list, description="families it is for; []: any")
+    models: list[str] = Field(default_factory=list, description="model names it is for; []: any")
+
+    @model_validator(mode="after")
+    def _no_prompt_or_preset(self) -> PresetSettings:
+        if self.preset is not None or self.prompt is not None:
+            raise ValueError("a preset sets generation fields, not a prompt or another preset")
+        return self
+
+    def fits(self, family: str, model: str) -> bool:
+        """Whether it is for this family and model name."""
+        return (not self.families or family in self.families) and (not self.models or model in self.models)
+
+    def fields(self) -> dict[str, Any]:
+        """The generation fields it sets (what a request's preset adds under the request's own fields)."""
+        return self.model_dump(exclude_none=True, exclude={"families", "models", "preset", "prompt"})
+
+
 class PipelineSettings(_Section):
     """Which models run, where, and how images are fitted to them."""
 
@@ -140,6 +162,38 @@ class PipelineSettings(_Section):
         description='LoRAs a request may ask for with "loras": name → a path, '
         "or {path, families, models, weight_range}",
     )
+    presets: dict[Preset, list[PresetSettings]] = Field(
+        default_factory=dict,
+        description="the operator's own presets: name → a table (or several, each for its families or models) "
+        "of steps, guidance_scale, size, frames and loras, over the family's preset",
+    )
+
+    @field_validator("presets", mode="before")
+    @classmethod
+    def _preset_lists(cls, presets: Any) -> Any:
+        if isinstance(presets, dict):
+            return {name: [value] if isinstance(value, dict) else value for name, value in presets.items()}
+        return presets
+
+    @model_validator(mode="after")
+    def _preset_loras_offered(self) -> PipelineSettings:
+        """A preset naming a LoRA that is not offered would fail every job asking for it: refuse the start."""
+        for name, entries in self.presets.items():
+            for entry in entries:
+                for lora in entry.loras or ():
+                    offered = self.loras.get(lora.name)
+                    if offered is None:
+                        raise ValueError(
+                            f"preset {name!r} names the LoRA {lora.name!r}, which pipeline.loras does not offer "
+                            f"(offered: {', '.join(self.loras) or 'none'})"
+                        )
+                    low, high = offered.weight_range
+                    if not low <= lora.weight <= high:
+                        raise ValueError(
+                            f"preset {name!r} asks for the LoRA {lora.name!r} at weight {lora.weight}, "
+                            f"outside its weight_range {low}..{high}"
+                        )
+        return self
 
     @field_validator("loras", mode="before")
     @classmethod

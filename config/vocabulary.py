@@ -10,7 +10,18 @@ from __future__ import annotations
 from enum import Enum
 
 # pipeline/families: one class per name, in the order the family table lists them.
-FAMILY_NAMES = ("ltx", "i2vgen-xl", "svd", "cogvideox", "wan", "animatediff", "wan2.2", "wan2.2-ti2v", "ltx2")
+FAMILY_NAMES = (
+    "ltx",
+    "i2vgen-xl",
+    "svd",
+    "cogvideox",
+    "wan",
+    "animatediff",
+    "wan2.2",
+    "wan2.2-ti2v",
+    "ltx2",
+    "hunyuan1.5",
+)
 
 # libx264's speed against file size (output.x264_preset). At the same crf, veryfast encodes 2-2.5× faster
 # than medium for files 8-15 % larger; superfast is faster again but makes files about 3× larger.

@@ -90,21 +90,24 @@ class MemoryEstimator:
             decoded = width * height * frames
         return int(scale * max(denoise, self.family.decode_bytes_per_voxel * decoded))
 
-    def resident_weights(self, mode: MemoryMode) -> int:
-        """Weights on the device while the job runs in `mode`."""
+    def resident_weights(self, mode: MemoryMode, adapter_bytes: int = 0) -> int:
+        """Weights on the device while the job runs in `mode`, with the LoRA adapters loaded into them
+        (they live in the denoiser, so they travel with it when the model is offloaded whole)."""
         if not self.offloads_weights or mode in (MemoryMode.AS_IS, MemoryMode.TILED):
-            return self.footprint.total_bytes
+            return self.footprint.total_bytes + adapter_bytes
         if mode is MemoryMode.MODEL_OFFLOAD:
-            return self.footprint.largest_component_bytes
+            return self.footprint.largest_component_bytes + adapter_bytes
         return 2 * self.footprint.largest_leaf_bytes  # one group running, the next one arriving
 
-    def peak(self, mode: MemoryMode, width: int, height: int, frames: int) -> int:
-        """Uncalibrated peak on the device: weights plus working memory."""
-        return self.resident_weights(mode) + self.activations(mode, width, height, frames)
+    def peak(self, mode: MemoryMode, width: int, height: int, frames: int, adapter_bytes: int = 0) -> int:
+        """Uncalibrated peak on the device: weights (and adapters) plus working memory."""
+        return self.resident_weights(mode, adapter_bytes) + self.activations(mode, width, height, frames)
 
-    def need(self, mode: MemoryMode, width: int, height: int, frames: int, resident_now: int) -> int:
+    def need(
+        self, mode: MemoryMode, width: int, height: int, frames: int, resident_now: int, adapter_bytes: int = 0
+    ) -> int:
         """Calibrated extra memory the job needs beyond what this process already holds on the device."""
-        extra = max(0, self.peak(mode, width, height, frames) - resident_now)
+        extra = max(0, self.peak(mode, width, height, frames, adapter_bytes) - resident_now)
         return int(extra * self.calibration)
 
     @property
@@ -171,11 +174,15 @@ def choose_mode(
     resident_now: int,
     reserve_bytes: int,
     forced: MemoryMode | None = None,
+    adapter_bytes: int = 0,
 ) -> MemoryAdmission:
-    """The cheapest mode (fastest) whose need fits free memory minus the reserve; None when none does."""
+    """The cheapest mode (fastest) whose need fits free memory minus the reserve; None when none does.
+    `adapter_bytes`: the LoRA adapters resident while the job runs (already loaded ones are in `resident_now`)."""
     candidates = (forced,) if forced is not None else LADDER
     available = snapshot.free_bytes - reserve_bytes
-    needs = {mode.value: estimator.need(mode, width, height, frames, resident_now) for mode in candidates}
+    needs = {
+        mode.value: estimator.need(mode, width, height, frames, resident_now, adapter_bytes) for mode in candidates
+    }
     for mode in candidates:
         if needs[mode.value] <= available:
             return MemoryAdmission(mode, needs[mode.value], reserve_bytes, snapshot, needs)

@@ -638,6 +638,115 @@ def build_ltx2():
     )
 
 
+# Qwen2.5-VL's chat layout (a system and a user turn, then the assistant's), enough for apply_chat_template.
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen2_tokenizer():
+    """A byte-level BPE Qwen2 tokenizer: one token per byte (no merges) and Qwen's chat tokens."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab: dict[str, int] = {}
+    for char in bytes_to_unicode().values():
+        vocab.setdefault(char, len(vocab))
+    for token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_hunyuan15_i2v():
+    """A tiny HunyuanVideo15ImageToVideoPipeline: Qwen2.5-VL text model, ByT5 glyph encoder, SigLIP image
+    encoder, its VAE (4× space, 4× time here) and a 1-layer transformer; it makes its 32 px bucket sizes."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15ImageToVideoPipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import (
+        ByT5Tokenizer,
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLTextModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    tokenizer = _qwen2_tokenizer()
+    tokenizer_2 = ByT5Tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLTextModel(
+        Qwen2_5_VLTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=3,  # the pipeline reads the third hidden state from the end
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            rope_theta=1000000.0,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+    )
+    text_encoder_2 = T5EncoderModel(T5Config(**{**_TINY_T5, "d_model": 32}, vocab_size=len(tokenizer_2)))
+    image_encoder = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=12,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9,  # noisy latents, the image's latents, a mask: 4 + 4 + 1
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_refiner_layers=1,
+        mlp_ratio=2.0,
+        text_embed_dim=16,
+        text_embed_2_dim=32,
+        image_embed_dim=12,
+        rope_axes_dim=(2, 2, 4),
+        target_size=32,
+        task_type="i2v",
+    )
+    vae = AutoencoderKLHunyuanVideo15(
+        latent_channels=4,
+        block_out_channels=(16, 16, 16),
+        layers_per_block=1,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        downsample_match_channel=False,
+        upsample_match_channel=False,
+    )
+    return HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+        image_encoder=image_encoder,
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+    )
+
+
 BUILDERS = {
     "ltx": build_ltx,
     "i2vgen-xl": build_i2vgen_xl,
@@ -649,6 +758,7 @@ BUILDERS = {
     "wan2.2-ti2v": build_wan22_ti2v,
     "animatediff": build_animatediff,
     "ltx2": build_ltx2,
+    "hunyuan1.5": build_hunyuan15_i2v,
 }
 
 

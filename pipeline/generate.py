@@ -14,7 +14,7 @@ from PIL import Image
 
 from vidrop.config.errors import TRY_AGAIN_FIX, GenerationError, InputError
 from vidrop.config.request import REQUEST_FIELDS, Preset, VideoFormat
-from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, LoraSettings, MemorySettings
+from vidrop.config.settings import DEFAULT_MODEL_NAME, LimitSettings, LoraSettings, MemorySettings, PresetSettings
 from vidrop.config.vocabulary import MemoryMode
 from vidrop.pipeline.admission import (
     MemoryAdmission,
@@ -139,9 +139,11 @@ class FamilyRules:
         modes: tuple[str, ...],
         limits: LimitSettings,
         loras: dict[str, LoraSettings] | None = None,
+        presets: dict[str, list[PresetSettings]] | None = None,
     ) -> None:
         self.name = name
         self.loras = loras or {}
+        self.operator_presets = presets or {}
         self.family = family
         self.model = model
         self.model_modes = modes
@@ -163,7 +165,8 @@ class FamilyRules:
         return self.model_modes
 
     def preset(self, name: str, model: str | None = None) -> dict[str, Any]:
-        """The generation fields the family's preset sets (fast, standard, high)."""
+        """The generation fields the family's preset sets (fast, standard, high), under the operator's own
+        values for it ([pipeline.presets]: the first entry for this family or model)."""
         self._check_name(model)
         presets = self.family.presets
         if name not in presets:
@@ -172,7 +175,8 @@ class FamilyRules:
                 detail=f"preset={name!r}; {self.family.name} has {', '.join(presets) or 'no presets'}",
                 fix=f"Use one of: {', '.join(presets)}.",
             )
-        return dict(presets[name])
+        own = next((e.fields() for e in self.operator_presets.get(name, ()) if e.fits(self.family.name, self.name)), {})
+        return {**presets[name], **own}
 
     def resolve(self, requested: dict[str, Any]) -> JobParams:
         """Merge the request over the family's defaults, fit it to the family, check the limits."""
@@ -282,6 +286,7 @@ class VideoGenerator:
         name: str = DEFAULT_MODEL_NAME,
         loras: dict[str, LoraSettings] | None = None,
         speed: SpeedLevers | None = None,
+        presets: dict[str, list[PresetSettings]] | None = None,
     ) -> None:
         """`loaded` may be unloaded (from `inspect_model`): the first job loads it through `reload`.
 
@@ -292,7 +297,13 @@ class VideoGenerator:
         self.family = loaded.family
         self.fit = fit
         self.rules = FamilyRules(
-            name=name, family=loaded.family, model=loaded.model, modes=loaded.modes, limits=limits, loras=loras
+            name=name,
+            family=loaded.family,
+            model=loaded.model,
+            modes=loaded.modes,
+            limits=limits,
+            loras=loras,
+            presets=presets,
         )
         self.memory = memory or MemorySettings()
         self.probe = probe or probe_for(loaded.device)
@@ -379,6 +390,7 @@ class VideoGenerator:
             resident_now=resident,
             reserve_bytes=int(self.memory.reserve_gb * GB),
             forced=self.forced_mode,
+            adapter_bytes=self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize),
         )
 
     def generate(
@@ -400,7 +412,8 @@ class VideoGenerator:
 
         # 2. Prepare the image (none for text-to-video): fit to the family's size, keeping the aspect ratio.
         started = time.monotonic()
-        prepared = None if image is None else fit_image(image, params.width, params.height, self.fit)
+        size = self.family.image_size(params.width, params.height)
+        prepared = None if image is None else fit_image(image, *size, self.fit)
         timings["prepare_seconds"] = time.monotonic() - started
 
         # 3. Denoise and decode, stepping down the ladder on out-of-memory; every step is recorded.
@@ -472,7 +485,9 @@ class VideoGenerator:
         reload_seconds: float | None,
     ) -> dict[str, Any]:
         """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
-        estimated_raw = max(0, self.estimator.peak(mode, params.width, params.height, params.num_frames) - resident)
+        adapter_bytes = self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize)
+        peak_estimate = self.estimator.peak(mode, params.width, params.height, params.num_frames, adapter_bytes)
+        estimated_raw = max(0, peak_estimate - resident)
         measured = max(0, peak - floor)
         estimated = int(estimated_raw * self.estimator.calibration)
         self.estimator.record(estimated_raw, measured)
@@ -484,6 +499,7 @@ class VideoGenerator:
             "admitted_mode": admission.mode.value if admission.mode else None,
             "forced": self.forced_mode is not None,
             "estimated_bytes": estimated,
+            "adapter_bytes": adapter_bytes,
             "measured_bytes": measured,
             "peak_bytes": peak,
             "free_bytes_at_start": admission.snapshot.free_bytes,
@@ -605,7 +621,10 @@ class VideoGenerator:
         # Some pipelines also draw from the global RNG (I2VGen-XL samples its image latents there).
         generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
-        callback = _StepReporter(params.steps, on_step)
+        callback = _StepReporter(
+            params.steps, on_step, per_step=self.family.denoiser_calls_per_step(params.guidance_scale)
+        )
+        self.family.configure(self.loaded.pipes[params.mode], guidance_scale=params.guidance_scale)
         arguments = self.family.call_arguments(
             image=image,
             prompt=params.prompt,
@@ -656,9 +675,10 @@ class VideoGenerator:
 class _StepReporter:
     """Turns diffusers' callback_on_step_end (or a forward hook on the denoiser) into on_step(step, total)."""
 
-    def __init__(self, total: int, on_step: ProgressCallback | None) -> None:
+    def __init__(self, total: int, on_step: ProgressCallback | None, per_step: int = 1) -> None:
         self.total = total
         self.on_step = on_step
+        self.per_step = per_step  # denoiser calls per step (a guider's conditions), for the hook
         self.calls = 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -667,7 +687,8 @@ class _StepReporter:
 
     def as_hook(self, module: Any, inputs: Any, output: Any) -> None:
         self.calls += 1
-        self._report(min(self.calls, self.total))
+        if self.calls % self.per_step == 0:
+            self._report(min(self.calls // self.per_step, self.total))
 
     def _report(self, step: int) -> None:
         if self.on_step is not None:

@@ -117,6 +117,7 @@ def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: 
     chosen_family = detect_family(model, family, offline=offline, index=index)
     classes = _pipeline_classes(chosen_family, class_name)
     chosen_device = resolve_device(device)
+    chosen_family.bind_configs(_component_configs(model, getattr(chosen_family, "config_components", ())))
     return LoadedModel(
         pipe=None,
         family=chosen_family,
@@ -126,6 +127,28 @@ def inspect_model(model: str, *, family: str, device: str, dtype: str, offline: 
         load_seconds=0.0,
         pipes={mode: None for mode in classes},
     )
+
+
+def _component_configs(model: str, components: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The config.json of each named component, from a local folder or the hub cache (never downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    configs = {}
+    for component in components:
+        local = Path(model).expanduser()
+        if local.is_dir():
+            found: Any = local / component / "config.json"
+        else:
+            try:
+                found = try_to_load_from_cache(model, f"{component}/config.json")
+            except ValueError:  # not a repo id
+                continue
+        if isinstance(found, (str, Path)):
+            try:
+                configs[component] = json.loads(Path(found).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # unreadable: the family keeps its defaults until the model is loaded
+    return configs
 
 
 def _pipeline_classes(chosen_family: Family, class_name: str) -> dict[str, str]:

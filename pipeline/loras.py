@@ -7,10 +7,12 @@ switched between jobs with `set_adapters`, without reloading the base model.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
 import structlog
+from safetensors import safe_open
 
 from vidrop.config.errors import InputError
 from vidrop.config.request import lora_set
@@ -76,6 +78,25 @@ class LoraAdapters:
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.active: list[str] = []  # the last job's
         self.loads = 0  # how many times an adapter was read from its file (tests and logs count them)
+        self.sizes: dict[str, int] = {}  # bytes of each loaded adapter's weights in the model, measured
+
+    def resident_bytes(self, requested: tuple[dict[str, Any], ...], dtype_bytes: int) -> int:
+        """Bytes of the adapters in the model while a job with `requested` runs: those kept loaded (measured)
+        and those it loads (from their files' tensor shapes, at float32: peft may keep adapters in float32)."""
+        names = dict.fromkeys([*self.loaded, *(entry["name"] for entry in requested)])
+        return sum(self.sizes.get(name) or self._file_bytes(name, max(dtype_bytes, 4)) for name in names)
+
+    def _file_bytes(self, name: str, element_bytes: int) -> int:
+        lora = self.loras.get(name)
+        if lora is None:
+            return 0
+        files = [lora.path] if lora.path.is_file() else sorted(lora.path.glob("*.safetensors"))[:1]
+        total = 0
+        for path in files:
+            with safe_open(str(path), framework="pt") as weights:
+                for key in weights.keys():
+                    total += math.prod(weights.get_slice(key).get_shape()) * element_bytes
+        return total
 
     def kept_sets(self) -> list[str]:
         """The LoRA sets (`lora_set`) a job may ask for without loading an adapter: none, each loaded one,
@@ -86,6 +107,7 @@ class LoraAdapters:
         """The pipeline was unloaded: its adapters went with it."""
         self.loaded.clear()
         self.active = []
+        self.sizes.clear()
 
     def apply(self, pipe: Any, requested: tuple[dict[str, Any], ...], *, model: str) -> list[dict[str, Any]]:
         """Make exactly the requested adapters active at their weights; what the manifest records."""
@@ -132,7 +154,8 @@ class LoraAdapters:
             ) from None
         self.loaded[name] = None
         self.loads += 1
-        log.info("lora_loaded", lora=name, model=model, path=str(lora.path), loads=self.loads)
+        self.sizes[name] = adapter_bytes(pipe, name)
+        log.info("lora_loaded", lora=name, model=model, path=str(lora.path), loads=self.loads, bytes=self.sizes[name])
 
     def _trim(self, pipe: Any, keep: set[str]) -> None:
         for name in list(self.loaded):
@@ -141,6 +164,7 @@ class LoraAdapters:
             if name not in keep:
                 self._drop(pipe, name)
                 self.loaded.pop(name, None)
+                self.sizes.pop(name, None)
                 log.info("lora_unloaded", lora=name, reason="too_many_kept")
 
     @staticmethod
@@ -149,3 +173,16 @@ class LoraAdapters:
             pipe.delete_adapters(name)
         except (ValueError, KeyError, AttributeError):
             pass  # a half-loaded adapter may not be registered everywhere
+
+
+def adapter_bytes(pipe: Any, name: str) -> int:
+    """Bytes of the adapter `name`'s weights in the pipeline's denoisers (peft's lora_A/lora_B.<name>)."""
+    total = 0
+    for component in ("transformer", "transformer_2", "unet"):
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        for key, tensor in module.named_parameters():
+            if f"lora_A.{name}." in key or f"lora_B.{name}." in key:
+                total += tensor.numel() * tensor.element_size()
+    return total

@@ -269,6 +269,7 @@ def open_models(
             name=name,
             loras=pipeline.loras,
             speed=SpeedLevers(**pipeline.speed.for_model(name).model_dump()),
+            presets=pipeline.presets,
         )
     device = generators[default].loaded.device
     return ModelSet(

@@ -48,11 +48,19 @@ def expand(defaults: dict[str, Any], sidecar: Sidecar | None, preset: PresetLook
 
 
 def layered(defaults: dict[str, Any], explicit: dict[str, Any], preset: PresetLookup) -> dict[str, Any]:
-    """Settings defaults, overridden by the preset's values, overridden by what the request set itself."""
+    """Settings defaults, overridden by the preset's values, overridden by what the request set itself.
+
+    A preset's LoRAs (a step-distilled one) stay when the request asks for LoRAs of its own (a style): the
+    request's are added, and its weight wins for a LoRA both name."""
     fields = dict(defaults)
     name = explicit.get("preset") or defaults.get("preset")
+    preset_loras: list[dict[str, Any]] = []
     if name:
         fields.update(preset(name, explicit.get("model") or defaults.get("model")))
         fields["preset"] = name
+        preset_loras = list(fields.get("loras") or ())
     fields.update(explicit)
+    if preset_loras and explicit.get("loras"):
+        own = {entry["name"] for entry in explicit["loras"]}
+        fields["loras"] = [e for e in preset_loras if e["name"] not in own] + list(explicit["loras"])
     return fields

@@ -6,6 +6,7 @@ from vidrop.config.errors import ModelUnavailable
 from vidrop.pipeline.families.animatediff import AnimateDiffFamily
 from vidrop.pipeline.families.base import Family
 from vidrop.pipeline.families.cogvideox import CogVideoXFamily
+from vidrop.pipeline.families.hunyuan15 import HunyuanVideo15Family
 from vidrop.pipeline.families.i2vgen_xl import I2VGenXLFamily
 from vidrop.pipeline.families.ltx import LTXFamily
 from vidrop.pipeline.families.ltx2 import LTX2Family
@@ -25,6 +26,7 @@ FAMILIES: dict[str, type[Family]] = {
         Wan22Family,
         Wan22TI2VFamily,
         LTX2Family,
+        HunyuanVideo15Family,
     )
 }
 

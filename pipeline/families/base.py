@@ -122,6 +122,10 @@ class Family:
     def bind(self, pipe: Any) -> None:
         """Learn what the loaded checkpoint itself fixes (a built-in resolution, for example)."""
 
+    def bind_configs(self, configs: dict[str, dict[str, Any]]) -> None:
+        """The same from the components' config.json files (component → config), before the model is loaded:
+        a model on offer that is not loaded yet still resolves requests by its own rules."""
+
     def rule_for_mode(self, mode: str) -> str:
         """Why a mode is refused, in words."""
         if mode == TEXT:
@@ -224,6 +228,17 @@ class Family:
     def sound(self, pipe: Any, audio: Any) -> SoundTrack | None:
         """The sound track in the pipeline's output (its `audio`); None for families without sound."""
         return None
+
+    def image_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the image is fitted to for a job of this size (the size itself by default)."""
+        return width, height
+
+    def configure(self, pipe: Any, *, guidance_scale: float) -> None:
+        """Set on the pipeline what its __call__ does not take (HunyuanVideo 1.5's guider); nothing by default."""
+
+    def denoiser_calls_per_step(self, guidance_scale: float) -> int:
+        """Forward calls of the denoiser per step, for progress from a hook (has_step_callback False)."""
+        return 1
 
     def memory_arguments(self, mode: Any) -> dict[str, Any]:
         """Extra __call__ arguments for a memory mode (a smaller decode chunk, say); none by default."""

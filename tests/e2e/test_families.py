@@ -119,3 +119,21 @@ def test_ltx2_image_to_video_with_sound(folders, demo_models):
         assert len(container.streams.audio) == 0 and container.streams.video[0].frames == 9
     quiet = json.loads((folders["outbox"] / "quiet.json").read_text())
     assert quiet["audio"] is None and quiet["parameters"]["audio"] is False
+
+
+def test_hunyuan15_image_to_video(folders, demo_models):
+    # HunyuanVideo 1.5 makes one size per aspect ratio at its area (the tiny model's 32², multiples of 4):
+    # 48×32 asked → 36×24; 4k+1 frames: 4 → 5. Guidance goes to its guider: 1 (as distilled presets ask) is
+    # one transformer pass a step instead of the checkpoint's CFG at 6.
+    make_image(folders["inbox"] / "shot.png", size=(96, 64))
+    (folders["inbox"] / "shot.json").write_text(sidecar(width=48, height=32, num_frames=4, guidance_scale=1.0))
+    result = run_vidrop(vidrop_env(folders, demo_models["hunyuan1.5"]), "once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert decode(folders["outbox"] / "shot.mp4").shape == (5, 24, 36, 3)
+    manifest = json.loads((folders["outbox"] / "shot.json").read_text())
+    assert manifest["family"] == "hunyuan1.5" and manifest["parameters"]["guidance_scale"] == 1.0
+    assert {(a["field"], a["used"]) for a in manifest["adjustments"]} == {
+        ("width", 36),
+        ("height", 24),
+        ("num_frames", 5),
+    }

@@ -145,3 +145,83 @@ def test_the_daemon_records_loras_and_refuses_unknown_ones_with_an_error_file(fo
         and "offered for model default: ink" in error["detail"]
     )
     assert [event["lora"] for event in logs if event["event"] == "lora_loaded"] == ["ink"]
+
+
+def test_a_preset_naming_a_lora_runs_it_at_its_own_steps_and_guidance(folders, demo_models, lora_files):
+    from tests.integration.test_model_set import drop_job
+    from vidrop.daemon.app import Daemon
+    from vidrop.daemon.wiring import Wiring
+    from vidrop.pipeline.model_set import open_models
+
+    def production(settings):
+        return open_models(settings.pipeline, limits=settings.limits, memory=settings.memory)
+
+    loras = {"ink": str(lora_files["ink"]), "watercolor": str(lora_files["watercolor"])}
+    # What a step-distilled LoRA's preset looks like (README): its steps, guidance 1, the LoRA itself.
+    fast = {"families": ["ltx"], "steps": 3, "guidance_scale": 1.0, "loras": [{"name": "ink", "weight": 1.0}]}
+    settings = load_settings(
+        inbox=folders["inbox"],
+        outbox=folders["outbox"],
+        state_dir=folders["state"],
+        pipeline={"model": str(demo_models["ltx"]), "device": "cpu", "loras": loras, "presets": {"fast": fast}},
+        intake={"settle_seconds": 0, "pairing_seconds": 1, "tick_seconds": 0.05},
+        gallery={"enabled": False},
+    ).settings
+    drop_job(folders["inbox"], "quick", preset="fast", steps=None)
+    drop_job(folders["inbox"], "styled", preset="fast", steps=None, loras=[{"name": "watercolor", "weight": 0.5}])
+    assert Daemon(Wiring(settings, generator_factory=production)).run(once=True) == 0
+    quick = json.loads((folders["outbox"] / "quick.json").read_text())
+    assert quick["parameters"]["preset"] == "fast"
+    assert (quick["parameters"]["steps"], quick["parameters"]["guidance_scale"]) == (3, 1.0)
+    assert [(lora["name"], lora["weight"]) for lora in quick["loras"]] == [("ink", 1.0)]
+    assert quick["memory"]["adapter_bytes"] > 0  # the adapter's weights are part of the estimate
+    styled = json.loads((folders["outbox"] / "styled.json").read_text())  # the request's LoRA joins the preset's
+    assert [(lora["name"], lora["weight"]) for lora in styled["loras"]] == [("ink", 1.0), ("watercolor", 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("lora", "says"),
+    [
+        ({"name": "lightning", "weight": 1.0}, "preset 'fast' names the LoRA 'lightning', which pipeline.loras"),
+        ({"name": "ink", "weight": 3.0}, "preset 'fast' asks for the LoRA 'ink' at weight 3.0, outside"),
+    ],
+)
+def test_a_preset_naming_a_lora_not_on_offer_stops_the_start(tmp_path, lora_files, lora, says):
+    with pytest.raises(ConfigError, match=says):
+        load_settings(
+            inbox=tmp_path / "in",
+            outbox=tmp_path / "out",
+            pipeline={"loras": {"ink": str(lora_files["ink"])}, "presets": {"fast": {"steps": 4, "loras": [lora]}}},
+        )
+
+
+def test_wan22_second_expert_gets_its_part_of_the_lora(demo_models, tmp_path):
+    """A14B's low-noise expert (transformer_2) carries the adapter too, at the job's weight."""
+    from vidrop.pipeline.loras import LoraAdapters
+
+    path = write_tiny_lora(demo_models["wan2.2"], tmp_path / "wan-lora", seed=3)
+    pipe = load_model(str(demo_models["wan2.2"]), family="auto", device="cpu", dtype="auto", offline=True).pipe
+    adapters = LoraAdapters({"style": LoraSettings(path=path)})
+    expert = pipe.transformer_2
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 36, 1, 4, 4, generator=generator),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
+        "return_dict": False,
+    }
+
+    def low_noise_output():
+        with torch.no_grad():
+            return expert(**inputs)[0]
+
+    plain = low_noise_output()
+    adapters.apply(pipe, ({"name": "style", "weight": 1.0},), model="wan22")
+    assert "style" in pipe.get_list_adapters()["transformer_2"]
+    full = low_noise_output()
+    adapters.apply(pipe, ({"name": "style", "weight": 0.5},), model="wan22")
+    half = low_noise_output()
+    assert not torch.allclose(plain, full) and not torch.allclose(full, half)
+    adapters.apply(pipe, (), model="wan22")  # no LoRA asked for: the expert is itself again
+    assert torch.allclose(low_noise_output(), plain)
+    assert adapters.loads == 1

@@ -125,3 +125,28 @@ def test_a_request_far_beyond_the_limits_is_refused_up_front_naming_the_field():
     with pytest.raises(InputError, match=r"width \(4096\).*\(1280\)") as caught:
         family.check_limits(fitted.width, fitted.height, fitted.num_frames, 50, family.limits)
     assert "'width' to 1280 or less" in caught.value.fix
+
+
+def test_lora_adapters_add_their_weights_to_the_estimate(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from vidrop.config.settings import LoraSettings
+    from vidrop.pipeline.loras import LoraAdapters
+
+    path = tmp_path / "style.safetensors"
+    save_file({"a.lora_A.weight": torch.zeros(4, 64, dtype=torch.float16), "a.lora_B.weight": torch.zeros(64, 4)}, path)
+    adapters = LoraAdapters({"style": LoraSettings(path=path), "other": LoraSettings(path=path)})
+    asked = ({"name": "style", "weight": 1.0},)
+    # Not loaded yet: from the file's tensor shapes, at float32 (peft may keep adapters in float32).
+    assert adapters.resident_bytes(asked, 2) == 2 * 4 * 64 * 4 and adapters.resident_bytes((), 2) == 0
+    adapters.loaded["other"] = None  # kept from an earlier job, measured when it loaded
+    adapters.sizes["other"] = 1000
+    assert adapters.resident_bytes(asked, 2) == 2048 + 1000
+    est = estimator()
+    for mode in (MemoryMode.AS_IS, MemoryMode.TILED, MemoryMode.MODEL_OFFLOAD):
+        assert est.need(mode, **JOB, resident_now=0, adapter_bytes=GIB) == est.need(mode, **JOB, resident_now=0) + GIB
+    with_adapters = choose_mode(
+        est, FakeProbe([100 * GIB]).snapshot(), **JOB, resident_now=0, reserve_bytes=GIB, adapter_bytes=GIB
+    )
+    assert with_adapters.need_bytes == admit(100 * GIB).need_bytes + GIB

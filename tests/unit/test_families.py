@@ -112,3 +112,57 @@ def test_a_sound_track_is_fitted_to_the_video_it_goes_with():
     assert short.samples[:, 7969:].max() == 0.0  # silence after the end
     long = SoundTrack(np.ones((1, 30000), np.float32), 24000).fitted(9, 8)
     assert long.sample_count == 27000 and long.generated_samples == 30000
+
+
+def test_hunyuan15_buckets_its_size_and_drives_guidance_through_the_guider():
+    from types import SimpleNamespace
+
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    index = {"_class_name": "HunyuanVideo15ImageToVideoPipeline", "guider": ["diffusers", "ClassifierFreeGuidance"]}
+    family = family_for_model_index(index)
+    assert family.name == "hunyuan1.5" and family.pipeline_classes(index["_class_name"]).keys() == {"image"}
+    # The 480p checkpoint: the size at its 480² area nearest the asked aspect ratio (multiples of 16).
+    fitted = family.fit(1280, 720, 100)
+    assert (fitted.width, fitted.height, fitted.num_frames) == (624, 352, 101)
+    assert [a["field"] for a in fitted.adjustments] == ["width", "height", "num_frames"]
+    assert "480p area" in fitted.adjustments[0]["rule"]
+    pipe = SimpleNamespace(
+        transformer=SimpleNamespace(config=SimpleNamespace(target_size=720)),
+        vae_scale_factor_spatial=16,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    family.bind(pipe)  # the 720p checkpoint: its own bucket and its guider's guidance as the defaults
+    assert (family.defaults.width, family.defaults.height, family.defaults.guidance_scale) == (944, 544, 6.0)
+    assert not family.fit(944, 544, 121).adjustments
+    # The pipeline re-picks its size from the image: an image of exactly 944×544 would pick 928×544; the
+    # image vidrop hands it picks 944×544.
+    width, height = family.image_size(944, 544)
+    assert family._picked(544, 944) == (544, 928) and family._picked(height, width) == (544, 944)
+    arguments = family.call_arguments(
+        image=None, prompt="p", negative_prompt="", width=944, height=544, num_frames=121, steps=2,
+        guidance_scale=1.0, fps=24, generator=None, callback=None,
+    )  # fmt: skip
+    assert not {"width", "height", "guidance_scale", "callback_on_step_end"} & arguments.keys()
+    family.configure(pipe, guidance_scale=1.0)  # vidrop's guidance is the guider's: 1 turns CFG off
+    assert pipe.guider.guidance_scale == 1.0 and pipe.guider.num_conditions == 1
+    assert family.denoiser_calls_per_step(1.0) == 1 and family.denoiser_calls_per_step(4.5) == 2
+
+
+def test_hunyuan15_not_loaded_yet_resolves_by_its_own_config_files(tmp_path):
+    import json
+
+    from vidrop.pipeline.loader import inspect_model
+
+    files = {
+        "model_index.json": {"_class_name": "HunyuanVideo15ImageToVideoPipeline"},
+        "transformer/config.json": {"target_size": 720},
+        "vae/config.json": {"spatial_compression_ratio": 16},
+        "guider/config.json": {"guidance_scale": 5.0},
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(content))
+    family = inspect_model(str(tmp_path), family="auto", device="cpu", dtype="auto", offline=True).family
+    assert (family.defaults.width, family.defaults.height, family.defaults.guidance_scale) == (944, 544, 5.0)
+    assert (family.fit(1280, 720, 121).width, family.fit(1280, 720, 121).height) == (944, 544)
