@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+SIZES = {"ltx2": 64}
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "speed-results.json"
 # Family → the levers that apply on a CPU (fp8 and the CUDA attention kernels need a GPU; FirstBlockCache needs
 # two blocks or more, and the tiny models have one).
@@ -33,6 +34,8 @@ CPU_LEVERS: dict[str, list[dict[str, str]]] = {
     "wan": [{"cache": "pab"}, {"attention": "_native_math"}, {"compile": "regional"}],
     "ltx": [{"cache": "pab"}, {"attention": "_native_math"}, {"compile": "regional"}],
     "cogvideox": [{"cache": "pab"}, {"cache": "faster"}, {"compile": "full"}],
+    "ltx2": [{"attention": "_native_math"}, {"compile": "regional"}],  # no cache runs on LTX-2 (pipeline/speed.py)
+    "hunyuan1.5": [{"cache": "pab"}, {"attention": "_native_math"}, {"compile": "regional"}],
 }
 
 
@@ -69,7 +72,15 @@ def run_configuration(model: Path, levers: dict[str, str], args: argparse.Namesp
         loaded, fit="crop", limits=LimitSettings(), memory=memory, speed=SpeedLevers(**{"compile": "off", **levers})
     )
     mode = "image" if "image" in generator.modes() else "text"
-    request = {"prompt": "red square", "width": 32, "height": 32, "num_frames": 9, "steps": args.steps, "mode": mode}
+    size = SIZES.get(loaded.family.name, 32)  # LTX-2's VAE needs 64 px to keep a latent pixel after its 32×
+    request = {
+        "prompt": "red square",
+        "width": size,
+        "height": size,
+        "num_frames": 9,
+        "steps": args.steps,
+        "mode": mode,
+    }
     params = generator.resolve(request)
     image = Image.new("RGB", (40, 32), (200, 30, 30)) if mode == "image" else None
     seconds, graphs, results = [], [], []

@@ -26,7 +26,7 @@ log = structlog.get_logger()
 
 # Families whose denoiser routes attention through diffusers' attention dispatcher (set_attention_backend works);
 # CogVideoX, SVD, I2VGen-XL and AnimateDiff call their own processors and would silently ignore a backend.
-DISPATCHER_FAMILIES = frozenset({"ltx", "wan", "wan2.2", "wan2.2-ti2v"})
+DISPATCHER_FAMILIES = frozenset({"ltx", "ltx2", "wan", "wan2.2", "wan2.2-ti2v", "hunyuan1.5"})
 # Families whose denoiser declares `_repeated_blocks` (regional compile); others may only compile whole.
 REPEATED_BLOCK_FAMILIES = DISPATCHER_FAMILIES
 # Transformer denoisers (CacheMixin: enable_cache; fp8 through torchao); the rest are UNets.
@@ -37,6 +37,10 @@ TRANSFORMER_FAMILIES = DISPATCHER_FAMILIES | {"cogvideox"}
 # checkpoint). TaylorSeer's default identifiers match no module of these denoisers; MagCache needs mag_ratios
 # calibrated per checkpoint and step count, which vidrop does not do yet.
 CACHE_FAMILIES = {"faster": frozenset({"cogvideox"})}
+# Families on which no step cache runs in diffusers 0.42 (tried on the tiny models): the cache is refused.
+CACHELESS_FAMILIES = {
+    "ltx2": "diffusers' step caches break on LTX-2's joint audio and video attention (tensor sizes differ)",
+}
 UNSUPPORTED_CACHES = {
     "taylorseer": "its default module patterns match no layer of this denoiser (diffusers 0.42)",
     "mag": "MagCache needs mag_ratios calibrated for the checkpoint and step count; vidrop does not calibrate",
@@ -118,6 +122,8 @@ def _attention_problem(family: str, backend: str, device: Device) -> str | None:
 def _cache_problem(family: str, cache: str) -> str | None:
     if family not in TRANSFORMER_FAMILIES:
         return f"the {family} denoiser is a UNet without diffusers' step caches"
+    if family in CACHELESS_FAMILIES:
+        return CACHELESS_FAMILIES[family]
     if family not in CACHE_FAMILIES.get(cache, TRANSFORMER_FAMILIES):
         return "FasterCache needs both guidance passes in one batch; this pipeline calls the denoiser for each"
     return UNSUPPORTED_CACHES.get(cache)

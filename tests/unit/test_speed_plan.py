@@ -30,6 +30,9 @@ def test_regional_compile_needs_repeated_blocks():
     (line,) = check_plan("m", "cogvideox", SpeedLevers(compile="regional"), CPU)
     assert "compile=regional" in line
     assert check_plan("m", "wan", SpeedLevers(compile="regional"), CPU) == []
+    for family in ("ltx2", "hunyuan1.5"):  # both declare _repeated_blocks and route through the dispatcher
+        assert check_plan("m", family, SpeedLevers(compile="regional", attention="_native_math"), CPU) == []
+    assert check_plan("m", "hunyuan1.5", SpeedLevers(cache="pab"), CPU) == []
 
 
 def test_speed_settings_per_model_override():
@@ -54,6 +57,7 @@ def test_speed_settings_per_model_override():
         ("wan", SpeedLevers(cache="taylorseer"), "match no layer"),
         ("i2vgen-xl", SpeedLevers(compile="regional"), "no repeated blocks"),
         ("svd", SpeedLevers(quantize="fp8"), "no transformer denoiser"),
+        ("ltx2", SpeedLevers(cache="pab"), "joint audio and video attention"),
     ],
 )
 def test_each_lever_that_does_not_fit_the_family_or_device_is_refused_with_why(family, levers, why):
