@@ -135,7 +135,11 @@ class Wiring:
             keeper.on_beat = lambda now: gallery.alive(now, recovery.lease_seconds)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
         metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
-        listeners += [metrics] if metrics is not None else []
+        if metrics is not None:
+            listeners.append(metrics)
+            metrics.models_loaded(generator.describe())
+            if hooks is not None:
+                hooks.on_result = metrics.hook_attempt
         status = ServiceStatus(
             notifier=self.notifier,
             stop=stop,
