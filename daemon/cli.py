@@ -181,7 +181,8 @@ def _serve(args, *, once: bool) -> int:
 
     # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
     faulthandler.enable()
-    configure_logging(settings.log_level, settings.log_format, manager=service_manager())
+    terminal = configure_logging(settings.log_level, settings.log_format, manager=service_manager())
+    progress = terminal.progress() if terminal is not None else None  # the live line, at a terminal only
     for name, nearest in loaded.unknown_variables:
         import structlog
 
@@ -192,7 +193,7 @@ def _serve(args, *, once: bool) -> int:
     from vidrop.daemon.systemd import SystemdNotifier
     from vidrop.daemon.wiring import Wiring
 
-    wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier())
+    wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier(), progress=progress)
     daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
     # What the imports made (torch, diffusers: some 300,000 objects) lives as long as the process. Frozen,
@@ -212,6 +213,8 @@ def _serve(args, *, once: bool) -> int:
         print(f"vidrop: {exc.reason}", file=sys.stderr)
         return EX_CONFIG
     finally:
+        if progress is not None:
+            progress.close()
         sys.stderr.flush()
 
 

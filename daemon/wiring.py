@@ -10,6 +10,7 @@ import structlog
 
 from vidrop.config.settings import Settings
 from vidrop.daemon.clock import Clock, SystemClock
+from vidrop.daemon.console import JobProgress
 from vidrop.daemon.gallery.writer import GalleryWriter
 from vidrop.daemon.hooks import HookDispatcher
 from vidrop.daemon.inputs import InputDisposal
@@ -17,7 +18,7 @@ from vidrop.daemon.instance import Instance, instance_token, this_instance
 from vidrop.daemon.intake.store import InputStore
 from vidrop.daemon.lease import LeaseKeeper
 from vidrop.daemon.ledger import open_ledger
-from vidrop.daemon.ledger.base import Ledger
+from vidrop.daemon.ledger.base import Job, Ledger
 from vidrop.daemon.ledger_pause import LedgerPause, wait_out
 from vidrop.daemon.metrics import start_metrics
 from vidrop.daemon.outbox import Outbox
@@ -49,12 +50,14 @@ class Wiring:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         listeners: Sequence[JobListener] = (),
+        progress: JobProgress | None = None,
     ) -> None:
         self.settings = settings
         self.generator_factory = generator_factory
         self.clock = clock or SystemClock()
         self.notifier = notifier or NullNotifier()
         self.listeners = list(listeners)
+        self.progress = progress  # the live line at a terminal (a listener, and told each step)
         self.events: queue.Queue = queue.Queue()  # the watcher's paths, and STOP items that wake the loop
 
     def build(self, stop: StopRequest) -> Services | None:
@@ -134,6 +137,7 @@ class Wiring:
             gallery.alive(clock.time(), recovery.lease_seconds)
             keeper.on_beat = lambda now: gallery.alive(now, recovery.lease_seconds)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
+        listeners += [self.progress] if self.progress is not None else []
         metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
         if metrics is not None:
             listeners.append(metrics)
@@ -188,7 +192,7 @@ class Wiring:
             inbox=settings.inbox,
             clock=clock,
             settings=settings,
-            on_progress=steps.step,
+            on_progress=steps.step if self.progress is None else _each_step(steps.step, self.progress.step),
             wait=stop.wait,
             on_status=steps.waiting,
             owner=instance.id,
@@ -258,3 +262,13 @@ class Wiring:
             wait=stop.wait,
             say=lambda text: self.notifier.status(f"waiting: {text}"),
         )
+
+
+def _each_step(*callbacks: Callable[[Job, int, int], None]) -> Callable[[Job, int, int], None]:
+    """One step callback telling several, in order (the first may stop the job: the others then are not told)."""
+
+    def step(job: Job, step: int, total: int) -> None:
+        for callback in callbacks:
+            callback(job, step, total)
+
+    return step
