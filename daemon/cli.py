@@ -253,16 +253,16 @@ def _schema(args) -> int:
 def _gallery(args) -> int:
     from vidrop.daemon.clock import SystemClock
     from vidrop.daemon.gallery.writer import INDEX, GalleryWriter
-    from vidrop.daemon.ledger.sqlite import SqliteLedger
+    from vidrop.daemon.ledger import open_ledger
 
     settings = _load(args).settings
-    if not settings.ledger_path.exists():
+    if not settings.ledger_url and not settings.ledger_path.exists():
         print(
             f"vidrop: no ledger at {settings.ledger_path}: nothing has been processed with these settings yet",
             file=sys.stderr,
         )
         return EX_CONFIG
-    ledger = SqliteLedger(settings.ledger_path)
+    ledger = open_ledger(settings.ledger_url, settings.state_dir)  # a fleet's PostgreSQL ledger too
     try:
         writer = GalleryWriter(
             ledger=ledger,

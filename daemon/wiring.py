@@ -231,13 +231,6 @@ class Wiring:
 
     def _gallery(self, ledger: Ledger) -> GalleryWriter | None:
         settings = self.settings.gallery
-        if settings.enabled and not hasattr(ledger, "folder_jobs"):
-            log.warning(
-                "gallery_unavailable",
-                reason="the gallery reads the SQLite ledger; this one is not",
-                ledger=type(ledger).__name__,
-            )
-            return None
         if not settings.enabled:
             return None
         gallery = GalleryWriter(

@@ -67,6 +67,18 @@ def heartbeat_line(heartbeat: tuple[float, float]) -> str:
     )
 
 
+def with_heartbeat(text: str, heartbeat: tuple[float, float]) -> str:
+    """_STATUS.txt as another instance of the fleet may have written it, with this heartbeat's line instead of
+    the one there: what the file says of the queue stays the last full writer's (who read the ledger last)."""
+    lines = text.splitlines()
+    fresh = heartbeat_line(heartbeat)
+    for number, line in enumerate(lines):
+        if line.startswith("Last heartbeat: "):
+            lines[number] = fresh
+            return "\n".join(lines) + "\n"
+    return "\n".join([*lines[:2], fresh, "", *lines[2:]]) + "\n"
+
+
 def parameters(values: dict[str, Any]) -> str:
     """Key parameters in one line: "model svd · 64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
     parts = [f"model {values['model']}"] if "model" in values else []

@@ -17,7 +17,16 @@ import structlog
 
 from vidrop.daemon.clock import Clock
 from vidrop.daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
-from vidrop.daemon.gallery.pages import ALIVE_SCRIPT, alive_script, href, render_page, status_json, status_text, utc
+from vidrop.daemon.gallery.pages import (
+    ALIVE_SCRIPT,
+    alive_script,
+    href,
+    render_page,
+    status_json,
+    status_text,
+    utc,
+    with_heartbeat,
+)
 from vidrop.daemon.ledger.base import Job, JobState
 from vidrop.daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
@@ -144,17 +153,27 @@ class GalleryWriter:
             return  # an unmounted share: never make the outbox again on the local disk (the outbox pause notices)
         try:
             replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
-            if self._last_status is not None:
-                replace_text(
-                    self.outbox.root / STATUS_TEXT,
-                    status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat),
-                )
+            self._beat_status_text()
         except OSError as exc:  # a full or vanished share must stop neither the start nor the lease keeper
             if not self._heartbeat_failing:
                 log.warning("gallery_write_failed", folder="", file=ALIVE_SCRIPT, error=str(exc))
             self._heartbeat_failing = True
         else:
             self._heartbeat_failing = False
+
+    def _beat_status_text(self) -> None:
+        """The heartbeat's line in _STATUS.txt. The rest stays as it is on the share: in a fleet another instance
+        may have written it since this one last did, from a fresher look at the same ledger."""
+        assert self._heartbeat is not None
+        path = self.outbox.root / STATUS_TEXT
+        try:
+            written = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            written = None
+        if written is not None and written.startswith("vidrop status"):
+            replace_text(path, with_heartbeat(written, self._heartbeat))
+        elif self._last_status is not None:
+            replace_text(path, status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat))
 
     def show_notice(self, notice: str | None) -> None:
         """Say at the top of _STATUS.txt why nothing moves, at once and without the ledger (it is the one that

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import Page, chromium
-from tests.conftest import REPO, Faults, drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
+from tests.conftest import REPO, Faults, drop, drop_job, make_image, run_vidrop, sidecar, vidrop_env, wait_for
 
 ARTEFACTS = REPO / "build" / "test-artifacts"
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>'
@@ -160,3 +160,28 @@ def test_pages_left_by_a_stopped_daemon_say_it_is_not_running(folders, demo_mode
     (banner,) = [attrs for tag, attrs in page.elements if attrs.get("id") == "not-running"]
     assert "hidden" not in banner
     assert "Last heartbeat:" in (outbox / "_STATUS.txt").read_text()
+
+
+@pytest.mark.e2e
+def test_a_fleet_on_postgresql_has_the_gallery_too(folders, demo_models, start_vidrop, postgres_url):
+    """One instance here: that two writers of one share do not undo each other is tests/unit/test_gallery.py's."""
+    from vidrop.daemon.ledger.postgres import PostgresLedger
+
+    outbox = folders["outbox"]
+    for name in ("one", "acme/two", "acme/three"):
+        drop_job(folders["inbox"], name)
+    env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url)
+    vidrop = start_vidrop(env)
+    ledger = PostgresLedger(postgres_url)
+    try:
+        wait_for(lambda: ledger.counts()["done"] == 3, 240, what="three jobs done")
+        status = outbox / "_STATUS.txt"
+        wait_for(lambda: status.is_file() and "Done: 3, failed: 0" in status.read_text(), 60, what="_STATUS.txt")
+        text = status.read_text()
+        assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Last heartbeat: " in text
+        root, acme = read_json(outbox / "_status.json"), read_json(outbox / "acme" / "_status.json")
+        assert root["counts"]["done"] == 3 and [card["state"] for card in acme["jobs"]] == ["done", "done"]
+        assert "two.png" in (outbox / "acme" / "index.html").read_text() and (outbox / "_alive.js").is_file()
+        assert not vidrop.events_named("gallery_unavailable")
+    finally:
+        ledger.close()

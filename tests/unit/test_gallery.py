@@ -256,3 +256,28 @@ def test_a_heartbeat_that_cannot_be_written_is_logged_once_and_never_raised(tmp_
     (tmp_path / "outbox").rmdir()  # a share that went away
     writer.alive(clock.time() + 30, 30)
     assert not (tmp_path / "outbox").exists(), "the heartbeat made the outbox again on the local disk"
+
+
+def test_two_instances_writing_one_share_never_bring_back_what_the_other_made_stale(tmp_path):
+    clock = FakeClock(1_700_000_000.0)
+    ledger, first = writer_for(tmp_path, clock)
+    second = GalleryWriter(ledger=ledger, outbox=tmp_path / "outbox", clock=clock)
+    for job in (make_job(1), make_job(2)):
+        ledger.enqueue(job)
+    for writer in (first, second):
+        writer.rebuild()
+        writer.alive(clock.time(), 30)
+    status = tmp_path / "outbox" / "_STATUS.txt"
+    assert "Queue: 2 waiting" in status.read_text()
+    for _ in range(2):  # the first instance runs both jobs; the second, idle, only beats
+        job = ledger.claim_next("first", clock.time(), 30.0)
+        first.job_changed(job, JobState.RUNNING, {})
+        clock.advance(2)
+        ledger.finish(job.id, clock.time(), {}, owner="first")
+        first.job_changed(ledger.get(job.id), JobState.DONE, {})
+    clock.advance(5)
+    second.alive(clock.time(), 30)  # its own last look at the ledger was two jobs ago
+    text = status.read_text()
+    assert "Queue: 0 waiting" in text and "Done: 2, failed: 0" in text and "Running now: nothing" in text
+    assert text.count("Last heartbeat: ") == 1 and time.strftime("%H:%M:%S", time.localtime(clock.time())) in text
+    assert json.loads((tmp_path / "outbox" / "_status.json").read_text())["counts"]["done"] == 2
