@@ -179,8 +179,15 @@ def test_a_fleet_on_postgresql_has_the_gallery_too(folders, demo_models, start_v
         wait_for(lambda: status.is_file() and "Done: 3, failed: 0" in status.read_text(), 60, what="_STATUS.txt")
         text = status.read_text()
         assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Last heartbeat: " in text
-        root, acme = read_json(outbox / "_status.json"), read_json(outbox / "acme" / "_status.json")
-        assert root["counts"]["done"] == 3 and [card["state"] for card in acme["jobs"]] == ["done", "done"]
+        acme = wait_for(
+            lambda: (
+                [card["state"] for card in (read_json(outbox / "acme" / "_status.json") or {"jobs": []})["jobs"]]
+                == ["done", "done"]
+            ),
+            30,
+            what="the folder's page, written at most once a second",
+        )
+        assert acme and read_json(outbox / "_status.json")["counts"]["done"] == 3
         assert "two.png" in (outbox / "acme" / "index.html").read_text() and (outbox / "_alive.js").is_file()
         assert not vidrop.events_named("gallery_unavailable")
     finally:
