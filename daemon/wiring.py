@@ -11,6 +11,7 @@ import structlog
 from vidrop.config.settings import Settings
 from vidrop.daemon.clock import Clock, SystemClock
 from vidrop.daemon.console import JobProgress
+from vidrop.daemon.gallery.sources import SourceThumbnails
 from vidrop.daemon.gallery.writer import GalleryWriter
 from vidrop.daemon.hooks import HookDispatcher
 from vidrop.daemon.inputs import InputDisposal
@@ -164,6 +165,8 @@ class Wiring:
             wait=stop.wait,
             on_status=lambda text: services.steps.waiting(text),
         )
+        limit = settings.limits.max_image_pixels
+        sources = None if gallery is None else SourceThumbnails(outbox.root, max_pixels=limit)
         store = InputStore(
             settings=settings,
             rules=generator,
@@ -173,6 +176,7 @@ class Wiring:
             clock=clock,
             on_outbox_unavailable=lambda exc: services.outbox_unavailable(exc),
             on_admitted=self.notifier.watchdog,
+            sources=sources,
         )
         steps = BetweenSteps(
             stop=stop,

@@ -21,12 +21,13 @@ from vidrop.daemon.gallery.pages import (
     ALIVE_SCRIPT,
     alive_script,
     href,
+    local,
     render_page,
     status_json,
     status_text,
-    utc,
     with_heartbeat,
 )
+from vidrop.daemon.gallery.sources import remove_source
 from vidrop.daemon.ledger.base import Job, JobState
 from vidrop.daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
@@ -117,6 +118,8 @@ class GalleryWriter:
             self._progress[job.id] = Progress(step=0, total=int(job.params.get("steps", 0)), started=now, at=now)
         else:
             self._progress.pop(job.id, None)
+        if state is JobState.DONE:  # its video's thumbnail shows now
+            remove_source(self._names(job))
         self._mark(job)
         self.flush()
 
@@ -274,8 +277,7 @@ class GalleryWriter:
             folder = folder_of(job.input)
             if folder not in directories:
                 directories[folder] = self._directory(folder)
-            stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
-            names = OutputNames(folder=directories[folder], stem=stem)
+            names = self._names(job, directories[folder])
             cards.append(
                 make_card(
                     job,
@@ -286,6 +288,11 @@ class GalleryWriter:
                 )
             )
         return cards
+
+    def _names(self, job: Job, directory: Path | None = None) -> OutputNames:
+        """Where the job's outputs are (its folder's directory, when known already)."""
+        stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
+        return OutputNames(folder=directory or self._directory(folder_of(job.input)), stem=stem)
 
     def _directory(self, folder: str) -> Path:
         return self.outbox.root.joinpath(*folder.split("/")) if folder else self.outbox.root
@@ -393,7 +400,7 @@ class GalleryWriter:
         return {
             "title": folder or "outbox",
             "counts": counts,
-            "updated_at": utc(snapshot.updated_at),
+            "updated_at": local(snapshot.updated_at, "%Y-%m-%d %H:%M:%S"),
             "queue_length": len(snapshot.estimates.positions),
             "drain_seconds": snapshot.estimates.drain_seconds,
             "root_href": "../" * depth + INDEX if depth else None,
@@ -409,7 +416,7 @@ class GalleryWriter:
                         **summary,
                         "name": name,
                         "href": href(f"{name}/{INDEX}"),
-                        "latest": utc(iso_time(summary["latest"])),
+                        "latest": local(iso_time(summary["latest"])),
                     }
                 )
         return rows

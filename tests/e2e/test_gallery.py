@@ -71,6 +71,8 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     assert sorted(job["queue_position"] for job in waiting) == list(range(1, len(waiting) + 1))
     assert ("meta", {"http-equiv": "refresh", "content": "5"}) in busy_page.elements
     assert "number 1 in the queue" in " ".join(busy_page.text) and "running" in " ".join(busy_page.text)
+    # Waiting and running cards show the designer's own picture, made at admission, until the video's exists.
+    assert any("/.vidrop-sources/" in src and src.endswith(".jpg") for src in busy_page.sources())
 
     def finished():
         status = read_json(outbox / "_status.json")
@@ -91,6 +93,7 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     text = (outbox / "_STATUS.txt").read_text()
     assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Done: 3, failed: 1" in text
     assert "acme/broken.png" in text and "what to do:" in text
+    assert not list((outbox / "acme" / ".vidrop-sources").glob("*.jpg"))  # each done job's own thumbnail shows
 
     # The page as chromium builds it from the share, with file:// and nothing else.
     index = outbox / "acme" / "index.html"
@@ -101,6 +104,7 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     assert not [attrs for tag, attrs in page.elements if tag == "meta" and attrs.get("http-equiv") == "refresh"]
     text = " ".join(page.text)
     assert "broken.png" in text and "failed" in text and "What to do:" in text
+    assert time.strftime("%Z") in text  # times in the server's zone, with its name
     assert f"{HOSTILE_NAME}.png" in page.text and HOSTILE_PROMPT in page.text
     # No script or handler but vidrop's own: the check whether vidrop still runs, and its heartbeat file.
     assert page.scripts_or_handlers() == [("script", {}), ("script", {"src": "../_alive.js"})]
