@@ -201,7 +201,8 @@ def _serve(args, *, once: bool) -> int:
 
     # A watchdog abort (SIGABRT) or a crash prints every thread's stack to stderr, i.e. into the journal.
     faulthandler.enable()
-    configure_logging(settings.log_level, settings.log_format, manager=service_manager())
+    terminal = configure_logging(settings.log_level, settings.log_format, manager=service_manager())
+    progress = terminal.progress() if terminal is not None else None  # the live line, at a terminal only
     for name, nearest in loaded.unknown_variables:
         import structlog
 
@@ -212,7 +213,7 @@ def _serve(args, *, once: bool) -> int:
     from vidrop.daemon.systemd import SystemdNotifier
     from vidrop.daemon.wiring import Wiring
 
-    wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier())
+    wiring = Wiring(settings, generator_factory=args.generator_factory, notifier=SystemdNotifier(), progress=progress)
     daemon = Daemon(wiring, settings_loader=lambda: load_settings(args.config).settings)
     daemon.install_signal_handlers()
     # What the imports made (torch, diffusers: some 300,000 objects) lives as long as the process. Frozen,
@@ -232,6 +233,8 @@ def _serve(args, *, once: bool) -> int:
         print(f"vidrop: {exc.reason}", file=sys.stderr)
         return EX_CONFIG
     finally:
+        if progress is not None:
+            progress.close()
         sys.stderr.flush()
 
 
@@ -270,16 +273,16 @@ def _schema(args) -> int:
 def _gallery(args) -> int:
     from vidrop.daemon.clock import SystemClock
     from vidrop.daemon.gallery.writer import INDEX, GalleryWriter
-    from vidrop.daemon.ledger.sqlite import SqliteLedger
+    from vidrop.daemon.ledger import open_ledger
 
     settings = _load(args).settings
-    if not settings.ledger_path.exists():
+    if not settings.ledger_url and not settings.ledger_path.exists():
         print(
             f"vidrop: no ledger at {settings.ledger_path}: nothing has been processed with these settings yet",
             file=sys.stderr,
         )
         return EX_CONFIG
-    ledger = SqliteLedger(settings.ledger_path)
+    ledger = open_ledger(settings.ledger_url, settings.state_dir)  # a fleet's PostgreSQL ledger too
     try:
         writer = GalleryWriter(
             ledger=ledger,

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -48,6 +48,8 @@ class HookDispatcher:
         self._queue: queue.Queue = queue.Queue()
         self._stop_now = threading.Event()
         self._thread = threading.Thread(target=self._work, name="vidrop-hooks")
+        # Told (hook kind, "failed" | "delivered" | "dead_lettered") after each attempt and outcome: the metrics.
+        self.on_result: Callable[[str, str], None] = lambda hook, result: None
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -90,6 +92,7 @@ class HookDispatcher:
                 self._send(delivery)
             except HookFailed as exc:
                 error = str(exc)
+                self.on_result(delivery.kind, "failed")
                 log.warning(
                     "hook_attempt_failed",
                     hook=delivery.kind,
@@ -107,6 +110,7 @@ class HookDispatcher:
                     state=delivery.state,
                     attempt=attempt,
                 )
+                self.on_result(delivery.kind, "delivered")
                 return
             if attempt < attempts and self._stop_now.wait(self.settings.backoff_seconds * 2 ** (attempt - 1)):
                 break
@@ -133,6 +137,7 @@ class HookDispatcher:
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         with open(self.dead_letter, "a", encoding="utf-8") as handle:
             handle.write(json_text(line) + "\n")
+        self.on_result(delivery.kind, "dead_lettered")
         log.error(
             "hook_dead_lettered",
             hook=delivery.kind,

@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal, TextIO
 import structlog
 
 from vidrop.config.settings import ServiceManager
+from vidrop.daemon.console import TerminalLog, local_timestamp
 from vidrop.daemon.names import printable
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -30,17 +31,22 @@ def configure_logging(
     stream: TextIO | None = None,
     manager: ServiceManager | None = None,
     journal_send: JournalSend | None = None,
-) -> None:
-    """Configure structlog once at start: contextvars → level → exc_info → ISO UTC time → renderer or journald."""
+) -> TerminalLog | None:
+    """Configure structlog once at start: contextvars → level → exc_info → time → renderer or journald.
+    JSON and journald get ISO UTC times; the console format local time, through the TerminalLog returned."""
     stream = stream or sys.stderr
     if fmt == "journal" or (fmt == "auto" and manager is not None and is_stderr_journal(manager, stream)):
         send, missing = (journal_send, "") if journal_send else journal_sender()
         _configure(level, JournalLogger(send, stream, missing=missing), [_as_event])
-        return
-    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
-    tail = [structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info, renderer]
+        return None
+    if fmt == "console" or (fmt == "auto" and stream.isatty()):
+        terminal = TerminalLog(stream)
+        tail = [structlog.dev.set_exc_info, structlog.dev.ConsoleRenderer()]
+        _configure(level, terminal, tail, stamp=local_timestamp)
+        return terminal
+    tail = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     _configure(level, structlog.PrintLogger(stream), tail)
+    return None
 
 
 def set_level(level: str) -> None:
@@ -68,13 +74,13 @@ def escape_names(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[s
     return printable(event_dict)
 
 
-def _configure(level: str, sink: Any, tail: list) -> None:
+def _configure(level: str, sink: Any, tail: list, stamp: Any = None) -> None:
     *formatting, render = tail
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp or structlog.processors.TimeStamper(fmt="iso", utc=True),
             *formatting,
             escape_names,
             render,

@@ -20,6 +20,8 @@ FINISHED = ("done", "failed")
 PHASES = ("wait", "load", "prepare", "generate", "encode")  # generate: denoise and decode together
 BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 MEMORY_MODES = tuple(mode.value for mode in MemoryMode)
+HOOKS = ("command", "webhook")
+HOOK_RESULTS = ("delivered", "dead_lettered")  # how a delivery ended; failed attempts are counted apart
 
 
 class MetricsUnavailable(Exception):
@@ -64,7 +66,18 @@ class Metrics:
         )
         self.mode = prom.Counter("vidrop_memory_mode_jobs", "jobs by memory mode chosen", ["mode"], registry=reg)
         self.recoveries = prom.Counter("vidrop_oom_recoveries", "out-of-memory recovery steps", registry=reg)
-        self.switches = prom.Counter("vidrop_model_switches", "jobs that switched the model", registry=reg)
+        self.loads = prom.Counter(
+            "vidrop_model_loads", "models loaded (at start, for a job, after an unload)", ["family"], registry=reg
+        )
+        self.switches = prom.Counter(
+            "vidrop_model_switches", "jobs that ran on another model than the one before", ["family"], registry=reg
+        )
+        self.hook_deliveries = prom.Counter(
+            "vidrop_hook_deliveries", "hook deliveries by how they ended", ["hook", "result"], registry=reg
+        )
+        self.hook_failures = prom.Counter(
+            "vidrop_hook_attempts_failed", "hook attempts that did not get through", ["hook"], registry=reg
+        )
         self.outbox_paused = prom.Gauge("vidrop_outbox_paused", "1 while the outbox cannot be written", registry=reg)
         self.gpu = prom.Gauge("vidrop_gpu_memory_bytes", "CUDA memory (where present)", ["kind"], registry=reg)
         self.info = prom.Info("vidrop_build", "versions", registry=reg)
@@ -76,8 +89,14 @@ class Metrics:
         for family in families:
             for phase in PHASES:
                 self.phase.labels(family, phase)
+            self.loads.labels(family)
+            self.switches.labels(family)
         for mode in MEMORY_MODES:
             self.mode.labels(mode)
+        for hook in HOOKS:
+            self.hook_failures.labels(hook)
+            for result in HOOK_RESULTS:
+                self.hook_deliveries.labels(hook, result)
 
     def watch(self, outbox_paused: Callable[[], bool]) -> None:
         """Gauges read at each scrape: the outbox pause, and CUDA memory where CUDA is present."""
@@ -130,10 +149,11 @@ class Metrics:
         if not manifest or details.get("reconciled"):
             return
         family, timings = manifest.get("family", "unknown"), manifest.get("timings", {})
-        memory = manifest.get("memory") or {}
+        memory, switch = manifest.get("memory") or {}, manifest.get("model_switch") or {}
+        load_seconds = switch.get("load_seconds") or memory.get("reload_seconds")
         phases = {
             "wait": timings.get("queued_seconds"),
-            "load": (manifest.get("model_switch") or {}).get("load_seconds") or memory.get("reload_seconds"),
+            "load": load_seconds,
             "prepare": timings.get("prepare_seconds"),
             "generate": timings.get("generate_seconds"),
             "encode": details.get("encode_seconds"),
@@ -144,8 +164,27 @@ class Metrics:
         if memory.get("mode"):
             self.mode.labels(str(memory["mode"])).inc()
         self.recoveries.inc(len(memory.get("recovery") or []))
-        if manifest.get("model_switch"):
-            self.switches.inc()
+        if isinstance(load_seconds, (int, float)):
+            self.loads.labels(family).inc()
+        if switch.get("from"):  # None: the first model, or the same one loaded again
+            self.switches.labels(family).inc()
+
+    def models_loaded(self, described: dict[str, Any]) -> None:
+        """The models the start loaded (a generator's `describe()`: one model, or a set with `resident` flags)."""
+        models = described.get("models") or {"": {**described, "resident": True}}
+        with self.lock:
+            for model in models.values():
+                if model.get("resident") and model.get("family"):
+                    self.loads.labels(str(model["family"])).inc()
+
+    def hook_attempt(self, hook: str, result: str) -> None:
+        """A HookDispatcher's report: `failed` for an attempt that did not get through, else how it ended."""
+        with self.lock:
+            if result == "failed":
+                self.hook_failures.labels(hook).inc()
+            else:
+                self.hook_deliveries.labels(hook, result).inc()
+        self.on_change()
 
     def render(self) -> bytes:
         return self.prom.generate_latest(self.registry)

@@ -10,6 +10,8 @@ import structlog
 
 from vidrop.config.settings import Settings
 from vidrop.daemon.clock import Clock, SystemClock
+from vidrop.daemon.console import JobProgress
+from vidrop.daemon.gallery.sources import SourceThumbnails
 from vidrop.daemon.gallery.writer import GalleryWriter
 from vidrop.daemon.hooks import HookDispatcher
 from vidrop.daemon.inputs import InputDisposal
@@ -17,7 +19,7 @@ from vidrop.daemon.instance import Instance, instance_token, this_instance
 from vidrop.daemon.intake.store import InputStore
 from vidrop.daemon.lease import LeaseKeeper
 from vidrop.daemon.ledger import open_ledger
-from vidrop.daemon.ledger.base import Ledger
+from vidrop.daemon.ledger.base import Job, Ledger
 from vidrop.daemon.ledger_pause import LedgerPause, wait_out
 from vidrop.daemon.metrics import start_metrics
 from vidrop.daemon.outbox import Outbox
@@ -50,12 +52,14 @@ class Wiring:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         listeners: Sequence[JobListener] = (),
+        progress: JobProgress | None = None,
     ) -> None:
         self.settings = settings
         self.generator_factory = generator_factory
         self.clock = clock or SystemClock()
         self.notifier = notifier or NullNotifier()
         self.listeners = list(listeners)
+        self.progress = progress  # the live line at a terminal (a listener, and told each step)
         self.events: queue.Queue = queue.Queue()  # the watcher's paths, and STOP items that wake the loop
 
     def build(self, stop: StopRequest) -> Services | None:
@@ -135,8 +139,13 @@ class Wiring:
             gallery.alive(clock.time(), recovery.lease_seconds)
             keeper.on_beat = lambda now: gallery.alive(now, recovery.lease_seconds)
         listeners = [*self.listeners, disposal, *(listener for listener in (hooks, gallery) if listener is not None)]
+        listeners += [self.progress] if self.progress is not None else []
         metrics = start_metrics(settings.metrics, ledger, outbox_paused=lambda: outbox_pause.is_paused)
-        listeners += [metrics] if metrics is not None else []
+        if metrics is not None:
+            listeners.append(metrics)
+            metrics.models_loaded(generator.describe())
+            if hooks is not None:
+                hooks.on_result = metrics.hook_attempt
         queue_watch = QueueWatch(ledger, metrics=metrics)
         status = ServiceStatus(
             notifier=self.notifier,
@@ -160,6 +169,8 @@ class Wiring:
             wait=stop.wait,
             on_status=lambda text: services.steps.waiting(text),
         )
+        limit = settings.limits.max_image_pixels
+        sources = None if gallery is None else SourceThumbnails(outbox.root, max_pixels=limit)
         store = InputStore(
             settings=settings,
             rules=generator,
@@ -169,6 +180,7 @@ class Wiring:
             clock=clock,
             on_outbox_unavailable=lambda exc: services.outbox_unavailable(exc),
             on_admitted=self.notifier.watchdog,
+            sources=sources,
         )
         steps = BetweenSteps(
             stop=stop,
@@ -189,7 +201,7 @@ class Wiring:
             inbox=settings.inbox,
             clock=clock,
             settings=settings,
-            on_progress=steps.step,
+            on_progress=steps.step if self.progress is None else _each_step(steps.step, self.progress.step),
             wait=stop.wait,
             on_status=steps.waiting,
             owner=instance.id,
@@ -229,13 +241,6 @@ class Wiring:
 
     def _gallery(self, ledger: Ledger) -> GalleryWriter | None:
         settings = self.settings.gallery
-        if settings.enabled and not hasattr(ledger, "folder_jobs"):
-            log.warning(
-                "gallery_unavailable",
-                reason="the gallery reads the SQLite ledger; this one is not",
-                ledger=type(ledger).__name__,
-            )
-            return None
         if not settings.enabled:
             return None
         gallery = GalleryWriter(
@@ -260,3 +265,13 @@ class Wiring:
             wait=stop.wait,
             say=lambda text: self.notifier.status(f"waiting: {text}"),
         )
+
+
+def _each_step(*callbacks: Callable[[Job, int, int], None]) -> Callable[[Job, int, int], None]:
+    """One step callback telling several, in order (the first may stop the job: the others then are not told)."""
+
+    def step(job: Job, step: int, total: int) -> None:
+        for callback in callbacks:
+            callback(job, step, total)
+
+    return step

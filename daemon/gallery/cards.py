@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vidrop.config.settings import DEFAULT_MODEL_NAME
+from vidrop.daemon.gallery.sources import source_name
 from vidrop.daemon.ledger.base import Job, JobState
 from vidrop.daemon.outbox import OutputNames, iso_time
 
@@ -72,6 +73,7 @@ class Card:
     what_to_do: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # names in the card's folder that exist now
     sound: bool = False  # the video has a sound track: the card plays it, muted until clicked
+    text_only: bool = False  # made from a prompt alone (a sidecar without an image): no picture of its own
 
     def to_json(self) -> dict[str, Any]:
         # A shallow copy: its values are plain data already, and asdict's deep copy made it 10× slower.
@@ -104,6 +106,7 @@ def make_card(
         parameters=parameters,
         created_at=iso_time(job.created_at),
         finished_at=None if job.finished_at is None else iso_time(job.finished_at),
+        text_only=job.sidecar is not None and job.sidecar == job.input,  # the sidecar was the input
     )
     if job.state is JobState.QUEUED and job.id in estimates.positions:
         card.queue_position = estimates.positions[job.id]
@@ -121,6 +124,8 @@ def make_card(
         error = job.error or {}
         card.error, card.what_to_do = error.get("error"), error.get("what_to_do")
         card.files = _existing(names.folder, {"error": names.error.name})
+    if job.state is not JobState.DONE and not card.text_only:  # the designer's picture until the video's own
+        card.files.update(_existing(names.folder, {"source": source_name(names)}))
     return card
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -40,9 +41,10 @@ def href(name: str) -> str:
     return "./" + quote(name_bytes(name), safe="/")  # the name's own bytes: a link to it opens it
 
 
-def utc(iso: str) -> str:
-    """An ISO timestamp as "2026-01-31 14:05:09 UTC"."""
-    return f"{iso[:19].replace('T', ' ')} UTC"
+def local(iso: str, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """An ISO timestamp (as the ledger's times are written) in the server's local time zone with the zone's
+    name, as people on the share read times: "2026-01-31 15:05 CET"."""
+    return local_time(datetime.fromisoformat(iso).timestamp(), fmt)
 
 
 ALIVE_SCRIPT = "_alive.js"
@@ -67,6 +69,18 @@ def heartbeat_line(heartbeat: tuple[float, float]) -> str:
     )
 
 
+def with_heartbeat(text: str, heartbeat: tuple[float, float]) -> str:
+    """_STATUS.txt as another instance of the fleet may have written it, with this heartbeat's line instead of
+    the one there: what the file says of the queue stays the last full writer's (who read the ledger last)."""
+    lines = text.splitlines()
+    fresh = heartbeat_line(heartbeat)
+    for number, line in enumerate(lines):
+        if line.startswith("Last heartbeat: "):
+            lines[number] = fresh
+            return "\n".join(lines) + "\n"
+    return "\n".join([*lines[:2], fresh, "", *lines[2:]]) + "\n"
+
+
 def parameters(values: dict[str, Any]) -> str:
     """Key parameters in one line: "model svd · 64×64 · 9 frames · 8 fps · 2 steps · seed 7 · mp4"."""
     parts = [f"model {values['model']}"] if "model" in values else []
@@ -77,7 +91,7 @@ def parameters(values: dict[str, Any]) -> str:
 
 
 _environment = jinja2.Environment(loader=jinja2.PackageLoader("vidrop.daemon.gallery", "templates"), autoescape=True)
-_environment.filters.update(duration=duration, href=href, utc=utc, parameters=parameters)
+_environment.filters.update(duration=duration, href=href, local=local, parameters=parameters)
 
 
 def render_page(**context: Any) -> str:
@@ -103,7 +117,7 @@ def status_text(
     held: str | None = None,
 ) -> str:
     """_STATUS.txt: for people without a browser; notice says why nothing moves (the ledger is unavailable)."""
-    lines = [f"vidrop status, updated {utc(updated_at)}", ""]
+    lines = [f"vidrop status, updated {local(updated_at, '%Y-%m-%d %H:%M:%S')}", ""]
     if heartbeat is not None:
         lines += [heartbeat_line(heartbeat), ""]
     if notice:
@@ -122,7 +136,7 @@ def status_text(
     if failures:
         lines += ["", "Latest failures:"]
         for card in failures:
-            lines.append(f"  {card.input} ({utc(card.finished_at or card.created_at)}): {card.error}")
+            lines.append(f"  {card.input} ({local(card.finished_at or card.created_at)}): {card.error}")
             if card.what_to_do:
                 lines.append(f"    what to do: {card.what_to_do}")
     return shown("\n".join(lines) + "\n")

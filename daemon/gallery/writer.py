@@ -17,7 +17,17 @@ import structlog
 
 from vidrop.daemon.clock import Clock
 from vidrop.daemon.gallery.cards import Card, Estimates, Progress, folder_of, make_card, running_left
-from vidrop.daemon.gallery.pages import ALIVE_SCRIPT, alive_script, href, render_page, status_json, status_text, utc
+from vidrop.daemon.gallery.pages import (
+    ALIVE_SCRIPT,
+    alive_script,
+    href,
+    local,
+    render_page,
+    status_json,
+    status_text,
+    with_heartbeat,
+)
+from vidrop.daemon.gallery.sources import remove_source
 from vidrop.daemon.ledger.base import Job, JobState
 from vidrop.daemon.outbox import GALLERY_STATUS, Outbox, OutputNames, iso_time, replace_text
 
@@ -109,6 +119,8 @@ class GalleryWriter:
             self._progress[job.id] = Progress(step=0, total=int(job.params.get("steps", 0)), started=now, at=now)
         else:
             self._progress.pop(job.id, None)
+        if state is JobState.DONE:  # its video's thumbnail shows now
+            remove_source(self._names(job))
         self._mark(job)
         self.flush()
 
@@ -145,17 +157,30 @@ class GalleryWriter:
             return  # an unmounted share: never make the outbox again on the local disk (the outbox pause notices)
         try:
             replace_text(self.outbox.root / ALIVE_SCRIPT, alive_script(now, lease_seconds))
-            if self._last_status is not None:
-                replace_text(
-                    self.outbox.root / STATUS_TEXT,
-                    status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat, held=self._held),
-                )
+            self._beat_status_text()
         except OSError as exc:  # a full or vanished share must stop neither the start nor the lease keeper
             if not self._heartbeat_failing:
                 log.warning("gallery_write_failed", folder="", file=ALIVE_SCRIPT, error=str(exc))
             self._heartbeat_failing = True
         else:
             self._heartbeat_failing = False
+
+    def _beat_status_text(self) -> None:
+        """The heartbeat's line in _STATUS.txt. The rest stays as it is on the share: in a fleet another instance
+        may have written it since this one last did, from a fresher look at the same ledger."""
+        assert self._heartbeat is not None
+        path = self.outbox.root / STATUS_TEXT
+        try:
+            written = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            written = None
+        if written is not None and written.startswith("vidrop status"):
+            replace_text(path, with_heartbeat(written, self._heartbeat))
+        elif self._last_status is not None:
+            replace_text(
+                path,
+                status_text(**self._last_status, notice=self._notice, heartbeat=self._heartbeat, held=self._held),
+            )
 
     def show_notice(self, notice: str | None) -> None:
         """Say at the top of _STATUS.txt why nothing moves, at once and without the ledger (it is the one that
@@ -262,8 +287,7 @@ class GalleryWriter:
             folder = folder_of(job.input)
             if folder not in directories:
                 directories[folder] = self._directory(folder)
-            stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
-            names = OutputNames(folder=directories[folder], stem=stem)
+            names = self._names(job, directories[folder])
             cards.append(
                 make_card(
                     job,
@@ -274,6 +298,11 @@ class GalleryWriter:
                 )
             )
         return cards
+
+    def _names(self, job: Job, directory: Path | None = None) -> OutputNames:
+        """Where the job's outputs are (its folder's directory, when known already)."""
+        stem = PurePosixPath(job.output).name if job.output else PurePosixPath(job.input).stem
+        return OutputNames(folder=directory or self._directory(folder_of(job.input)), stem=stem)
 
     def _directory(self, folder: str) -> Path:
         return self.outbox.root.joinpath(*folder.split("/")) if folder else self.outbox.root
@@ -381,7 +410,7 @@ class GalleryWriter:
         return {
             "title": folder or "outbox",
             "counts": counts,
-            "updated_at": utc(snapshot.updated_at),
+            "updated_at": local(snapshot.updated_at, "%Y-%m-%d %H:%M:%S"),
             "queue_length": len(snapshot.estimates.positions),
             "drain_seconds": snapshot.estimates.drain_seconds,
             "root_href": "../" * depth + INDEX if depth else None,
@@ -397,7 +426,7 @@ class GalleryWriter:
                         **summary,
                         "name": name,
                         "href": href(f"{name}/{INDEX}"),
-                        "latest": utc(iso_time(summary["latest"])),
+                        "latest": local(iso_time(summary["latest"])),
                     }
                 )
         return rows

@@ -10,12 +10,13 @@ import structlog
 
 from vidrop.config.settings import Settings
 from vidrop.daemon.clock import Clock
+from vidrop.daemon.gallery.sources import SourceThumbnails
 from vidrop.daemon.inputs import InputDisposal
 from vidrop.daemon.intake.admit import Admission, Admitter, NotReadyYet
 from vidrop.daemon.intake.intake import Intake
 from vidrop.daemon.intake.pending import ReadyInput
 from vidrop.daemon.intake.taken import TakenInputs
-from vidrop.daemon.ledger.base import Ledger, LedgerUnavailable
+from vidrop.daemon.ledger.base import Job, Ledger, LedgerUnavailable
 from vidrop.daemon.outbox import OutboxUnavailable
 from vidrop.daemon.recorder import Recorder
 from vidrop.pipeline.generate import RequestRules
@@ -42,6 +43,7 @@ class InputStore:
         clock: Clock,
         on_outbox_unavailable: OutboxTrouble,
         on_admitted: Callable[[], None] = lambda: None,
+        sources: SourceThumbnails | None = None,
     ) -> None:
         self.rules = rules
         self.ledger = ledger
@@ -50,6 +52,7 @@ class InputStore:
         self.clock = clock
         self.on_outbox_unavailable = on_outbox_unavailable
         self.on_admitted = on_admitted  # after each input: a long first batch is progress too (the watchdog)
+        self.sources = sources  # the gallery's source thumbnails (None: no gallery)
         self.inbox = settings.inbox
         self.settings = settings
         self.intake: Intake | None = None  # attached at each start of intake
@@ -129,7 +132,7 @@ class InputStore:
             log.exception("input_crashed_admission", input=str(path))
             return
         with self.disposal.held():  # decided once every job of the input is stored
-            settled = [self._store(admission, path) for admission in admissions]  # one per variant and seed
+            settled = [self._store(admission, path, ready.image) for admission in admissions]  # per variant, seed
         if admissions and all(settled):
             self.taken.remember(
                 path,
@@ -139,7 +142,7 @@ class InputStore:
                 self.clock.time(),
             )
 
-    def _store(self, admission: Admission, path: Path) -> bool:
+    def _store(self, admission: Admission, path: Path, image: Path | None = None) -> bool:
         """Store one admission; False when the input must be looked at again (its refusal could not be written)."""
         job = admission.job
         if admission.is_known:
@@ -148,6 +151,7 @@ class InputStore:
         if admission.error is not None:
             if not self.ledger.enqueue(job):  # another instance admitted the same file a moment ago
                 return True
+            self._source_thumbnail(job, image)
             try:
                 self.recorder.refused(job, admission.error)
             except OutboxUnavailable as exc:
@@ -163,5 +167,11 @@ class InputStore:
             self.on_outbox_unavailable(exc)
             return True
         if self.ledger.enqueue(job):
+            self._source_thumbnail(job, image)
             self.recorder.queued(job)
         return True
+
+    def _source_thumbnail(self, job: Job, image: Path | None) -> None:
+        """The designer's picture for the card (before the recorder tells the gallery of the job)."""
+        if self.sources is not None and image is not None:
+            self.sources.make(job, self.recorder.names(job), image)

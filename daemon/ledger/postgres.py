@@ -10,6 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from vidrop.daemon.ledger.base import LedgerUnavailable
+from vidrop.daemon.ledger.folders import FOLDER_SQL, FolderViews
 from vidrop.daemon.ledger.sql import SqlLedger
 
 # Any constant: the advisory lock that keeps two starting instances from migrating at once.
@@ -29,10 +30,15 @@ CONNECTION_OPTIONS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
+# Indexes for the gallery's views (as SQLite's), made under the migration lock by whichever instance starts first.
+GALLERY_INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS jobs_folder ON jobs (({FOLDER_SQL}), created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (state, finished_at)",
+)
 FIX = "Check that PostgreSQL is running and reachable from this host (pg_isready); vidrop goes on by itself once it is."
 
 
-class PostgresLedger(SqlLedger):
+class PostgresLedger(FolderViews, SqlLedger):
     """Jobs in a PostgreSQL database shared by every host.
 
     Connections come from a pool that checks one before handing it out, so a restart of the server while
@@ -64,6 +70,15 @@ class PostgresLedger(SqlLedger):
         except BaseException:
             self._pool.close()
             raise
+
+    def migrate(self) -> list[int]:
+        """The shared migrations, then the gallery's indexes."""
+        applied = super().migrate()
+        with self._lock, self._transaction():
+            self._lock_schema()
+            for statement in GALLERY_INDEXES:
+                self._execute(statement)
+        return applied
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         sql = sql.replace("?", "%s")

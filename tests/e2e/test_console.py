@@ -1,12 +1,16 @@
-"""`vidrop run` at a terminal: the first Ctrl-C says at once what happens next."""
+"""`vidrop run` at a terminal: readable events in local time, one live progress line for the running job, and
+a first Ctrl-C that says at once what happens next."""
 
 from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
+import time
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,7 +21,15 @@ pytestmark = pytest.mark.slow
 
 def test_first_ctrl_c_at_a_terminal_says_what_will_happen(folders, demo_models):
     drop_job(folders["inbox"], "photo", steps=40)
-    env = vidrop_env(folders, demo_models["ltx"], VIDROP_SERVICE__STOP_TIMEOUT_SECONDS="60")
+    env = vidrop_env(
+        folders,
+        demo_models["ltx"],
+        VIDROP_SERVICE__STOP_TIMEOUT_SECONDS="60",
+        VIDROP_LOG_FORMAT="auto",  # a terminal: the console format and the live line
+        TZ="Asia/Tokyo",  # +09:00 all year: local time is told apart from UTC whatever the machine's zone
+        TERM="xterm-256color",
+    )
+    started = datetime.fromtimestamp(int(time.time()), tz=None).astimezone()
     command, env = vidrop_command(env, Faults(slow_inputs=["*"], slow_step_seconds=0.2))
     controller, terminal = pty.openpty()
     process = subprocess.Popen([*command, "run"], env=env, cwd=REPO, stdin=terminal, stdout=terminal, stderr=terminal)
@@ -40,6 +52,14 @@ def test_first_ctrl_c_at_a_terminal_says_what_will_happen(folders, demo_models):
 
     try:
         read_until(b"job_started")
+        read_until(b"photo.png  step 2 of 40")  # the live line: input, step n of N, elapsed, ETA
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace"))  # without colours
+        line = text[text.rindex("photo.png  step") :].splitlines()[0]
+        assert re.search(r"step \d+ of 40 .* \d:\d\d:\d\d ETA \d:\d\d:\d\d", line), line
+        stamp = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+09:00) \[info\s*\] daemon_starting", text)
+        assert stamp, text[:2000]
+        at = datetime.fromisoformat(stamp.group(1))
+        assert at.utcoffset() == timedelta(hours=9) and started <= at <= datetime.now().astimezone()
         process.send_signal(signal.SIGINT)
         read_until(b"Ctrl-C again to stop now")
         assert b"vidrop: finishing photo.png, at most 60 s; Ctrl-C again to stop now" in seen

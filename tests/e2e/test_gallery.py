@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import Page, chromium
-from tests.conftest import REPO, Faults, drop, make_image, run_vidrop, sidecar, vidrop_env, wait_for
+from tests.conftest import REPO, Faults, drop, drop_job, make_image, run_vidrop, sidecar, vidrop_env, wait_for
 
 ARTEFACTS = REPO / "build" / "test-artifacts"
 HOSTILE_NAME = '"><img src=x onerror=alert(1)>'
@@ -71,6 +71,8 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     assert sorted(job["queue_position"] for job in waiting) == list(range(1, len(waiting) + 1))
     assert ("meta", {"http-equiv": "refresh", "content": "5"}) in busy_page.elements
     assert "number 1 in the queue" in " ".join(busy_page.text) and "running" in " ".join(busy_page.text)
+    # Waiting and running cards show the designer's own picture, made at admission, until the video's exists.
+    assert any("/.vidrop-sources/" in src and src.endswith(".jpg") for src in busy_page.sources())
 
     def finished():
         status = read_json(outbox / "_status.json")
@@ -91,6 +93,7 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     text = (outbox / "_STATUS.txt").read_text()
     assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Done: 3, failed: 1" in text
     assert "acme/broken.png" in text and "what to do:" in text
+    assert not list((outbox / "acme" / ".vidrop-sources").glob("*.jpg"))  # each done job's own thumbnail shows
 
     # The page as chromium builds it from the share, with file:// and nothing else.
     index = outbox / "acme" / "index.html"
@@ -101,6 +104,7 @@ def test_the_gallery_shows_queue_progress_results_and_errors_in_a_browser(folder
     assert not [attrs for tag, attrs in page.elements if tag == "meta" and attrs.get("http-equiv") == "refresh"]
     text = " ".join(page.text)
     assert "broken.png" in text and "failed" in text and "What to do:" in text
+    assert time.strftime("%Z") in text  # times in the server's zone, with its name
     assert f"{HOSTILE_NAME}.png" in page.text and HOSTILE_PROMPT in page.text
     # No script or handler but vidrop's own: the check whether vidrop still runs, and its heartbeat file.
     assert page.scripts_or_handlers() == [("script", {}), ("script", {"src": "../_alive.js"})]
@@ -160,3 +164,35 @@ def test_pages_left_by_a_stopped_daemon_say_it_is_not_running(folders, demo_mode
     (banner,) = [attrs for tag, attrs in page.elements if attrs.get("id") == "not-running"]
     assert "hidden" not in banner
     assert "Last heartbeat:" in (outbox / "_STATUS.txt").read_text()
+
+
+@pytest.mark.e2e
+def test_a_fleet_on_postgresql_has_the_gallery_too(folders, demo_models, start_vidrop, postgres_url):
+    """One instance here: that two writers of one share do not undo each other is tests/unit/test_gallery.py's."""
+    from vidrop.daemon.ledger.postgres import PostgresLedger
+
+    outbox = folders["outbox"]
+    for name in ("one", "acme/two", "acme/three"):
+        drop_job(folders["inbox"], name)
+    env = vidrop_env(folders, demo_models["ltx"], VIDROP_LEDGER_URL=postgres_url)
+    vidrop = start_vidrop(env)
+    ledger = PostgresLedger(postgres_url)
+    try:
+        wait_for(lambda: ledger.counts()["done"] == 3, 240, what="three jobs done")
+        status = outbox / "_STATUS.txt"
+        wait_for(lambda: status.is_file() and "Done: 3, failed: 0" in status.read_text(), 60, what="_STATUS.txt")
+        text = status.read_text()
+        assert "Queue: 0 waiting" in text and "Running now: nothing" in text and "Last heartbeat: " in text
+        acme = wait_for(
+            lambda: (
+                [card["state"] for card in (read_json(outbox / "acme" / "_status.json") or {"jobs": []})["jobs"]]
+                == ["done", "done"]
+            ),
+            30,
+            what="the folder's page, written at most once a second",
+        )
+        assert acme and read_json(outbox / "_status.json")["counts"]["done"] == 3
+        assert "two.png" in (outbox / "acme" / "index.html").read_text() and (outbox / "_alive.js").is_file()
+        assert not vidrop.events_named("gallery_unavailable")
+    finally:
+        ledger.close()

@@ -49,6 +49,9 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     assert value(before, "vidrop_job_phase_seconds_count", family="ltx", phase="generate") == 0
     assert value(before, "vidrop_memory_mode_jobs_total", mode="as_is") == 0
     assert value(before, "vidrop_last_finished_timestamp_seconds") == 0
+    assert value(before, "vidrop_model_loads_total", family="ltx") == 1  # the start's
+    assert value(before, "vidrop_model_switches_total", family="ltx") == 0
+    assert value(before, "vidrop_hook_deliveries_total", hook="webhook", result="delivered") == 0
     build = [labels for (name, labels) in before if name == "vidrop_build_info"][0]
     assert {key for key, _ in build} == {"vidrop", "diffusers", "torch"}
     wait_for(textfile.exists, 30, what="the textfile")
@@ -62,6 +65,7 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase="generate") == 1
     assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase="wait") == 1
     assert value(after, "vidrop_memory_mode_jobs_total", mode="as_is") == 1
+    assert value(after, "vidrop_model_loads_total", family="ltx") == 1  # still resident: no second load
     assert value(after, "vidrop_last_finished_timestamp_seconds") > 0
     assert value(after, "vidrop_jobs_running") == 0 and value(after, "vidrop_outbox_paused") == 0
 

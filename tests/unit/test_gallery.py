@@ -279,3 +279,73 @@ def test_a_video_with_sound_plays_on_its_card_muted_until_clicked(tmp_path):
     assert "muted" in videos[0] and "controls" not in videos[0] and videos[0]["poster"] == "./img00001.preview.webp"
     assert page.sources() == ["./img00002.preview.webp"]  # the silent one keeps its looping preview
     ledger.close()
+
+
+def test_two_instances_writing_one_share_never_bring_back_what_the_other_made_stale(tmp_path):
+    clock = FakeClock(1_700_000_000.0)
+    ledger, first = writer_for(tmp_path, clock)
+    second = GalleryWriter(ledger=ledger, outbox=tmp_path / "outbox", clock=clock)
+    for job in (make_job(1), make_job(2)):
+        ledger.enqueue(job)
+    for writer in (first, second):
+        writer.rebuild()
+        writer.alive(clock.time(), 30)
+    status = tmp_path / "outbox" / "_STATUS.txt"
+    assert "Queue: 2 waiting" in status.read_text()
+    for _ in range(2):  # the first instance runs both jobs; the second, idle, only beats
+        job = ledger.claim_next("first", clock.time(), 30.0)
+        first.job_changed(job, JobState.RUNNING, {})
+        clock.advance(2)
+        ledger.finish(job.id, clock.time(), {}, owner="first")
+        first.job_changed(ledger.get(job.id), JobState.DONE, {})
+    clock.advance(5)
+    second.alive(clock.time(), 30)  # its own last look at the ledger was two jobs ago
+    text = status.read_text()
+    assert "Queue: 0 waiting" in text and "Done: 2, failed: 0" in text and "Running now: nothing" in text
+    assert text.count("Last heartbeat: ") == 1 and time.strftime("%H:%M:%S", time.localtime(clock.time())) in text
+    assert json.loads((tmp_path / "outbox" / "_status.json").read_text())["counts"]["done"] == 2
+
+
+def test_cards_show_the_source_picture_until_done_label_text_only_jobs_and_say_local_times(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vidrop.daemon.gallery.sources import SourceThumbnails
+    from vidrop.daemon.outbox import Outbox
+
+    monkeypatch.setenv("TZ", "Europe/Paris")  # the server's zone: CET in November
+    time.tzset()
+    try:
+        clock = FakeClock(1_700_000_000.0)  # 2023-11-14 22:13:20 UTC
+        ledger, writer = writer_for(tmp_path, clock)
+        picture, text_job = make_job(1), make_job(2, name="idea.json")
+        text_job.sidecar = text_job.input  # a sidecar alone: text to video
+        source = tmp_path / "inbox" / "acme" / "img00001.png"
+        source.parent.mkdir(parents=True)
+        Image.new("RGB", (1200, 600), (200, 40, 40)).save(source)
+        thumbnails = SourceThumbnails(tmp_path / "outbox", max_pixels=64_000_000)
+        thumbnails.make(picture, Outbox(tmp_path / "outbox").names_for(picture.input), source)
+        for job in (picture, text_job):
+            ledger.enqueue(job)
+        writer.rebuild()
+        index = tmp_path / "outbox" / "acme" / "index.html"
+        page = Page(index.read_text())
+        thumbnail = tmp_path / "outbox" / "acme" / ".vidrop-sources" / "img00001.jpg"
+        with Image.open(thumbnail) as made:
+            assert made.format == "JPEG" and made.size == (320, 160)
+        assert "./.vidrop-sources/img00001.jpg" in page.sources()
+        assert "text only" in page.text and "text only: no picture, the video is made from the prompt" in page.text
+        assert "2023-11-14 23:13 CET" in page.text  # the card's time (img00001: created one second later)
+        cards = json.loads((tmp_path / "outbox" / "acme" / "_status.json").read_text())["jobs"]
+        assert [card["text_only"] for card in cards] == [True, False]
+        assert "updated 2023-11-14 23:13:20 CET" in (tmp_path / "outbox" / "_STATUS.txt").read_text()
+
+        job = ledger.claim_next("test", clock.time(), 30.0)
+        writer.job_changed(job, JobState.RUNNING, {})
+        ledger.finish(job.id, clock.time(), {}, owner="test")
+        writer.job_changed(ledger.get(job.id), JobState.DONE, {})
+        writer.flush(force=True)
+        assert not thumbnail.exists() and "./.vidrop-sources/img00001.jpg" not in Page(index.read_text()).sources()
+        ledger.close()
+    finally:
+        monkeypatch.undo()
+        time.tzset()

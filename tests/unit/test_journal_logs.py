@@ -103,3 +103,40 @@ def test_the_warning_says_which_is_missing_the_python_module_or_journald(tmp_pat
     stderr = io.StringIO()
     JournalLogger(None, stderr, missing="the systemd Python module is not installed")
     assert json.loads(stderr.getvalue())["error"] == "the systemd Python module is not installed"
+
+
+def test_the_console_format_gives_local_times_and_a_pipe_gets_no_live_line_nor_colours():
+    from datetime import datetime
+
+    stream = io.StringIO()
+    terminal = configure_logging("info", "console", stream=stream)
+    structlog.get_logger().info("job_started", input="a.png")
+    line = stream.getvalue()
+    assert terminal is not None and terminal.progress() is None and "\x1b[" not in line
+    # The machine's zone with its offset (tests/e2e/test_console.py runs a child in Asia/Tokyo).
+    assert datetime.fromisoformat(line[:25]).utcoffset() == datetime.now().astimezone().utcoffset()
+    assert "job_started" in line and "input=a.png" in line
+    assert configure_logging("info", "json", stream=io.StringIO()) is None
+
+
+def test_the_live_line_shows_the_running_job_and_goes_when_it_ends():
+    from rich.console import Console
+
+    from tests.conftest import wait_for
+    from vidrop.daemon.console import JobProgress
+    from vidrop.daemon.ledger.base import Job, JobState
+
+    def job(key, name):
+        fields = {"sidecar": None, "input_sha256": "a" * 64, "sidecar_sha256": None, "params": {}, "seed": 1}
+        return Job(id=key, key=key, input=name, **fields, created_at=1.0, output=name)
+
+    screen = io.StringIO()
+    progress = JobProgress(Console(file=screen, force_terminal=True, width=120))
+    running, other = job("r" * 16, "acme/[hero].png"), job("o" * 16, "other.png")
+    progress.job_changed(running, JobState.RUNNING, {})
+    progress.step(running, 3, 8)
+    progress.job_changed(other, JobState.FAILED, {})  # an input refused meanwhile: the line stays
+    wait_for(lambda: "acme/[hero].png  step 3 of 8" in screen.getvalue(), 10, what="the live line")
+    assert progress.is_showing
+    progress.job_changed(running, JobState.DONE, {})
+    assert not progress.is_showing
