@@ -17,7 +17,7 @@ log = structlog.get_logger()
 
 STATES = tuple(state.value for state in JobState)
 FINISHED = ("done", "failed")
-PHASES = ("wait", "load", "prepare", "generate", "encode")  # generate: denoise and decode together
+PHASES = ("wait", "load", "prepare", "denoise", "decode", "encode", "write")
 BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 MEMORY_MODES = tuple(mode.value for mode in MemoryMode)
 HOOKS = ("command", "webhook")
@@ -155,8 +155,10 @@ class Metrics:
             "wait": timings.get("queued_seconds"),
             "load": load_seconds,
             "prepare": timings.get("prepare_seconds"),
-            "generate": timings.get("generate_seconds"),
+            "denoise": timings.get("denoise_seconds"),
+            "decode": timings.get("decode_seconds"),
             "encode": details.get("encode_seconds"),
+            "write": details.get("write_seconds"),
         }
         for phase, seconds in phases.items():
             if isinstance(seconds, (int, float)):

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -310,11 +311,13 @@ class Outbox:
         params: JobParams,
         manifest: dict[str, Any],
         before_rename: Callable[[], None] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, str]:
         """Write video, thumbnail and manifest under temporary names, check them, rename them into place.
 
         before_rename runs once all is written and checked, right before the first rename; whatever it raises
-        (a lost lease) leaves the final names untouched.
+        (a lost lease) leaves the final names untouched. timings, if given, gets `encode_seconds`: the video
+        encoded (with the thumbnail and preview beside it) and read back; the rest is writing.
         """
         video = names.video(params.format)
         video_tmp, thumb_tmp, preview_tmp, manifest_tmp = (
@@ -333,6 +336,7 @@ class Outbox:
                     preview_tmp,
                     manifest_tmp,
                     before_rename,
+                    {} if timings is None else timings,
                 )
         finally:
             for path in (video_tmp, thumb_tmp, preview_tmp, manifest_tmp):
@@ -351,7 +355,9 @@ class Outbox:
         preview_tmp: Path,
         manifest_tmp: Path,
         before_rename: Callable[[], None] | None,
+        timings: dict[str, float],
     ) -> dict[str, str]:
+        encode_started = time.monotonic()
         names.folder.mkdir(parents=True, exist_ok=True)
         # The thumbnail and the preview are made from the frames in memory while ffmpeg encodes the video.
         encoding = start_video(
@@ -379,6 +385,7 @@ class Outbox:
                 fix=TRY_AGAIN_FIX,
             )
         check_sound(written, result, params.fps, video_tmp)
+        timings["encode_seconds"] = time.monotonic() - encode_started
         outputs = {
             "video": video.name,
             "thumbnail": names.thumbnail.name,

@@ -158,6 +158,7 @@ class Recorder:
         manifest = _manifest(job, params, result.facts)
         names = self.names(job)
         self._confirm_lease(job)
+        written: dict[str, float] = {}
         try:
             outputs = self.outbox.commit_success(
                 names=names,
@@ -165,6 +166,7 @@ class Recorder:
                 params=params,
                 manifest=manifest,
                 before_rename=lambda: self._confirm_lease(job),
+                timings=written,
             )
         except OutboxUnavailable:
             # An instance that took the job over removes the temporaries of the one it took it from:
@@ -193,7 +195,12 @@ class Recorder:
         }
         self._finished(job, JobState.DONE, GENERATED, output=outputs["video"], duration=duration, **facts)
         details = {"outputs": outputs, "manifest": manifest, "duration_seconds": duration}
-        self.notify(job, JobState.DONE, {**details, "encode_seconds": facts["encode_ms"] / 1000})
+        encode_seconds = written.get("encode_seconds", 0.0)
+        phases = {
+            "encode_seconds": encode_seconds,
+            "write_seconds": max(0.0, facts["encode_ms"] / 1000 - encode_seconds),
+        }
+        self.notify(job, JobState.DONE, {**details, **phases})
         return JobState.DONE
 
     def failed(self, job: Job, error: VidropError, *, duration: float = 0.0) -> JobState:

@@ -326,6 +326,7 @@ class VideoGenerator:
         )
         self.restart_due: dict[str, int] | None = None
         self._audio_out: Any = None  # the pipeline output's `audio` from the last call (LTX-2)
+        self._denoised_at: float | None = None  # when the last call's last step ended (its decode came after)
         self.speed = SpeedPlan(loaded.family.name, speed or SpeedLevers(), loaded.device)
         self._speed_run: JobRun | None = None  # the job now running (its compile fallback, from _call)
         if loaded.pipe is not None:
@@ -427,12 +428,16 @@ class VideoGenerator:
         speed = self._speed_run = self.speed.start_job(
             self.loaded.pipes[params.mode], steps=params.steps, shape=shape, preset=params.preset
         )
+        self._denoised_at = None
         try:
             floats, mode = self._run_with_recovery(prepared, params, seed, on_step, mode, recovery, speed)
         finally:
             speed_facts = speed.finish().to_dict()
             reset_mode(self.loaded.pipes[params.mode], self.loaded.device)
-        timings["generate_seconds"] = time.monotonic() - started
+        ended = time.monotonic()
+        denoised = self._denoised_at or ended  # the last step's end; then the VAE decodes (and the vocoder)
+        timings.update(generate_seconds=ended - started, denoise_seconds=denoised - started)
+        timings["decode_seconds"] = ended - denoised
         if recovery:
             check_frames(floats)
 
@@ -643,6 +648,7 @@ class VideoGenerator:
         try:
             with torch.inference_mode():
                 result = self.loaded.pipes[params.mode](**arguments)
+            self._denoised_at = callback.last_step_at
         except COMPILE_ERRORS as exc:  # compiled code that cannot run: the job again, uncompiled (the manifest says)
             if self._speed_run is None or not self._speed_run.compile_failed(exc):
                 raise
@@ -680,6 +686,7 @@ class _StepReporter:
         self.on_step = on_step
         self.per_step = per_step  # denoiser calls per step (a guider's conditions), for the hook
         self.calls = 0
+        self.last_step_at: float | None = None  # monotonic time the last step (and its report) ended
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         self._report(step + 1)
@@ -693,6 +700,7 @@ class _StepReporter:
     def _report(self, step: int) -> None:
         if self.on_step is not None:
             self.on_step(step, self.total)
+        self.last_step_at = time.monotonic()
 
 
 def unknown_model(model: str, offered: list[str]) -> InputError:

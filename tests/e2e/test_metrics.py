@@ -46,7 +46,8 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     assert value(before, "vidrop_jobs", state="queued") == 0
     assert value(before, "vidrop_jobs_finished_total", state="done") == 0
     assert value(before, "vidrop_jobs_finished_total", state="failed") == 0
-    assert value(before, "vidrop_job_phase_seconds_count", family="ltx", phase="generate") == 0
+    for phase in ("wait", "load", "prepare", "denoise", "decode", "encode", "write"):
+        assert value(before, "vidrop_job_phase_seconds_count", family="ltx", phase=phase) == 0
     assert value(before, "vidrop_memory_mode_jobs_total", mode="as_is") == 0
     assert value(before, "vidrop_last_finished_timestamp_seconds") == 0
     assert value(before, "vidrop_model_loads_total", family="ltx") == 1  # the start's
@@ -62,8 +63,8 @@ def test_a_running_instance_serves_metrics_and_writes_the_textfile(folders, demo
     after = scrape(port)
     assert value(after, "vidrop_jobs_finished_total", state="done") == 1
     assert value(after, "vidrop_jobs", state="done") == 1 and value(after, "vidrop_jobs", state="queued") == 0
-    assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase="generate") == 1
-    assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase="wait") == 1
+    for phase in ("wait", "prepare", "denoise", "decode", "encode", "write"):
+        assert value(after, "vidrop_job_phase_seconds_count", family="ltx", phase=phase) == 1, phase
     assert value(after, "vidrop_memory_mode_jobs_total", mode="as_is") == 1
     assert value(after, "vidrop_model_loads_total", family="ltx") == 1  # still resident: no second load
     assert value(after, "vidrop_last_finished_timestamp_seconds") > 0
