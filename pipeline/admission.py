@@ -99,15 +99,25 @@ class MemoryEstimator:
             return self.footprint.largest_component_bytes + adapter_bytes
         return 2 * self.footprint.largest_leaf_bytes  # one group running, the next one arriving
 
-    def peak(self, mode: MemoryMode, width: int, height: int, frames: int, adapter_bytes: int = 0) -> int:
-        """Uncalibrated peak on the device: weights (and adapters) plus working memory."""
-        return self.resident_weights(mode, adapter_bytes) + self.activations(mode, width, height, frames)
+    def peak(
+        self, mode: MemoryMode, width: int, height: int, frames: int, adapter_bytes: int = 0, lever_bytes: int = 0
+    ) -> int:
+        """Uncalibrated peak on the device: weights (and adapters) plus working memory (and the speed levers')."""
+        working = self.activations(mode, width, height, frames) + lever_bytes
+        return self.resident_weights(mode, adapter_bytes) + working
 
     def need(
-        self, mode: MemoryMode, width: int, height: int, frames: int, resident_now: int, adapter_bytes: int = 0
+        self,
+        mode: MemoryMode,
+        width: int,
+        height: int,
+        frames: int,
+        resident_now: int,
+        adapter_bytes: int = 0,
+        lever_bytes: int = 0,
     ) -> int:
         """Calibrated extra memory the job needs beyond what this process already holds on the device."""
-        extra = max(0, self.peak(mode, width, height, frames, adapter_bytes) - resident_now)
+        extra = max(0, self.peak(mode, width, height, frames, adapter_bytes, lever_bytes) - resident_now)
         return int(extra * self.calibration)
 
     @property
@@ -175,13 +185,16 @@ def choose_mode(
     reserve_bytes: int,
     forced: MemoryMode | None = None,
     adapter_bytes: int = 0,
+    lever_bytes: int = 0,
 ) -> MemoryAdmission:
     """The cheapest mode (fastest) whose need fits free memory minus the reserve; None when none does.
-    `adapter_bytes`: the LoRA adapters resident while the job runs (already loaded ones are in `resident_now`)."""
+    `adapter_bytes`: the LoRA adapters resident while the job runs (already loaded ones are in `resident_now`);
+    `lever_bytes`: working memory the job's speed levers add (FasterCache's)."""
     candidates = (forced,) if forced is not None else LADDER
     available = snapshot.free_bytes - reserve_bytes
     needs = {
-        mode.value: estimator.need(mode, width, height, frames, resident_now, adapter_bytes) for mode in candidates
+        mode.value: estimator.need(mode, width, height, frames, resident_now, adapter_bytes, lever_bytes)
+        for mode in candidates
     }
     for mode in candidates:
         if needs[mode.value] <= available:

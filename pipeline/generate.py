@@ -392,6 +392,13 @@ class VideoGenerator:
             reserve_bytes=int(self.memory.reserve_gb * GB),
             forced=self.forced_mode,
             adapter_bytes=self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize),
+            lever_bytes=self._lever_bytes(params),
+        )
+
+    def _lever_bytes(self, params: JobParams) -> int:
+        shape = (params.width, params.height, params.num_frames)
+        return self.speed.extra_bytes(
+            steps=params.steps, shape=shape, preset=params.preset, dtype_bytes=DTYPES[self.loaded.dtype].itemsize
         )
 
     def generate(
@@ -491,7 +498,10 @@ class VideoGenerator:
     ) -> dict[str, Any]:
         """What the job cost against its estimate (which learns from it); memory is freed and watched for drift."""
         adapter_bytes = self.adapters.resident_bytes(params.loras, DTYPES[self.loaded.dtype].itemsize)
-        peak_estimate = self.estimator.peak(mode, params.width, params.height, params.num_frames, adapter_bytes)
+        lever_bytes = self._lever_bytes(params)
+        peak_estimate = self.estimator.peak(
+            mode, params.width, params.height, params.num_frames, adapter_bytes, lever_bytes
+        )
         estimated_raw = max(0, peak_estimate - resident)
         measured = max(0, peak - floor)
         estimated = int(estimated_raw * self.estimator.calibration)
@@ -505,6 +515,7 @@ class VideoGenerator:
             "forced": self.forced_mode is not None,
             "estimated_bytes": estimated,
             "adapter_bytes": adapter_bytes,
+            "lever_bytes": lever_bytes,  # working memory the speed levers add to the estimate (FasterCache's)
             "measured_bytes": measured,
             "peak_bytes": peak,
             "free_bytes_at_start": admission.snapshot.free_bytes,

@@ -47,6 +47,12 @@ UNSUPPORTED_CACHES = {
 }
 # Published: caches do nothing useful at 8 steps or fewer; a job below this runs without its cache.
 CACHE_MIN_STEPS = 9
+# Working memory a cache adds, in bytes per output voxel (width × height × frames) at 2-byte weights, on top of
+# the family's own estimate. FasterCache: +16 GB reserved on CogVideoX-5B at 720×480×49 (diffusers PR #10163)
+# is about 1,000 bytes a voxel. PAB keeps one attention output per block it broadcasts, FirstBlockCache one
+# residual: no published figure; they are counted as nothing extra and the estimator's calibration (measured
+# peaks against estimates) learns what they cost on each machine.
+CACHE_BYTES_PER_VOXEL = {"faster": 1000.0}
 # Attention backends → the module they need; the ones that run on the CPU.
 BACKEND_MODULES = {"flash": "flash_attn", "sage": "sageattention", "xformers": "xformers"}
 HUB_BACKEND_MODULE = "kernels"
@@ -255,9 +261,24 @@ class SpeedPlan:
                 ) from None
             denoiser.disable_cache()
 
+    def extra_bytes(self, *, steps: int, shape: tuple[int, int, int], preset: str | None, dtype_bytes: int) -> int:
+        """Working memory this job's levers add on the device (its cache's), for admission and the estimate."""
+        cache = self.levers.cache
+        if cache == "off":
+            cache = self.levers.preset_cache.get(preset or "", "off")
+            cache = "off" if cache != "off" and _cache_problem(self.family, cache) else cache
+        if "cache" in self.disabled or steps < CACHE_MIN_STEPS:
+            cache = "off"
+        width, height, frames = shape
+        return int(CACHE_BYTES_PER_VOXEL.get(cache, 0.0) * width * height * frames * dtype_bytes / 2)
+
     def start_job(self, pipe: Any, *, steps: int, shape: tuple[int, int, int], preset: str | None = None) -> JobRun:
         """The job's run of the plan: counters on, the cache (its own, or its preset's) on if the steps are in
         its useful range."""
+        return JobRun(self, pipe, self._job_speed(steps=steps, preset=preset), shape=shape)
+
+    def _job_speed(self, *, steps: int, preset: str | None) -> JobSpeed:
+        """The levers one job runs with: the model's, its preset's cache, less what does not apply to it."""
         speed = JobSpeed(levers=self.levers.to_dict())
         preset_cache = self.levers.preset_cache.get(preset or "")
         if preset_cache and speed.levers["cache"] == "off":
@@ -269,7 +290,7 @@ class SpeedPlan:
             speed.drop(lever, why)
         if speed.levers["cache"] != "off" and steps < CACHE_MIN_STEPS:
             speed.drop("cache", f"{steps} steps is below the cache's useful range (at least {CACHE_MIN_STEPS})")
-        return JobRun(self, pipe, speed, shape=shape)
+        return speed
 
 
 class JobRun:

@@ -150,3 +150,30 @@ def test_lora_adapters_add_their_weights_to_the_estimate(tmp_path):
         est, FakeProbe([100 * GIB]).snapshot(), **JOB, resident_now=0, reserve_bytes=GIB, adapter_bytes=GIB
     )
     assert with_adapters.need_bytes == admit(100 * GIB).need_bytes + GIB
+
+
+def test_a_cache_that_holds_memory_is_in_the_estimate_and_can_step_admission_down():
+    from vidrop.pipeline.speed import SpeedLevers, SpeedPlan
+
+    faster = SpeedPlan("cogvideox", SpeedLevers(compile="off", attention="native", cache="faster"), "cpu")
+    # The published figure it is costed from: about 16 GB more on CogVideoX-5B at 720×480×49.
+    published = faster.extra_bytes(steps=50, shape=(720, 480, 49), preset=None, dtype_bytes=2)
+    assert 15 * GB < published < 18 * GB
+    assert faster.extra_bytes(steps=4, shape=(720, 480, 49), preset=None, dtype_bytes=2) == 0  # too few steps: off
+    plain = SpeedPlan("cogvideox", SpeedLevers(compile="off", attention="native", preset_cache={}), "cpu")
+    assert plain.extra_bytes(steps=50, shape=(720, 480, 49), preset="fast", dtype_bytes=2) == 0
+    by_preset = SpeedPlan(
+        "cogvideox", SpeedLevers(compile="off", attention="native", preset_cache={"fast": "faster"}), "cpu"
+    )
+    assert by_preset.extra_bytes(steps=50, shape=(720, 480, 49), preset="fast", dtype_bytes=2) == published
+    wan = SpeedPlan("wan", SpeedLevers(compile="off", attention="native", preset_cache={"fast": "faster"}), "cpu")
+    assert wan.extra_bytes(steps=50, shape=(720, 480, 49), preset="fast", dtype_bytes=2) == 0  # Wan cannot take it
+
+    job = {"width": 480, "height": 320, "frames": 49}
+    extra = faster.extra_bytes(steps=50, shape=(480, 320, 49), preset=None, dtype_bytes=2)
+    as_is = estimator().need(MemoryMode.AS_IS, **job, resident_now=0)
+    room = FakeProbe([as_is + GIB + extra // 2]).snapshot()  # as_is fits, as_is with the cache does not
+    plain_admission = choose_mode(estimator(), room, **job, resident_now=0, reserve_bytes=GIB)
+    cached = choose_mode(estimator(), room, **job, resident_now=0, reserve_bytes=GIB, lever_bytes=extra)
+    assert all(cached.needs[mode] == plain_admission.needs[mode] + extra for mode in cached.needs)
+    assert plain_admission.mode is MemoryMode.AS_IS and LADDER.index(cached.mode) > 0  # pushed down the ladder
