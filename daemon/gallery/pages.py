@@ -124,7 +124,12 @@ def status_text(
         lines += [f"Paused: {notice}", ""]
     if held:  # the fleet's queue control (`vidrop pause`, `drain`)
         lines += [f"Held: {held}", ""]
-    drain = "" if not queue_length else f", all done in about {duration(drain_seconds)}"
+    if not queue_length:
+        drain = ""
+    elif drain_seconds is None:  # no job finished yet to time the rest by: say so, never "about unknown"
+        drain = ", time to finish not known until a job is done"
+    else:
+        drain = f", all done in about {duration(drain_seconds)}"
     lines.append(f"Queue: {queue_length} waiting{drain}")
     if running is None:
         lines.append("Running now: nothing")

@@ -349,3 +349,14 @@ def test_cards_show_the_source_picture_until_done_label_text_only_jobs_and_say_l
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_status_txt_never_prints_unknown_as_a_time():
+    from vidrop.daemon.gallery.pages import status_text
+
+    counts = {state.value: 0 for state in JobState}
+    common = dict(updated_at="2026-12-02T10:00:00Z", queue_length=3, running=None, counts=counts, failures=[])
+    before_any_job = status_text(**common, drain_seconds=None)
+    assert "Queue: 3 waiting, time to finish not known until a job is done" in before_any_job
+    assert "unknown" not in before_any_job
+    assert "Queue: 3 waiting, all done in about 4 min" in status_text(**common, drain_seconds=240)
