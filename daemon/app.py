@@ -149,17 +149,18 @@ class Daemon:
             self.stop.request(timeout_seconds=0)  # stopped while waiting for the ledger at start
             return
         try:
-            fault = services.keeper.take_fault()
+            lost = services.ledger.take_lost()  # met by another caller (the heartbeat, a gallery write) first
             if services.ledger_pause.is_paused:
                 self._wait_for_ledger(timeout)
-            elif fault is not None:  # the heartbeat met it first
-                raise fault
+            elif lost is not None:
+                raise lost
             else:
                 if services.ledger_pause.outages != self._outages_handled:
                     self._outages_handled = services.ledger_pause.outages
                     services.after_ledger_outage()
                 self._turn(timeout)
         except LedgerUnavailable as exc:
+            services.ledger.take_lost()  # if this was it, it is told now, once
             services.status.ledger_paused(exc)
         self.notifier.watchdog()
 

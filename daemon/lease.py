@@ -36,7 +36,6 @@ class LeaseKeeper:
         self._is_lost = False
         self._renewed_at = 0.0  # this instance's clock at the last renewal (or the claim) that went through
         self.on_beat: Callable[[float], None] | None = None  # told each heartbeat's time (the gallery)
-        self._fault: LedgerUnavailable | None = None  # the last beat's ledger fault, for the daemon's loop
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vidrop-heartbeat", daemon=True)
 
@@ -93,19 +92,12 @@ class LeaseKeeper:
             else:
                 self._is_lost = True
 
-    def take_fault(self) -> LedgerUnavailable | None:
-        """The ledger fault a heartbeat met since the last call, if any. The loop must hear of it even when the
-        ledger works again by its next call: a deleted SQLite file is noticed once, by whichever thread is first,
-        and the new file must then learn what the outbox holds."""
-        fault, self._fault = self._fault, None
-        return fault
-
     def beat_once(self) -> None:
-        """One beat of the heartbeat thread: a fault is logged and kept for the loop; the next beat tries again."""
+        """One beat of the heartbeat thread: a fault is logged (the daemon's loop meets it too, or hears of it
+        from the ledger: take_lost); the next beat tries again."""
         try:
             self.beat()
         except LedgerUnavailable as exc:
-            self._fault = exc
             log.warning("heartbeat_failed", instance=self.instance_id, reason=exc.reason, detail=exc.detail)
         except Exception:  # anything else: the next beat tries again
             log.exception("heartbeat_failed", instance=self.instance_id)

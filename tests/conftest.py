@@ -24,15 +24,23 @@ VIDROP = Path(sys.executable).parent / "vidrop"
 HARNESS = REPO / "tests" / "harness" / "vidrop_test_run.py"
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05, what: str = ""):
-    """Poll a condition until it is truthy; fail the test with `what` after timeout."""
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 60.0,
+    interval: float = 0.05,
+    what: str = "",
+    log: Callable[[], str] | None = None,
+):
+    """Poll a condition until it is truthy; fail the test with `what` (and the process's last log lines, if
+    given) after timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+            told = f"; its last log lines:\n{log()}" if log is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}{told}")
         time.sleep(interval)
 
 
@@ -179,7 +187,7 @@ class VidropProcess:
                 pytest.fail(f"vidrop exited with {self.process.returncode} before {name}: {self.log_text()}")
             return len(self.events_named(name)) >= count
 
-        wait_for(found, timeout, what=f"log event {name} x{count}")
+        wait_for(found, timeout, what=f"log event {name} x{count}", log=self.log_text)
         return self.events_named(name)
 
     def log_text(self) -> str:

@@ -43,24 +43,37 @@ class SourceThumbnails:
         target = names.folder / source_name(names)
         if target.is_file() or not self.outbox.is_dir():  # an unmounted share is never made again locally
             return
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = _temporary(target.parent, target.name)
+        for last_try in (False, True):  # once more if another instance removed the emptied folder meanwhile
             try:
-                _write_thumbnail(image, temporary, max_pixels=self.max_pixels)
-                os.replace(temporary, target)
-            finally:
-                temporary.unlink(missing_ok=True)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            log.info("source_thumbnail_failed", job_id=job.id, input=job.input, error=str(exc))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temporary = _temporary(target.parent, target.name)
+                try:
+                    _write_thumbnail(image, temporary, max_pixels=self.max_pixels)
+                    os.replace(temporary, target)
+                finally:
+                    temporary.unlink(missing_ok=True)
+                return
+            except FileNotFoundError as exc:
+                if last_try:
+                    log.info("source_thumbnail_failed", job_id=job.id, input=job.input, error=str(exc))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                log.info("source_thumbnail_failed", job_id=job.id, input=job.input, error=str(exc))
+                return
 
 
 def remove_source(names: OutputNames) -> None:
-    """Once the job is done its own thumbnail shows instead."""
+    """Once the job is done its own thumbnail shows instead; the hidden folder goes with its last picture, so a
+    finished folder holds only the outputs."""
+    thumbnail = names.folder / source_name(names)
     try:
-        (names.folder / source_name(names)).unlink(missing_ok=True)
+        thumbnail.unlink(missing_ok=True)
     except OSError as exc:
-        log.info("source_thumbnail_not_removed", file=str(names.folder / source_name(names)), error=str(exc))
+        log.info("source_thumbnail_not_removed", file=str(thumbnail), error=str(exc))
+        return
+    try:
+        thumbnail.parent.rmdir()
+    except OSError:
+        pass  # other pictures still wait in it (or it is gone already)
 
 
 def _write_thumbnail(image: Path, target: Path, *, max_pixels: int) -> None:

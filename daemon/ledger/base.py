@@ -248,5 +248,10 @@ class Ledger(Protocol):
     def status(self, now: float) -> LedgerStatus:
         """Everything `vidrop status` shows."""
 
+    def take_lost(self) -> LedgerUnavailable | None:
+        """The fault that lost what the ledger knew (its SQLite file deleted or replaced), noticed by any caller
+        since the last call, then forgotten: the daemon's loop must hear of it even if the caller that met it
+        (a heartbeat, a gallery write) only logged it, since the ledger works again at the next call."""
+
     def close(self) -> None:
         """Release the connection."""

@@ -13,6 +13,7 @@ from vidrop.daemon.ledger.base import (
     Job,
     JobState,
     LedgerStatus,
+    LedgerUnavailable,
     QueueControl,
     QueueMode,
     RunningJob,
@@ -95,6 +96,9 @@ class SqlLedger:
     def _has_column(self, table: str, column: str) -> bool:
         """Whether a table already has a column."""
         raise NotImplementedError
+
+    def take_lost(self) -> LedgerUnavailable | None:
+        return None  # a database server keeps what it knows; only a SQLite file can vanish
 
     def close(self) -> None:
         raise NotImplementedError

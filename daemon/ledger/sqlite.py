@@ -103,6 +103,7 @@ class SqliteLedger(FolderViews, SqlLedger):
         self._db: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._was_moved = False  # the file at the path is no longer the one opened: its journal may be stale
+        self._lost: LedgerUnavailable | None = None  # that fault, until the daemon's loop takes it (take_lost)
         super().__init__()
 
     # -- the connection, opened again after a fault ---------------------------------------------
@@ -152,12 +153,18 @@ class SqliteLedger(FolderViews, SqlLedger):
             reason = "The ledger file was replaced."
         self._drop()
         self._was_moved = True
-        raise LedgerUnavailable(
+        self._lost = LedgerUnavailable(
             reason,
             detail=str(self.path),
             fix="vidrop opens a new ledger there and records what the outbox's manifests say "
             "was made already; restore a ledger only while vidrop is stopped.",
         )
+        raise self._lost
+
+    def take_lost(self) -> LedgerUnavailable | None:
+        with self._lock:
+            lost, self._lost = self._lost, None
+            return lost
 
     def _remove_stale_journal(self) -> None:
         """Remove the write-ahead log of the file that was deleted or replaced: SQLite keeps it when the file it

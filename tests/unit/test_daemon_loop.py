@@ -4,6 +4,7 @@ second stop request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from structlog.testing import capture_logs
 from tests.conftest import drop, drop_job, job_lines, make_image
 from tests.fakes import FakeGenerator, RecordingNotifier, fake_daemon, quick_settings
 from vidrop.config.errors import GenerationError
-from vidrop.daemon.ledger.base import JobState
+from vidrop.daemon.ledger.base import JobState, LedgerUnavailable
 from vidrop.daemon.ledger.sqlite import SqliteLedger
 
 SMALL = {"width": 64, "height": 64, "num_frames": 9, "steps": 4}
@@ -148,9 +149,20 @@ def test_a_reload_hands_the_live_settings_to_each_service(folders):
         daemon.shutdown()
 
 
-def test_a_ledger_deleted_while_the_heartbeat_reads_it_pauses_the_loop_and_is_rebuilt(folders):
-    """The heartbeat thread is often the first to touch a deleted ledger: the loop must still hear of it, say so,
-    and record what the outbox holds in the new file (else the new ledger silently forgets the done job)."""
+def _a_gallery_write(daemon):  # a listener's failure is logged (job_listener_failed), never raised
+    with contextlib.suppress(LedgerUnavailable):
+        daemon.services.ledger.folder_summaries()
+
+
+@pytest.mark.parametrize(
+    "first_to_notice",
+    [lambda daemon: daemon.services.keeper.beat_once(), _a_gallery_write],
+    ids=["the heartbeat", "a gallery write"],
+)
+def test_a_ledger_deleted_under_another_caller_pauses_the_loop_and_is_rebuilt(folders, first_to_notice):
+    """Another caller (the heartbeat thread, the gallery writing after a job) is often the first to touch a
+    deleted ledger: the loop must still hear of it, say so, and record what the outbox holds in the new file
+    (else the new ledger silently forgets the done job)."""
     settings = quick_settings(folders, recovery={"ledger_retry_seconds": 0.01})
     daemon = fake_daemon(settings, FakeGenerator())
     daemon.startup(watch=False)
@@ -162,7 +174,7 @@ def test_a_ledger_deleted_while_the_heartbeat_reads_it_pauses_the_loop_and_is_re
         for path in folders["state"].glob("ledger.sqlite3*"):
             path.unlink()
         with capture_logs() as logs:
-            daemon.services.keeper.beat_once()  # what the heartbeat thread does every lease/3 seconds
+            first_to_notice(daemon)
             for _ in range(50):
                 daemon.run_once(timeout=0.01)
                 if any(event["event"] == "ledger_available" for event in logs):
