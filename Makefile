@@ -53,7 +53,7 @@ run: $(VENV)/.installed
 # `vidrop` process starting or a wait on it, so two workers keep both cores busy.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The edit-test loop: the unit and integration tests (fakes, tiny real models, real SQLite and PostgreSQL; no
 # long-running `vidrop` process), under two minutes on the 2-core test machine. `make test` runs everything.
