@@ -106,3 +106,29 @@ def test_compiled_code_that_fails_runs_the_job_again_uncompiled_and_later_jobs_s
     assert first.facts["speed"]["levers"]["compile"] == "off" and "forward" not in transformer.__dict__
     again = generator.generate(IMAGE, generator.resolve({**JOB, "steps": 2}), seed=4)
     assert again.facts["speed"]["dropped"] == [dropped] and np.array_equal(again.frames, first.frames)
+
+
+@pytest.mark.slow
+def test_regional_compile_warms_up_once_per_size_and_never_recompiles_a_size_it_has(demo_models):
+    """The tiny LTX, regionally compiled on the CPU: the first job of a size compiles (its warm-up is recorded),
+    the second of that size compiles nothing, and a new size compiles once more. One step, a few pixels: the
+    compile itself is most of the time."""
+    torch._dynamo.reset()
+    loaded = load_model(str(demo_models["ltx"]), family="auto", device="cpu", dtype="auto", offline=True)
+    generator = VideoGenerator(
+        loaded,
+        fit="crop",
+        limits=LimitSettings(),
+        probe=FakeProbe([64 * GIB], device="cpu"),
+        speed=SpeedLevers(compile="regional"),
+    )
+    job = {"prompt": "red square", "width": 32, "height": 32, "num_frames": 9, "steps": 1}
+    first, second, wider = (
+        generator.generate(IMAGE, generator.resolve(request), seed=4).facts["speed"]
+        for request in (job, job, {**job, "width": 64})
+    )
+    assert first["levers"]["compile"] == "regional" and first["compiled_graphs"] > 0
+    assert first["compile_warmup_seconds"] > 0
+    assert second["compiled_graphs"] == 0 and not second["compile_warmup_seconds"]
+    assert wider["compiled_graphs"] > 0  # a new size: compiled for it, once
+    torch._dynamo.reset()
