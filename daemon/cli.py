@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from vidrop.config.settings import Settings
@@ -333,15 +334,13 @@ def _install_systemd(args) -> int:
 def _status(args) -> int:
     import time
 
-    from vidrop.daemon.ledger import open_ledger
     from vidrop.daemon.report import render_status
 
     loaded = _load(args)
     settings = loaded.settings
-    if _no_ledger(loaded):
-        return EX_CONFIG
-    ledger = open_ledger(settings.ledger_url, settings.state_dir)
-    try:
+    with _existing_ledger(loaded) as ledger:
+        if ledger is None:
+            return EX_CONFIG
         now = time.time()
         if args.json:
             from vidrop.daemon.controls import status_document
@@ -350,9 +349,23 @@ def _status(args) -> int:
             print(json.dumps(document, indent=2))
         else:
             print(render_status(ledger.status(now), now, settings.recovery.lease_seconds))
+    return 0
+
+
+@contextlib.contextmanager
+def _existing_ledger(loaded) -> Iterator[Any]:
+    """The ledger the settings name, closed after use; None (and why on stderr) where it is a SQLite file that
+    does not exist: `status`, `retry` and the queue controls never create one."""
+    from vidrop.daemon.ledger import open_ledger
+
+    if _no_ledger(loaded):
+        yield None
+        return
+    ledger = open_ledger(loaded.settings.ledger_url, loaded.settings.state_dir)
+    try:
+        yield ledger
     finally:
         ledger.close()
-    return 0
 
 
 def _no_ledger(loaded) -> bool:
@@ -377,7 +390,6 @@ def _no_ledger(loaded) -> bool:
 
 
 def _retry(args) -> int:
-    from vidrop.daemon.ledger import open_ledger
     from vidrop.daemon.report import describe_requeued, relative_inputs
 
     loaded = _load(args)
@@ -385,11 +397,10 @@ def _retry(args) -> int:
     if not args.paths and not args.failed:
         print("vidrop retry: name an input PATH or --failed", file=sys.stderr)
         return 2
-    if _no_ledger(loaded):
-        return EX_CONFIG
-    inputs = None if args.failed else relative_inputs(args.paths, settings.inbox)
-    ledger = open_ledger(settings.ledger_url, settings.state_dir)
-    try:
+    with _existing_ledger(loaded) as ledger:
+        if ledger is None:
+            return EX_CONFIG
+        inputs = None if args.failed else relative_inputs(args.paths, settings.inbox)
         # Refusals are queued again too: a daemon (running now, or at its next start) reads their files again.
         requeued = ledger.requeue(inputs=inputs, failed=args.failed)
         refused = sorted({job.input for job in requeued if not job.params})
@@ -399,8 +410,6 @@ def _retry(args) -> int:
         if inputs is not None and not requeued:
             print(f"no failed job for {', '.join(inputs)}", file=sys.stderr)
             return 1
-    finally:
-        ledger.close()
     return 0
 
 
@@ -408,21 +417,17 @@ def _control(args) -> int:
     import time
 
     from vidrop.daemon import controls
-    from vidrop.daemon.ledger import open_ledger
 
     loaded = _load(args)
     settings = loaded.settings
-    if _no_ledger(loaded):
-        return EX_CONFIG
-    ledger = open_ledger(settings.ledger_url, settings.state_dir)
-    try:
+    with _existing_ledger(loaded) as ledger:
+        if ledger is None:
+            return EX_CONFIG
         if args.control == "cancel":
             return controls.cancel(ledger, args.target, settings.inbox, time.time())
         if args.control == "priority":
             return controls.priority(ledger, args.target, args.priority, settings.inbox)
         print(controls.set_mode(ledger, args.control, time.time()))
-    finally:
-        ledger.close()
     return 0
 
 
