@@ -55,9 +55,11 @@ def test_pause_cancel_priority_and_resume_reach_both_instances(folders, demo_mod
 
     wait_for(lambda: list(states().values()).count(JobState.DONE) == 3, 180, what="three jobs done")
     assert states()["cancelled.png"] is JobState.FAILED
-    started = {job.input: job.started_at for job in ledger_jobs(folders["state"])}
-    # Two instances take the first two claims: the urgent job (priority 5) and the oldest; the newer one waits.
-    assert started["second.png"] > max(started["urgent.png"], started["first.png"])
+    jobs = {job.input: job for job in ledger_jobs(folders["state"])}
+    # Two instances take the first two claims: the urgent job (priority 5) and the one queued first (intake may
+    # queue the two in either order: the ledger's own order, created_at then id, says which); the other waits.
+    older, newer = sorted(("first.png", "second.png"), key=lambda name: (jobs[name].created_at, jobs[name].id))
+    assert jobs[newer].started_at > max(jobs["urgent.png"].started_at, jobs[older].started_at)
     finished = [event for instance in fleet for event in instance.events_named("job_finished")]
     assert sorted((event["input"], event["how"]) for event in finished) == [
         ("cancelled.png", "cancelled"),
